@@ -1,0 +1,205 @@
+"""Dataset and LightningDataModule.
+
+Data flow: files -> pairs ``(image, mask, case_id)`` (``sources.scan``, validated) -> split by
+case (``splits``) -> per sample ``{"image": float32 [1,S,S] in [0,1], "mask": float32
+[1,S,S] in {0,1}, "index": int}`` -> the model. Preprocessing is ``io.preprocess_image`` /
+``io.preprocess_mask``, the same functions inference uses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from covidseg.io import Normalization, preprocess_image, preprocess_mask, read_image, read_mask
+from covidseg.sources import DataError, EmptyMaskPolicy, NonBinaryMaskPolicy, Sample, ScanReport, scan
+from covidseg.splits import assign_splits, read_splits, write_splits
+from covidseg.synthetic import ensure_demo
+from covidseg.transforms import train_transforms
+
+
+class SliceDataset(Dataset):
+    """Image/mask pairs, preprocessed, optionally augmented.
+
+    Shape:
+        image: ``float32 [1, S, S]`` in [0, 1]; mask: ``float32 [1, S, S]`` in {0, 1}.
+    """
+
+    def __init__(self, samples: list[Sample], image_size: int, normalization: Normalization = "auto", transform=None):
+        self.samples = samples
+        self.image_size = image_size
+        self.normalization = normalization
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        image = preprocess_image(read_image(s.image), self.image_size, self.normalization)
+        mask = preprocess_mask(read_mask(s.mask), self.image_size)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+            "index": index,
+        }
+
+
+def default_num_workers() -> int:
+    """Half the visible cores (at most 8): on small machines the model needs the rest."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // 2))
+
+
+class CTDataModule(pl.LightningDataModule):
+    """CT slices and lesion masks from one or several folders, split by patient.
+
+    Args:
+        root: data folder(s): Kaggle ``frames/``+``masks/``, ``images/``+``masks/`` or a folder
+            with ``manifest.csv``. ``None`` uses the built-in synthetic demo set.
+        image_size: side of the square network input; masks are resized nearest-neighbour.
+        normalization: intensity rule, see ``covidseg.io`` (``auto``: 8-bit /255, else min-max).
+        batch_size: training and evaluation batch size (per device).
+        num_workers: DataLoader workers; ``None`` picks half the cores.
+        val_fraction, test_fraction: share of slices (whole cases) for validation and test.
+        split_seed: seed of the case shuffle.
+        num_folds, fold: patient-level K-fold; fold ``fold`` validates (test stays held out).
+        split_file: reuse a ``splits.csv`` instead of splitting.
+        case_regex: regex whose first group is the case id, applied to image file stems.
+        empty_masks: slices without lesion: ``keep``, ``drop`` (counted) or ``error``.
+        nonbinary_masks: masks with more than two values: ``binarize`` (at half range) or ``error``.
+        rotate, zoom, shift, hflip, vflip: the seed's augmentation (degrees, fractions, probabilities).
+        brightness, contrast, gamma, blur: intensity augmentation (0 disables).
+        balance_sources: sample each source equally often in training (several roots).
+    """
+
+    def __init__(
+        self,
+        root: str | list[str] | None = None,
+        image_size: int = 128,
+        normalization: Normalization = "auto",
+        batch_size: int = 16,
+        num_workers: int | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 42,
+        num_folds: int = 1,
+        fold: int = 0,
+        split_file: str | None = None,
+        case_regex: str | None = None,
+        empty_masks: EmptyMaskPolicy = "keep",
+        nonbinary_masks: NonBinaryMaskPolicy = "binarize",
+        rotate: float = 10.0,
+        zoom: float = 0.1,
+        shift: float = 0.1,
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        gamma: float = 0.0,
+        blur: float = 0.0,
+        balance_sources: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.roots = [root] if isinstance(root, str) else list(root) if root else None
+        self.image_size = image_size
+        self.normalization = normalization
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.report: ScanReport | None = None
+        self.split: dict[str, str] = {}
+        self.datasets: dict[str, SliceDataset] = {}
+
+    # -- discovery ---------------------------------------------------------------------------
+    def scan(self) -> ScanReport:
+        """Finds and validates all pairs once (raises ``DataError``) and prints a summary."""
+        if self.report is None:
+            roots = self.roots or [str(ensure_demo())]
+            hp = self.hparams
+            self.report = scan(roots, hp.case_regex, hp.empty_masks, hp.nonbinary_masks)
+            rank_zero_info(self.report.summary())
+        return self.report
+
+    def make_split(self) -> dict[str, str]:
+        samples = self.scan().samples
+        hp = self.hparams
+        if hp.split_file:
+            return read_splits(hp.split_file, samples)
+        return assign_splits(samples, hp.val_fraction, hp.test_fraction, hp.split_seed, hp.num_folds, hp.fold)
+
+    def samples(self, split: str) -> list[Sample]:
+        return [s for s in self.scan().samples if self.split[s.image] == split]
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.split = self.make_split()
+        counts = Counter(self.split.values())
+        cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
+        rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
+        if self.trainer is not None and self.trainer.log_dir and self.trainer.is_global_zero:
+            write_splits(Path(self.trainer.log_dir) / "splits.csv", self.scan().samples, self.split)
+        hp = self.hparams
+        aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur)
+        for name in ("train", "val", "test"):
+            self.datasets[name] = SliceDataset(self.samples(name), self.image_size, self.normalization, aug if name == "train" else None)
+        if not len(self.datasets["train"]):
+            raise DataError("the split left no training slices; lower val_fraction/test_fraction")
+
+    def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
+        dataset = self.datasets[name]
+        if sampler is None and name != "train" and dist.is_available() and dist.is_initialized():
+            # No padding: a DistributedSampler repeats samples to even out ranks, which would
+            # count them twice in the metrics.
+            from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = None
+        if self.hparams.balance_sources:
+            samples = self.datasets["train"].samples
+            per_source = Counter(s.source for s in samples)
+            weights = [1.0 / per_source[s.source] for s in samples]
+            sampler = WeightedRandomSampler(weights, num_samples=len(samples), replacement=True)
+        return self._loader("train", shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        if not len(self.datasets["val"]):
+            raise DataError("the validation split is empty; set data.val_fraction > 0 or use more cases")
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        name = "test" if len(self.datasets["test"]) else "val"
+        if name == "val":
+            rank_zero_info("test split is empty: testing on the validation split")
+        return self._loader(name)
+
+    def state_dict(self) -> dict:
+        return {"split": self.split}

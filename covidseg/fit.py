@@ -1,0 +1,123 @@
+"""Train, then test the best checkpoint: ``python -m covidseg.fit [--config X.yaml] [--flags]``.
+
+A LightningCLI over ``LitUNet`` and ``CTDataModule``. Every output of a run lives in one run
+directory, ``<save_dir>/<name>/version_N`` (default ``runs/covidseg/version_N``): the resolved
+``config.yaml``, ``splits.csv``, ``checkpoints/best.ckpt`` and ``last.ckpt``, TensorBoard events
+and ``test_metrics.json``. ``--ckpt_path last`` resumes the newest run of that name exactly;
+``--ckpt_path RUN/checkpoints/last.ckpt`` resumes that run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+
+from covidseg.callbacks import ValidationSamples
+from covidseg.datamodule import CTDataModule
+from covidseg.errors import CovidSegError, user_errors
+from covidseg.metrics import VAL_DICE
+from covidseg.model import LitUNet
+
+TABLE_KEYS = ("dice", "dice_image", "iou", "precision", "recall", "specificity", "accuracy", "auroc", "loss")
+
+
+def find_last_checkpoint(save_dir: str, name: str) -> Path:
+    """The ``last.ckpt`` of the newest ``version_N`` run under ``save_dir/name``."""
+    runs = sorted(Path(save_dir, name).glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parts[-3].split("_")[-1]))
+    if not runs:
+        raise CovidSegError(f"--ckpt_path last: no {Path(save_dir, name)}/version_*/checkpoints/last.ckpt to resume")
+    return runs[-1]
+
+
+class CovidSegCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.normalization", "model.normalization")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": VAL_DICE,
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": VAL_DICE, "early_stopping.mode": "max", "early_stopping.patience": 10})
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume: 'last' (newest run of this name) or a last.ckpt path")
+        parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        if not cfg.get("ckpt_path"):
+            return
+        logger = cfg.trainer.logger
+        if not (hasattr(logger, "init_args") and "TensorBoardLogger" in str(getattr(logger, "class_path", ""))):
+            return  # custom logger: resume into a new run directory
+        args = logger.init_args
+        ckpt = find_last_checkpoint(args.save_dir, args.name) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        if not ckpt.is_file():
+            raise CovidSegError(f"--ckpt_path {ckpt}: checkpoint not found")
+        run_dir = ckpt.resolve().parent.parent
+        args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
+        if not cfg.data.split_file and (run_dir / "splits.csv").is_file():
+            cfg.data.split_file = str(run_dir / "splits.csv")  # same patients in the same splits
+        cfg.ckpt_path = str(ckpt)
+
+
+def format_table(metrics: dict[str, float], stage: str = "test") -> str:
+    rows = [(k, metrics[f"{stage}/{k}"]) for k in TABLE_KEYS if f"{stage}/{k}" in metrics]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"{'metric':<{width}}  value", f"{'-' * width}  ------"] + [f"{k:<{width}}  {v:.4f}" for k, v in rows])
+
+
+def build_cli(args: list[str] | None = None) -> CovidSegCLI:
+    return CovidSegCLI(
+        LitUNet,
+        CTDataModule,
+        run=False,
+        args=args,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "max_epochs": 40,
+            "log_every_n_steps": 10,
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "covidseg", "default_hp_metric": False},
+            },
+            "callbacks": [LearningRateMonitor(logging_interval="epoch"), ValidationSamples()],
+        },
+        parser_kwargs={"prog": "python -m covidseg.fit", "description": __doc__.split("\n\n")[0]},
+    )
+
+
+@user_errors
+def main(args: list[str] | None = None) -> dict[str, float]:
+    """Fits, tests the best checkpoint and returns the test metrics."""
+    cli = build_cli(args)
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    dm.scan()  # validate all data before any process group or worker starts
+    trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb else ""
+    results: dict[str, float] = {}
+    if cli.config.get("test", True) and best:
+        results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    if trainer.is_global_zero:
+        run_dir = Path(trainer.log_dir or ".")
+        if results:
+            (run_dir / "test_metrics.json").write_text(json.dumps({"checkpoint": best, **results}, indent=2) + "\n")
+            print("\nTest metrics (best checkpoint):\n" + format_table(results))
+        print(f"\nrun directory:   {run_dir}")
+        print(f"best checkpoint: {best or '(none saved)'}")
+        print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Reading slices and masks from disk, and the one preprocessing path.
+
+Data contract (shared by training, evaluation, predict and export):
+
+* ``read_image(path)`` -> ``np.ndarray`` ``[H, W]``, the file's own dtype (uint8, uint16 or
+  float), colour converted to grayscale.
+* ``normalize_intensity(raw, rule)`` -> ``float32 [H, W]`` in ``[0, 1]``:
+
+  - ``"auto"`` (default): 8-bit images are divided by 255; anything else (16-bit PNG/TIFF,
+    float) is min-max scaled per image, because 16-bit CT exports rarely use the full range.
+  - ``"dtype"``: divide by the dtype's maximum (255 or 65535); floats are clipped to [0, 1].
+  - ``"minmax"``: per-image min-max for every input.
+
+* ``preprocess_image(raw, image_size, rule)`` -> ``float32 [S, S]``: normalise, then resize
+  with area/linear interpolation. Every consumer calls this one function.
+* ``read_mask(path)`` -> ``uint8 [H, W]`` in ``{0, 1}`` (values above half the dtype's range
+  are lesion), and ``preprocess_mask`` resizes it with nearest-neighbour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+Normalization = Literal["auto", "dtype", "minmax"]
+
+
+class ImageReadError(ValueError):
+    """A file that is missing, unreadable or not a 2D image."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Reads a slice as a 2D array in its own dtype (uint8, uint16 or float32).
+
+    RGB(A) images are converted to grayscale. Raises ``ImageReadError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"{path}: unreadable or corrupt image")
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        elif image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif image.shape[2] == 1:
+            image = image[..., 0]
+        else:
+            raise ImageReadError(f"{path}: {image.shape[2]} channels, expected 1, 3 or 4")
+    if image.ndim != 2:
+        raise ImageReadError(f"{path}: not a 2D image (shape {image.shape})")
+    return image
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Reads a mask as ``uint8 [H, W]`` in {0, 1}: lesion where above half the dtype range."""
+    raw = read_image(path)
+    return binarize_mask(raw)
+
+
+def binarize_mask(raw: np.ndarray) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        cut = 127
+    elif raw.dtype == np.uint16:
+        cut = 32767 if raw.max() > 1 else 0
+    else:
+        cut = 0.5
+    if raw.max() <= 1:  # masks stored as {0, 1}
+        cut = 0
+    return (raw > cut).astype(np.uint8)
+
+
+def normalize_intensity(raw: np.ndarray, rule: Normalization = "auto") -> np.ndarray:
+    """Scales a raw slice to ``float32`` in [0, 1] (see the module docstring for the rules)."""
+    if rule not in ("auto", "dtype", "minmax"):
+        raise ValueError(f"unknown normalization {rule!r}, expected auto, dtype or minmax")
+    if rule == "dtype" or (rule == "auto" and raw.dtype == np.uint8):
+        if np.issubdtype(raw.dtype, np.integer):
+            out = raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
+        else:
+            out = np.clip(raw.astype(np.float32), 0.0, 1.0)
+        return out
+    out = raw.astype(np.float32)
+    lo, hi = float(out.min()), float(out.max())
+    if hi - lo < 1e-8:
+        return np.zeros_like(out)
+    return (out - lo) / (hi - lo)
+
+
+def resize(image: np.ndarray, size: int | tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resizes ``[H, W]`` to ``size`` (an int for square, or ``(h, w)``)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if image.shape[:2] == (h, w):
+        return image
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    elif image.shape[0] > h and image.shape[1] > w:
+        interp = cv2.INTER_AREA
+    else:
+        interp = cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+def preprocess_image(raw: np.ndarray, image_size: int, normalization: Normalization = "auto") -> np.ndarray:
+    """The one preprocessing path: raw slice ``[H, W]`` -> ``float32 [S, S]`` in [0, 1]."""
+    return resize(normalize_intensity(raw, normalization), image_size).astype(np.float32, copy=False)
+
+
+def preprocess_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
+    """Binary mask ``[H, W]`` -> ``uint8 [S, S]`` in {0, 1}, nearest-neighbour."""
+    return resize(mask.astype(np.uint8), image_size, nearest=True)
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Writes a {0, 1} or boolean mask as an 8-bit PNG with values {0, 255}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", (mask > 0).astype(np.uint8) * 255)
+    if not ok:
+        raise OSError(f"{path}: could not encode mask")
+    buf.tofile(str(path))
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Writes an 8/16-bit grayscale or BGR image; the format follows the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise OSError(f"{path}: could not encode image")
+    buf.tofile(str(path))
