@@ -64,7 +64,7 @@ class LitUNet(pl.LightningModule):
         encoder_name: str = "resnet18",
         encoder_weights: str | None = None,
         encoder_depth: int = 5,
-        decoder_channels: list[int] = [256, 128, 64, 32, 16],  # noqa: B006 (jsonargparse needs a literal)
+        decoder_channels: list[int] = [128, 64, 32, 16, 8],  # noqa: B006 (jsonargparse needs a literal)
         in_channels: int = 1,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,

@@ -1,0 +1,191 @@
+"""One predictor for covidseg checkpoints and exported ONNX models, used by evaluate, predict,
+export and the benchmarks.
+
+``Predictor(paths)`` loads one model or several (a fold ensemble, probabilities averaged),
+reads the preprocessing and inference settings stored with them, and maps raw slices of any
+size to lesion probability maps at the slice's own size:
+
+    raw [H, W] -> io.preprocess_image -> [B, 1, S, S] -> model(s) (+ flip TTA) -> sigmoid
+    -> resize back to [H, W] (bilinear on probabilities; the ground truth is never resized)
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidseg.errors import CovidSegError
+from covidseg.io import preprocess_image, resize
+
+# Flip variants for test-time augmentation: (flip rows, flip columns).
+TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything inference needs besides the weights; travels in checkpoints and ONNX metadata."""
+
+    image_size: int
+    normalization: str = "auto"
+    threshold: float = 0.5
+    tta: bool = False
+
+    def to_metadata(self) -> dict[str, str]:
+        return {f"covidseg.{k}": str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str) -> "Settings":
+        try:
+            return cls(
+                image_size=int(meta["covidseg.image_size"]),
+                normalization=meta.get("covidseg.normalization", "auto"),
+                threshold=float(meta.get("covidseg.threshold", 0.5)),
+                tta=meta.get("covidseg.tta", "False") == "True",
+            )
+        except KeyError:
+            raise CovidSegError(f"{source}: ONNX model has no covidseg metadata; export it with python -m covidseg.export") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Loads a covidseg checkpoint with weights-only unpickling (no arbitrary code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CovidSegError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise CovidSegError(f"{path}: refused to load, not a plain covidseg checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CovidSegError(f"{path}: truncated or corrupt checkpoint ({str(err).splitlines()[0][:120]})") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or "state_dict" not in ckpt or "image_size" not in hp or "encoder_name" not in hp:
+        raise CovidSegError(f"{path}: not a covidseg checkpoint (no covidseg hyper-parameters)")
+    return ckpt
+
+
+def settings_from_checkpoint(ckpt: dict) -> Settings:
+    hp = ckpt["hyper_parameters"]
+    return Settings(int(hp["image_size"]), str(hp.get("normalization", "auto")), float(hp.get("threshold", 0.5)), bool(hp.get("tta", False)))
+
+
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """The ``LitUNet`` of a loaded checkpoint, in eval mode, on CPU (never downloads weights)."""
+    from covidseg.model import LitUNet
+
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    hp["encoder_weights"] = None  # the trained weights follow; do not fetch pretrained ones
+    model = LitUNet(**hp)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+class _TorchBackend:
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model = model.to(device)
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        logits = self.model(torch.from_numpy(x).to(self.device))
+        return logits.float().sigmoid().cpu().numpy()
+
+
+class _OnnxBackend:
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            raise CovidSegError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:120]})") from None
+        self.settings = Settings.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+def _flip(x: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    if rows:
+        x = x[..., ::-1, :]
+    if cols:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(x)
+
+
+class Predictor:
+    """Lesion probabilities from one or several covidseg checkpoints or ONNX files.
+
+    Args:
+        paths: a ``.ckpt`` or ``.onnx`` path, or a list of them (averaged: a fold ensemble).
+        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available); checkpoints only.
+        threshold, tta: override the settings stored with the model(s).
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], device: str | None = None, threshold: float | None = None, tta: bool | None = None):
+        paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+        if not paths:
+            raise CovidSegError("no model given")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backends, settings = [], []
+        for path in paths:
+            if path.suffix.lower() == ".onnx":
+                if not path.is_file():
+                    raise CovidSegError(f"{path}: ONNX model not found")
+                backend = _OnnxBackend(path)
+                settings.append(backend.settings)
+            else:
+                ckpt = load_checkpoint(path)
+                settings.append(settings_from_checkpoint(ckpt))
+                backend = _TorchBackend(model_from_checkpoint(ckpt), self.device)
+            self.backends.append(backend)
+        first = settings[0]
+        for path, s in zip(paths, settings):
+            if (s.image_size, s.normalization) != (first.image_size, first.normalization):
+                raise CovidSegError(f"{path}: preprocessing {s.image_size}px/{s.normalization} differs from {paths[0]}; cannot ensemble")
+        self.paths = paths
+        self.settings = Settings(
+            first.image_size,
+            first.normalization,
+            float(np.mean([s.threshold for s in settings])) if threshold is None else float(threshold),
+            first.tta if tta is None else bool(tta),
+        )
+
+    def preprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Raw slice ``[H, W]`` -> ``float32 [1, S, S]``: the training preprocessing."""
+        return preprocess_image(raw, self.settings.image_size, self.settings.normalization)[None]
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for preprocessed input, averaged over models and TTA flips.
+
+        Shape:
+            x: ``float32 [B, 1, S, S]`` -> ``float32 [B, 1, S, S]`` in [0, 1].
+        """
+        flips = TTA_FLIPS if self.settings.tta else TTA_FLIPS[:1]
+        total = np.zeros(x.shape, np.float32)
+        for backend in self.backends:
+            for rows, cols in flips:
+                total += _flip(backend(_flip(x, rows, cols)), rows, cols)
+        return total / (len(self.backends) * len(flips))
+
+    def predict(self, raws: Iterable[np.ndarray], batch_size: int = 16) -> Iterator[np.ndarray]:
+        """Probability maps ``float32 [H, W]`` at each raw slice's own size, in order."""
+        batch: list[np.ndarray] = []
+        for raw in raws:
+            batch.append(raw)
+            if len(batch) == batch_size:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def _run(self, raws: list[np.ndarray]) -> list[np.ndarray]:
+        probs = self.predict_batch(np.stack([self.preprocess(r) for r in raws]))
+        return [np.clip(resize(p[0], raw.shape[:2]), 0.0, 1.0) for p, raw in zip(probs, raws)]
