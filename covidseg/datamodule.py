@@ -153,8 +153,9 @@ class CTDataModule(pl.LightningDataModule):
         counts = Counter(self.split.values())
         cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
         rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
-        if self.trainer is not None and self.trainer.log_dir and self.trainer.is_global_zero:
-            write_splits(Path(self.trainer.log_dir) / "splits.csv", self.scan().samples, self.split)
+        log_dir = self.trainer.log_dir if self.trainer is not None else None  # collective: all ranks
+        if log_dir and self.trainer.is_global_zero:
+            write_splits(Path(log_dir) / "splits.csv", self.scan().samples, self.split)
         hp = self.hparams
         aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur)
         for name in ("train", "val", "test"):

@@ -17,6 +17,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from covidseg.callbacks import ValidationSamples
 from covidseg.datamodule import CTDataModule
+from covidseg.evaluate import write_report
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.metrics import VAL_DICE
 from covidseg.model import LitUNet
@@ -108,13 +109,19 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     results: dict[str, float] = {}
     if cli.config.get("test", True) and best:
         results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    run_dir = Path(trainer.log_dir or ".")  # a collective under DDP: every rank asks
     if trainer.is_global_zero:
-        run_dir = Path(trainer.log_dir or ".")
         if results:
             (run_dir / "test_metrics.json").write_text(json.dumps({"checkpoint": best, **results}, indent=2) + "\n")
             print("\nTest metrics (best checkpoint):\n" + format_table(results))
+            split = "test" if dm.samples("test") else "val"  # as CTDataModule.test_dataloader
+            write_report(best, dm.samples(split), run_dir / "report", split=split, roots=dm.roots, tensorboard=run_dir, step=trainer.global_step)
+            print(f"report:          {run_dir / 'report'}")
+        if not best:
+            print("\nno checkpoint saved (fast_dev_run, or checkpointing disabled)")
+            return results
         print(f"\nrun directory:   {run_dir}")
-        print(f"best checkpoint: {best or '(none saved)'}")
+        print(f"best checkpoint: {best}")
         print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
     return results
 

@@ -12,6 +12,8 @@ size to lesion probability maps at the slice's own size:
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -58,11 +60,15 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CovidSegError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about legacy pickles before refusing
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:160]
-        raise CovidSegError(f"{path}: refused to load, not a plain covidseg checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f"it contains pickled code ({found.group(1)})" if found else "it contains pickled objects"
+        raise CovidSegError(f"{path}: refused to load: not a covidseg checkpoint, {what}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as err:
         raise CovidSegError(f"{path}: truncated or corrupt checkpoint ({str(err).splitlines()[0][:120]})") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "state_dict" not in ckpt or "image_size" not in hp or "encoder_name" not in hp:

@@ -38,6 +38,19 @@ def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: in
         ) from None
 
 
+def freeze_unused(net: nn.Module, in_channels: int, depth: int) -> None:
+    """Freezes parameters that never reach the output (deep encoder stages left over when
+    ``encoder_depth < 5``): DDP would otherwise stop with "parameters were not used"."""
+    net.eval()
+    side = 2 ** (depth + 1)
+    net(torch.rand(1, in_channels, side, side)).sum().backward()
+    for p in net.parameters():
+        if p.grad is None:
+            p.requires_grad_(False)
+        p.grad = None
+    net.train()
+
+
 class LitUNet(pl.LightningModule):
     """U-Net for binary lesion segmentation.
 
@@ -84,6 +97,7 @@ class LitUNet(pl.LightningModule):
             raise CovidSegError(f"model: decoder_channels has {len(decoder_channels)} entries, encoder_depth is {encoder_depth}")
         self.save_hyperparameters()
         self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels)
+        freeze_unused(self.net, in_channels, encoder_depth)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)

@@ -1,0 +1,292 @@
+"""Segment lesions in CT slices and volumes with trained checkpoints or exported ONNX models.
+
+    python -m covidseg.predict --ckpt best.ckpt --input scans/ scan.nii.gz --output preds/
+
+Inputs are image files (png/jpg/tif/bmp, 8- or 16-bit, gray or RGB), folders of them
+(not recursive, sorted) and NIfTI volumes in HU (``.nii``/``.nii.gz``, windowed and sliced as
+described in ``covidseg.volumes``). Several ``--ckpt`` models are averaged (an ensemble).
+Preprocessing, threshold and TTA come with the model(s) through ``inference.Predictor``;
+``--threshold`` and ``--tta/--no-tta`` override them. A pixel is lesion where its probability
+is at or above the threshold (as in ``covidseg.evaluate``).
+
+Outputs in ``--output`` for ``NAME.ext``: ``NAME.png`` (mask {0, 255} at the input's size),
+``NAME.npy`` (``--probabilities``, float32 in [0, 1]), ``NAME_overlay.png`` (``--overlay``,
+images only); for ``NAME.nii.gz``: ``NAME_mask.nii.gz`` (uint8 {0, 1}, the input's shape,
+affine and header) and ``NAME_prob.nii.gz`` (``--probabilities``, float32). ``summary.csv``
+has one row per input: status, lesion pixels and fraction, and lesion volume in mL for volumes.
+
+Existing outputs are never replaced without ``--overwrite``: the run refuses up front, before
+anything is written, and names them. An unreadable input is reported on stderr and skipped;
+the others are processed and the exit status is 1. Bad arguments or models exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from covidseg.errors import CovidSegError, user_errors
+from covidseg.inference import Predictor
+from covidseg.io import IMAGE_SUFFIXES, normalize_intensity, read_image, write_image, write_mask
+from covidseg.volumes import LUNG_WINDOW, is_volume, read_volume, volume_stem, voxel_ml, write_like
+
+SUMMARY = "summary.csv"
+SUMMARY_FIELDS = ("input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml", "mask")
+_READ_ERRORS = (ValueError, OSError, cv2.error)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and the files it produces (``outputs[0]`` is the mask)."""
+
+    path: Path
+    kind: str  # "image", "volume", or "" for an input that cannot be processed
+    outputs: tuple[Path, ...] = ()
+    error: str = ""
+
+
+def list_inputs(paths: list[str | Path]) -> list[Path]:
+    """Expands folders into their image and NIfTI files (sorted, not recursive); files stay."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p)))
+            found.extend(inside or [path])  # an empty folder stays, and is reported
+        else:
+            found.append(path)
+    return found
+
+
+def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False) -> list[Job]:
+    """One ``Job`` per input file, with its output paths under ``output``."""
+    jobs = []
+    for path in list_inputs(paths):
+        if path.is_dir():
+            jobs.append(Job(path, "", error="no images or NIfTI volumes in folder"))
+        elif is_volume(path):
+            name = volume_stem(path)
+            outs = [output / f"{name}_mask.nii.gz"] + ([output / f"{name}_prob.nii.gz"] if probabilities else [])
+            jobs.append(Job(path, "volume", tuple(outs)))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            outs = [output / f"{path.stem}.png"]
+            outs += [output / f"{path.stem}.npy"] if probabilities else []
+            outs += [output / f"{path.stem}_overlay.png"] if overlay else []
+            jobs.append(Job(path, "image", tuple(outs)))
+        else:
+            jobs.append(Job(path, "", error=f"unsupported file type (expected {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz)"))
+    return jobs
+
+
+def check_outputs(jobs: list[Job], output: Path, overwrite: bool) -> None:
+    """Refuses clashing outputs, outputs that replace an input, and (without ``overwrite``)
+    existing outputs, before anything is written. Raises ``CovidSegError``."""
+    owner: dict[Path, Path] = {}
+    for job in jobs:
+        for out in job.outputs:
+            key = out.resolve()
+            if key in owner:
+                raise CovidSegError(f"{job.path} and {owner[key]} would both write {out}; rename one or predict them separately")
+            owner[key] = job.path
+    inputs = {job.path.resolve() for job in jobs}
+    if clash := [p for p in owner if p in inputs]:
+        raise CovidSegError(f"output {clash[0]} would replace an input; choose another --output")
+    if overwrite:
+        return
+    existing = [p for p in [*owner, (output / SUMMARY).resolve()] if p.exists()]
+    if existing:
+        names = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise CovidSegError(f"{len(existing)} output file(s) already exist ({names}); pass --overwrite or choose another --output")
+
+
+def overlay_image(raw: np.ndarray, mask: np.ndarray, normalization: str = "auto") -> np.ndarray:
+    """The slice in gray with the lesion tinted red.
+
+    Shape:
+        raw: ``[H, W]`` raw slice; mask: ``[H, W]`` bool -> ``uint8 [H, W, 3]`` (BGR).
+    """
+    gray = cv2.cvtColor(np.rint(normalize_intensity(raw, normalization) * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    red = gray.copy()
+    red[mask] = (0, 0, 255)
+    return cv2.addWeighted(gray, 0.5, red, 0.5, 0.0)
+
+
+def _row(job: Job, status: str = "ok", reason: str = "", **values) -> dict:
+    row = dict.fromkeys(SUMMARY_FIELDS, "")
+    row.update(input=str(job.path), type=job.kind, status=status, reason=reason, **values)
+    return row
+
+
+def _stats(job: Job, mask: np.ndarray, ml_per_voxel: float | None = None) -> dict:
+    n = int(mask.sum())
+    stats = {"lesion_pixels": n, "lesion_fraction": n / max(mask.size, 1), "mask": str(job.outputs[0])}
+    if ml_per_voxel is not None:
+        stats["lesion_ml"] = n * ml_per_voxel
+    return stats
+
+
+def _report(bar: tqdm, job: Job, reason: str) -> dict:
+    bar.write(f"failed: {job.path}: {reason}", file=sys.stderr)
+    return _row(job, "failed", reason)
+
+
+def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm) -> list[dict]:
+    """Rows for ``jobs`` (all images), in their order."""
+    rows: dict[int, dict] = {}
+    for start in range(0, len(jobs), batch_size):
+        loaded = []
+        for i in range(start, min(start + batch_size, len(jobs))):
+            try:
+                loaded.append((i, read_image(jobs[i].path)))
+            except _READ_ERRORS as err:
+                rows[i] = _report(bar, jobs[i], str(err).removeprefix(f"{jobs[i].path}: "))
+                bar.update()
+        probs = predictor.predict([raw for _, raw in loaded], batch_size)
+        for (i, raw), prob in zip(loaded, probs):
+            job, mask = jobs[i], prob >= predictor.settings.threshold
+            try:
+                write_mask(job.outputs[0], mask)
+                for out in job.outputs[1:]:
+                    if out.suffix == ".npy":
+                        np.save(out, prob.astype(np.float32))
+                    else:
+                        write_image(out, overlay_image(raw, mask, predictor.settings.normalization))
+            except OSError as err:
+                rows[i] = _report(bar, job, f"cannot write output ({err})")
+            else:
+                rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, mask))
+            bar.update()
+    return [rows[i] for i in range(len(jobs))]
+
+
+def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm) -> dict:
+    try:
+        ref, slices = read_volume(job.path, *window)
+    except _READ_ERRORS as err:
+        bar.update()
+        return _report(bar, job, str(err).removeprefix(f"{job.path}: "))
+    bar.total += len(slices) - 1
+    masks, probs = [], []
+    for prob in predictor.predict(slices, batch_size):
+        masks.append(prob >= predictor.settings.threshold)
+        if len(job.outputs) > 1:
+            probs.append(prob.astype(np.float32))
+        bar.update()
+    mask = np.stack(masks).astype(np.uint8)
+    try:
+        write_like(job.outputs[0], mask, ref)
+        if probs:
+            write_like(job.outputs[1], np.stack(probs), ref)
+    except OSError as err:
+        return _report(bar, job, f"cannot write output ({err})")
+    return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref)))
+
+
+def predict_paths(
+    predictor: Predictor,
+    inputs: list[str | Path],
+    output: str | Path,
+    *,
+    probabilities: bool = False,
+    overlay: bool = False,
+    batch_size: int = 16,
+    window: tuple[float, float] = LUNG_WINDOW,
+    overwrite: bool = False,
+) -> list[dict]:
+    """Predicts every input, writes the outputs and ``summary.csv``, and returns its rows.
+
+    Args:
+        predictor: the model(s) and settings (threshold, TTA, preprocessing).
+        inputs: image files, folders of images, NIfTI volumes.
+        output: folder for the results (created).
+        probabilities, overlay: also write probability maps / overlay images.
+        batch_size: slices per forward pass.
+        window: ``(center, width)`` in HU for NIfTI volumes.
+        overwrite: replace existing outputs; otherwise refuse up front.
+
+    Returns:
+        One dict per input file, in input order, with the ``SUMMARY_FIELDS`` keys; ``status``
+        is ``ok`` or ``failed`` (then ``reason`` says why and nothing was written for it).
+
+    Raises:
+        CovidSegError: clashing or existing outputs, before anything is written.
+    """
+    output = Path(output)
+    jobs = plan(inputs, output, probabilities, overlay)
+    check_outputs(jobs, output, overwrite)
+    output.mkdir(parents=True, exist_ok=True)
+    by_job: dict[int, dict] = {}
+    with tqdm(total=len(jobs), unit="slice", desc="predict", disable=None) as bar:
+        for i, job in enumerate(jobs):
+            if job.error:
+                by_job[i] = _report(bar, job, job.error)
+                bar.update()
+        images = [i for i, job in enumerate(jobs) if job.kind == "image"]
+        by_job.update(zip(images, _predict_images(predictor, [jobs[i] for i in images], batch_size, bar)))
+        for i, job in enumerate(jobs):
+            if job.kind == "volume":
+                by_job[i] = _predict_volume(predictor, job, batch_size, window, bar)
+    rows = [by_job[i] for i in range(len(jobs))]
+    with open(output / SUMMARY, "w", newline="") as f:
+        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m covidseg.predict", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", required=True, metavar="MODEL", help="covidseg .ckpt or exported .onnx; several are averaged")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files, folders of images, .nii/.nii.gz volumes")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--probabilities", action="store_true", help="also write probability maps (.npy / _prob.nii.gz)")
+    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png (images only)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation (default: the model's setting)")
+    p.add_argument("--threshold", type=float, default=None, help="lesion probability threshold (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="checkpoints only (default: cuda if available)")
+    p.add_argument("--window", nargs=2, type=float, default=LUNG_WINDOW, metavar=("CENTER", "WIDTH"), help="HU window for NIfTI volumes (default -600 1500, lung)")
+    return p
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 ok, 1 when an input failed)."""
+    args = build_parser().parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise CovidSegError(f"--threshold {args.threshold}: must be in [0, 1]")
+    if args.batch_size < 1:
+        raise CovidSegError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.window[1] <= 0:
+        raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CovidSegError("--device cuda: no CUDA device available")
+    output = Path(args.output)
+    check_outputs(plan(args.input, output, args.probabilities, args.overlay), output, args.overwrite)  # before loading models
+    predictor = Predictor(args.ckpt, device=args.device, threshold=args.threshold, tta=args.tta)
+    rows = predict_paths(
+        predictor,
+        args.input,
+        output,
+        probabilities=args.probabilities,
+        overlay=args.overlay,
+        batch_size=args.batch_size,
+        window=tuple(args.window),
+        overwrite=args.overwrite,
+    )
+    failed = sum(row["status"] != "ok" for row in rows)
+    s = predictor.settings
+    print(f"{len(rows) - failed} ok, {failed} failed (threshold {s.threshold:g}, tta {'on' if s.tta else 'off'}); summary: {output / SUMMARY}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

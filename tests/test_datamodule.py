@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from covidseg.datamodule import CTDataModule, SliceDataset
+from covidseg.sources import Sample
+from covidseg.transforms import train_transforms
+from covidseg.io import write_image, write_mask
+
+
+def test_samples_follow_the_data_contract(tiny_data):
+    dm = CTDataModule(str(tiny_data), image_size=48, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 48, 48) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 1, 48, 48) and batch["mask"].dtype == torch.float32
+    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+    assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
+    total = sum(len(dm.datasets[k]) for k in ("train", "val", "test"))
+    assert total == 32 and min(len(dm.datasets[k]) for k in ("train", "val", "test")) > 0
+
+
+def test_augmentation_moves_image_and_mask_together(tmp_path):
+    # image bright exactly where the mask is: after any geometric augmentation they must agree
+    img = np.zeros((64, 64), np.uint8)
+    img[10:30, 20:50] = 255
+    write_image(tmp_path / "i.png", img)
+    write_mask(tmp_path / "m.png", img > 0)
+    ds = SliceDataset([Sample(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "c", "s")], 64, transform=train_transforms(rotate=30, zoom=0.2, shift=0.2, hflip=1.0))
+    for _ in range(5):
+        item = ds[0]
+        bright = item["image"][0] > 0.5
+        mask = item["mask"][0] > 0.5
+        assert mask.sum() > 0
+        agree = (bright == mask).float().mean()
+        assert agree > 0.98
+        assert not torch.equal(mask, torch.from_numpy(img > 0))  # it did move
+
+
+def test_eval_splits_are_not_augmented(tiny_data):
+    dm = CTDataModule(str(tiny_data), image_size=40, num_workers=0)
+    dm.setup("fit")
+    a, b = dm.datasets["val"][0], dm.datasets["val"][0]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
+def test_balanced_sampler_draws_sources_evenly(tiny_data, tmp_path):
+    from covidseg.synthetic import generate
+
+    small = generate(tmp_path / "small", cases=4, slices=1, size=40)
+    dm = CTDataModule([str(tiny_data), str(small)], image_size=32, num_workers=0, balance_sources=True, val_fraction=0.2, test_fraction=0.0)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    sources = [dm.datasets["train"].samples[i].source for i in dm.train_dataloader().sampler]
+    share = sources.count("small") / len(sources)
+    assert 0.25 < share < 0.75  # unbalanced it would be ~3/35

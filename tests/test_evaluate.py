@@ -1,0 +1,213 @@
+"""End to end: ``python -m covidseg.evaluate`` on the tiny fixtures, in-process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covidseg.evaluate import main, write_report
+from covidseg.inference import Predictor
+from covidseg.sources import scan
+
+FILES = ("metrics.json", "metrics.md", "per_image.csv", "roc_curve.png", "pr_curve.png", "confusion_matrix.png", "prediction_samples.png")
+KEYS = {"checkpoints", "roots", "split", "threshold", "threshold_source", "counts", "per_image_mean", "per_image_n", "global", "dice_ci95", "policy"}
+METRICS = {"dice", "iou", "recall", "specificity", "precision", "accuracy", "auroc"}
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _split_images(run: Path, name: str) -> list[str]:
+    return [r["image"] for r in _rows(run / "splits.csv") if r["split"] == name]
+
+
+def _check_report(out: Path, n_images: int) -> dict:
+    for name in FILES:
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+            assert im.format == "PNG" and min(im.size) > 200
+    m = json.loads((out / "metrics.json").read_text())
+    assert KEYS <= m.keys()
+    assert m["per_image_mean"].keys() == METRICS and m["global"].keys() == METRICS | {"average_precision"}
+    rows = _rows(out / "per_image.csv")
+    assert len(rows) == m["counts"]["images"] == n_images
+    assert list(rows[0]) == ["file", "case_id", "dice", "iou", "gt_pixels", "pred_pixels"]
+    assert m["per_image_mean"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-5)
+    assert m["counts"]["lesion_pixels"] == sum(int(r["gt_pixels"]) for r in rows)
+    assert m["counts"]["predicted_pixels"] == sum(int(r["pred_pixels"]) for r in rows)
+    assert m["counts"]["images_without_lesion"] == sum(r["gt_pixels"] == "0" for r in rows)
+    assert m["counts"]["cases"] == len({r["case_id"] for r in rows})
+    assert m["dice_ci95"]["low"] <= m["per_image_mean"]["dice"] <= m["dice_ci95"]["high"]
+    return m
+
+
+def test_all_pairs_with_tensorboard(tiny_ckpt, tiny_data, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "report"
+    m = main(["--ckpt", str(tiny_ckpt), "--data.root", str(tiny_data), "--output", str(out), "--tensorboard", str(tmp_path / "tb")])
+    n_pairs = len(_rows(tiny_data / "manifest.csv"))
+    assert _check_report(out, n_pairs) == json.loads((out / "metrics.json").read_text()) == m
+    assert m["split"] is None and m["threshold"] == 0.5 and m["counts"]["pixels"] == n_pairs * 80 * 80  # original size, not 64 px
+    assert (out / "learning_curves.png").is_file()  # the checkpoint sits in its run directory
+    printed = capsys.readouterr().out
+    assert "| Dice |" in printed and str(out.resolve()) in printed
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert {"test/roc_curve", "test/pr_curve", "test/prediction_samples"} <= set(acc.Tags()["images"])
+
+
+def test_several_sources(tiny_ckpt, tiny_data, tmp_path):
+    from covidseg.synthetic import generate
+
+    second = generate(tmp_path / "second", cases=2, slices=2, size=72, seed=5)
+    m = main(["--ckpt", str(tiny_ckpt), "--data.root", str(tiny_data), str(second), "--output", str(tmp_path / "r")])
+    rows = _rows(tmp_path / "r" / "per_image.csv")
+    assert len(rows) == 36 and {r["case_id"].split("/")[0] for r in rows} == {"data", "second"}
+    assert m["per_source"].keys() == {"data", "second"} and m["per_source"]["second"]["images"] == 4
+    second_dice = [float(r["dice"]) for r in rows if r["case_id"].startswith("second/")]
+    assert m["per_source"]["second"]["dice_image"] == pytest.approx(np.mean(second_dice), abs=1e-5)
+    assert "## Per source" in (tmp_path / "r" / "metrics.md").read_text()
+
+
+def test_split_test_uses_the_runs_data_and_split(tiny_ckpt, tiny_run, tmp_path):
+    m = main(["--ckpt", str(tiny_ckpt), "--split", "test", "--output", str(tmp_path / "r")])
+    test_images = _split_images(tiny_run, "test")
+    _check_report(tmp_path / "r", len(test_images))
+    assert m["split"] == "test"
+    assert sorted(r["file"] for r in _rows(tmp_path / "r" / "per_image.csv")) == sorted(test_images)
+
+
+def test_split_falls_back_to_the_checkpoints_split(tiny_ckpt, tiny_run, tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"  # no splits.csv next to it
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(tiny_ckpt, ckpt)
+    main(["--ckpt", str(ckpt), "--split", "val", "--output", str(tmp_path / "r")])
+    assert sorted(r["file"] for r in _rows(tmp_path / "r" / "per_image.csv")) == sorted(_split_images(tiny_run, "val"))
+    assert not (tmp_path / "r" / "learning_curves.png").exists()
+
+
+def test_ensemble_of_two_checkpoints(tiny_ckpt, tiny_run, tmp_path):
+    m = main(["--ckpt", str(tiny_ckpt), str(tiny_ckpt.parent / "last.ckpt"), "--split", "test", "--output", str(tmp_path / "r"), "--threshold", "0.3"])
+    _check_report(tmp_path / "r", len(_split_images(tiny_run, "test")))
+    assert len(m["checkpoints"]) == 2 and m["threshold"] == 0.3 and m["threshold_source"] == "given"
+
+
+def test_threshold_auto_is_stored_with_the_model(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    original = torch.load(ckpt, weights_only=True)
+    original["hyper_parameters"]["threshold"] = 0.123  # off the grid: auto must replace it
+    torch.save(original, ckpt)
+    m = main(["--ckpt", str(ckpt), "--split", "test", "--threshold", "auto", "--output", str(tmp_path / "r")])
+    t = m["threshold"]
+    assert t in np.round(np.arange(0.05, 0.951, 0.05), 2) and m["threshold_source"].startswith("auto")
+    assert f"threshold auto: {t:.2f}" in capsys.readouterr().out
+    stored = torch.load(ckpt, weights_only=True)
+    assert stored["hyper_parameters"]["threshold"] == t
+    assert stored.keys() == original.keys()
+    assert all(torch.equal(stored["state_dict"][k], v) for k, v in original["state_dict"].items())
+    assert Predictor(ckpt, device="cpu").settings.threshold == t  # later predict/evaluate default to it
+
+
+def test_threshold_auto_needs_the_runs_splits(tiny_ckpt, tiny_data, tmp_path, capsys):
+    ckpt = tmp_path / "a" / "b" / "alone.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    data = torch.load(tiny_ckpt, weights_only=True)
+    del data["CTDataModule"]
+    torch.save(data, ckpt)
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(ckpt), "--data.root", str(tiny_data), "--threshold", "auto", "--output", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = _error_line(capsys)
+    assert str(ckpt) in err and "split" in err
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["threshold"] == 0.5  # untouched
+
+
+def _error_line(capsys) -> str:
+    """The one ``error: ...`` line a user error prints (a progress bar may precede it)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and sum(line.startswith("error:") for line in lines) == 1
+    return lines[-1]
+
+
+def _bad_checkpoints(good: Path, folder: Path) -> dict[str, Path]:
+    text = folder / "notes.ckpt"
+    text.write_text("# training notes\n")
+    csv_text = folder / "log.ckpt"
+    csv_text.write_text("epoch,loss\n1,0.5\n")  # the weights-only unpickler raises IndexError here
+    truncated = folder / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    foreign = folder / "foreign.ckpt"
+    torch.save(Namespace(lr=0.1), foreign)  # a pickled object weights-only loading refuses
+    other = folder / "other.ckpt"
+    torch.save({"state_dict": {}, "epoch": 3}, other)  # loads, but not a covidseg checkpoint
+    return {"text": text, "csv-text": csv_text, "truncated": truncated, "foreign": foreign, "other": other, "missing": folder / "missing.ckpt"}
+
+
+@pytest.mark.parametrize("kind", ["text", "csv-text", "truncated", "foreign", "other", "missing"])
+def test_bad_checkpoint_one_line_error(kind, tiny_ckpt, tiny_data, tmp_path, capsys):
+    path = _bad_checkpoints(tiny_ckpt, tmp_path)[kind]
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(path), "--data.root", str(tiny_data), "--output", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert str(path) in _error_line(capsys)
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_model_that_cannot_take_the_slices(tiny_ckpt, tiny_data, tmp_path, capsys):
+    from covidseg.model import LitUNet
+
+    model = LitUNet(encoder_depth=3, decoder_channels=[32, 16, 8], in_channels=3, image_size=64)
+    path = tmp_path / "rgb.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(path), "--data.root", str(tiny_data), "--output", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = _error_line(capsys)
+    assert str(path) in err and "cannot take" in err
+
+
+def test_data_without_pairs(tiny_ckpt, tmp_path, capsys):
+    root = tmp_path / "empty"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(tiny_ckpt), "--data.root", str(root), "--output", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert str(root) in capsys.readouterr().err
+
+
+def test_roots_required_without_split(tiny_ckpt, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(tiny_ckpt), "--output", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--data.root" in capsys.readouterr().err
+
+
+def test_write_report_for_fit(tiny_ckpt, tiny_data, tmp_path):
+    """The call fit makes: given samples, a live SummaryWriter and the run directory."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    samples = scan([tiny_data], progress=False).samples[:5]
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    m = write_report(tiny_ckpt, samples, tmp_path / "report", split="test", tensorboard=writer, step=7, progress=False)
+    writer.close()
+    _check_report(tmp_path / "report", 5)
+    assert m["roots"] == [str(tiny_data)]
+    assert pickle.dumps(m)  # plain data

@@ -1,0 +1,96 @@
+"""End-to-end: the CLI in-process on tiny generated data (CPU, 64 px, a few batches)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from covidseg.fit import main
+from conftest import FAST_TRAINER, TINY_MODEL
+
+REQUIRED_TAGS = {"train/loss", "train/dice", "val/loss", "val/dice", "val/iou", "val/precision", "val/recall", "val/specificity", "val/accuracy", "val/auroc", "val/dice_image", "lr-AdamW"}
+
+
+def _fit(root, out, *extra):
+    return main(["--data.root", str(root), "--trainer.logger.init_args.save_dir", str(out)] + TINY_MODEL + FAST_TRAINER + list(extra))
+
+
+def test_run_directory_holds_everything(tiny_run):
+    for name in ("config.yaml", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "test_metrics.json"):
+        assert (tiny_run / name).is_file(), name
+    assert list(tiny_run.glob("events.out.tfevents.*"))
+    metrics = json.loads((tiny_run / "test_metrics.json").read_text())
+    assert {"test/dice", "test/iou", "test/auroc", "test/accuracy", "test/precision", "test/recall"} <= set(metrics)
+    ea = EventAccumulator(str(tiny_run), size_guidance={"images": 0})
+    ea.Reload()
+    assert REQUIRED_TAGS <= set(ea.Tags()["scalars"]), REQUIRED_TAGS - set(ea.Tags()["scalars"])
+    assert len(ea.Scalars("val/dice")) == 2  # one point per epoch
+    assert any("val/samples" in t for t in ea.Tags()["images"])
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["image_size"] == 64 and ckpt["hyper_parameters"]["normalization"] == "auto"
+    config = (tiny_run / "config.yaml").read_text()
+    assert "image_size: 64" in config and "encoder_depth: 3" in config
+
+
+def test_resume_continues_the_same_run(tiny_data, tmp_path):
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "1", "--early_stopping.patience", "7")
+    run = tmp_path / "covidseg" / "version_0"
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    splits = (run / "splits.csv").read_text()
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--data.split_seed", "999", "--early_stopping.patience", "7")
+    assert not (tmp_path / "covidseg" / "version_1").exists()  # resumed into the same directory
+    second = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0 and second["epoch"] == 1
+    assert second["global_step"] == 2 * first["global_step"]
+    assert (run / "splits.csv").read_text() == splits  # same patients, despite a new seed
+    es = next(v for k, v in second["callbacks"].items() if k.startswith("EarlyStopping"))
+    es_first = next(v for k, v in first["callbacks"].items() if k.startswith("EarlyStopping"))
+    assert es["patience"] == 7 and es["best_score"] >= es_first["best_score"]
+    ea = EventAccumulator(str(run))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("val/dice")] == sorted({e.step for e in ea.Scalars("val/dice")})
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", "last"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ckpt_path last: no " in err and "last.ckpt to resume" in err
+
+
+def test_bad_data_stops_before_training_naming_files(tiny_data, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    (bad / "images" / "case000_00.png").write_bytes(b"garbage")
+    (bad / "masks" / "case001_01.png").unlink()
+    with pytest.raises(SystemExit) as exit_:
+        _fit(bad, tmp_path / "runs", "--trainer.max_epochs", "1")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "case000_00.png: unreadable or corrupt image" in err
+    assert "case001_01.png" in err and "does not exist" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "covidseg" / "version_0" / "checkpoints").exists()
+
+
+def test_wrong_path_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _fit(tmp_path / "nowhere", tmp_path / "runs")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'nowhere'}: no such folder"
+
+
+def test_demo_is_the_default(tmp_path, capsys):
+    results = main(["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"] + TINY_MODEL + FAST_TRAINER)
+    out = capsys.readouterr().out
+    assert "Test metrics (best checkpoint)" in out
+    assert (Path(os.environ["COVIDSEG_CACHE"]) / "demo-v1" / "manifest.csv").is_file()
+    assert "best checkpoint:" in out and "run directory:" in out
+    assert 0.0 <= results["test/dice"] <= 1.0

@@ -1,0 +1,58 @@
+import cv2
+import numpy as np
+import pytest
+
+from covidseg.io import ImageReadError, normalize_intensity, preprocess_image, preprocess_mask, read_image, read_mask
+
+
+def test_read_8bit_16bit_and_rgb(tmp_path):
+    g8 = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    cv2.imwrite(str(tmp_path / "g8.png"), g8)
+    g16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000)
+    cv2.imwrite(str(tmp_path / "g16.png"), g16)
+    rgb = np.dstack([g8, g8, g8])
+    cv2.imwrite(str(tmp_path / "rgb.tif"), rgb)
+    assert read_image(tmp_path / "g8.png").dtype == np.uint8
+    np.testing.assert_array_equal(read_image(tmp_path / "g16.png"), g16)
+    out = read_image(tmp_path / "rgb.tif")
+    assert out.shape == (3, 4)
+    np.testing.assert_array_equal(out, g8)
+
+
+def test_unreadable_and_missing_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="bad.png: unreadable or corrupt"):
+        read_image(bad)
+    with pytest.raises(ImageReadError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_normalization_rules():
+    u8 = np.array([[0, 51, 255]], np.uint8)
+    assert normalize_intensity(u8)[0].tolist() == pytest.approx([0.0, 0.2, 1.0])
+    u16 = np.array([[1000, 2000, 3000]], np.uint16)
+    assert normalize_intensity(u16, "auto")[0].tolist() == pytest.approx([0.0, 0.5, 1.0])
+    assert normalize_intensity(u16, "dtype")[0].tolist() == pytest.approx([1000 / 65535, 2000 / 65535, 3000 / 65535])
+    assert normalize_intensity(u8, "minmax")[0].tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert normalize_intensity(np.full((2, 2), 7, np.uint16)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_masks_binarised_and_resized_nearest(tmp_path):
+    m = np.zeros((8, 8), np.uint8)
+    m[2:6, 2:6] = 255
+    m[0, 0] = 100  # JPEG-like noise below half range is background
+    cv2.imwrite(str(tmp_path / "m.png"), m)
+    mask = read_mask(tmp_path / "m.png")
+    assert set(np.unique(mask)) == {0, 1} and mask.sum() == 16
+    small = preprocess_mask(mask, 4)
+    assert small.dtype == np.uint8 and set(np.unique(small)) <= {0, 1} and small.sum() == 4
+    cv2.imwrite(str(tmp_path / "01.png"), (m > 127).astype(np.uint8))  # {0,1} masks
+    assert read_mask(tmp_path / "01.png").sum() == 16
+
+
+def test_preprocess_image_shape_and_range():
+    raw = (np.random.default_rng(0).random((37, 53)) * 255).astype(np.uint8)
+    out = preprocess_image(raw, 32)
+    assert out.shape == (32, 32) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0

@@ -1,0 +1,193 @@
+"""python -m covidseg.predict: images of any size/format, NIfTI volumes, TTA, failures, safety."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from covidseg.errors import CovidSegError
+from covidseg.inference import Predictor, load_checkpoint, model_from_checkpoint
+from covidseg.io import preprocess_image, read_image, resize, write_image
+from covidseg.predict import main, predict_paths
+from covidseg.volumes import to_display
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_ckpt) -> Predictor:
+    return Predictor(tiny_ckpt, device="cpu")
+
+
+def _slice(tiny_data: Path, i: int = 0) -> np.ndarray:
+    return read_image(sorted((tiny_data / "images").glob("*.png"))[i])  # uint8 [80, 80]
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tiny_data, tmp_path_factory) -> Path:
+    """8-bit PNG 80x80, 16-bit PNG 70x90, 16-bit TIFF 70x90 (same pixels), RGB JPEG 72x96."""
+    folder = tmp_path_factory.mktemp("mixed")
+    img = _slice(tiny_data)
+    write_image(folder / "a8.png", img)
+    wide16 = cv2.resize(img, (90, 70)).astype(np.uint16) * 257
+    write_image(folder / "b16.png", wide16)
+    write_image(folder / "c16.tif", wide16)
+    write_image(folder / "d_rgb.jpg", cv2.cvtColor(cv2.resize(_slice(tiny_data, 1), (96, 72)), cv2.COLOR_GRAY2BGR))
+    (folder / "notes.txt").write_text("ignored: not an image")
+    return folder
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    with open(path / "summary.csv", newline="") as f:
+        return {Path(r["input"]).name: r for r in csv.DictReader(f)}
+
+
+def test_folder_of_mixed_images(predictor, mixed_folder, tmp_path):
+    rows = predict_paths(predictor, [mixed_folder], tmp_path, probabilities=True, overlay=True)
+    assert [Path(r["input"]).name for r in rows] == ["a8.png", "b16.png", "c16.tif", "d_rgb.jpg"]
+    summary = _rows(tmp_path)
+    for name, shape in [("a8", (80, 80)), ("b16", (70, 90)), ("c16", (70, 90)), ("d_rgb", (72, 96))]:
+        mask = cv2.imread(str(tmp_path / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        prob = np.load(tmp_path / f"{name}.npy")
+        assert mask.shape == shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        assert prob.shape == shape and prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
+        assert np.array_equal(mask > 0, prob >= predictor.settings.threshold)
+        assert cv2.imread(str(tmp_path / f"{name}_overlay.png")).shape == (*shape, 3)
+        row = summary[next(n for n in summary if n.startswith(name))]
+        assert row["status"] == "ok" and row["shape"] == f"{shape[0]}x{shape[1]}"
+        assert int(row["lesion_pixels"]) == (mask > 0).sum()
+        assert float(row["lesion_fraction"]) == pytest.approx((mask > 0).mean())
+    # 16-bit PNG and TIFF with the same pixels give the same prediction
+    assert np.array_equal(np.load(tmp_path / "b16.npy"), np.load(tmp_path / "c16.npy"))
+
+
+def test_nifti_volume_round_trip(predictor, tiny_data, tmp_path):
+    # Three display slices [Z=3, H=90, W=70] stored RAS (with a small rotation) as int16 HU that
+    # the default lung window maps back to the exact 8-bit pixels.
+    display = np.stack([cv2.resize(_slice(tiny_data, i), (70, 90)) for i in range(3)])
+    hu = np.rint(-1350 + display * (1500 / 255)).astype(np.int16)
+    data = np.stack([s.T[::-1, ::-1] for s in hu], axis=-1)  # [X=70, Y=90, Z=3]
+    c, s = np.cos(0.15), np.sin(0.15)
+    affine = np.array([[0.7 * c, -0.7 * s, 0, -20.0], [0.7 * s, 0.7 * c, 0, 35.0], [0, 0, 2.5, -110.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "ct.nii.gz")
+
+    rows = predict_paths(predictor, [tmp_path / "ct.nii.gz"], tmp_path / "out", probabilities=True, batch_size=2)
+    mask_img = nib.load(tmp_path / "out" / "ct_mask.nii.gz")
+    prob_img = nib.load(tmp_path / "out" / "ct_prob.nii.gz")
+    mask = np.asanyarray(mask_img.dataobj)
+    prob = np.asanyarray(prob_img.dataobj)
+    assert mask.shape == prob.shape == (70, 90, 3) and mask.dtype == np.uint8 and prob.dtype == np.float32
+    assert set(np.unique(mask)) <= {0, 1} and 0 <= prob.min() and prob.max() <= 1
+    for img in (mask_img, prob_img):
+        assert np.allclose(img.affine, affine, atol=1e-5)
+        assert np.allclose(img.header.get_zooms(), (0.7, 0.7, 2.5))
+    # the same slices predicted as 8-bit images: same orientation, same preprocessing
+    expected = np.stack(list(predictor.predict(display)))
+    assert np.allclose(to_display(prob, affine), expected, atol=1e-6)
+    assert np.array_equal(to_display(mask, affine), expected >= predictor.settings.threshold)
+    (row,) = rows
+    assert row["status"] == "ok" and row["shape"] == "70x90x3" and row["lesion_pixels"] == mask.sum()
+    assert float(_rows(tmp_path / "out")["ct.nii.gz"]["lesion_ml"]) == pytest.approx(mask.sum() * 0.7 * 0.7 * 2.5 / 1000)
+
+
+def test_tta_is_the_mean_over_flips(tiny_ckpt, tiny_data, tmp_path):
+    raw = _slice(tiny_data, 2)
+    write_image(tmp_path / "in" / "x.png", raw)
+    for flag in ("--tta", "--no-tta"):
+        args = ["--ckpt", str(tiny_ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / flag), "--probabilities", "--device", "cpu", flag]
+        assert main(args) == 0
+    tta, plain = np.load(tmp_path / "--tta" / "x.npy"), np.load(tmp_path / "--no-tta" / "x.npy")
+    # by hand: the shared preprocessing, the model on the 4 flips, un-flip, mean, resize back
+    ckpt = load_checkpoint(tiny_ckpt)
+    model = model_from_checkpoint(ckpt)
+    x = torch.from_numpy(preprocess_image(raw, ckpt["hyper_parameters"]["image_size"], ckpt["hyper_parameters"]["normalization"]))[None, None]
+    with torch.inference_mode():
+        flips = [[], [3], [2], [2, 3]]
+        mean = torch.stack([model(x.flip(d)).sigmoid().flip(d) if d else model(x).sigmoid() for d in flips]).mean(0)[0, 0].numpy()
+        single = model(x).sigmoid()[0, 0].numpy()
+    assert np.allclose(tta, np.clip(resize(mean, raw.shape), 0, 1), atol=1e-5)
+    assert np.allclose(plain, np.clip(resize(single, raw.shape), 0, 1), atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-4
+
+
+def test_bad_inputs_are_reported_and_skipped(tiny_ckpt, tiny_data, tmp_path):
+    good = tmp_path / "in"
+    write_image(good / "ok1.png", _slice(tiny_data, 0))
+    write_image(good / "ok2.png", _slice(tiny_data, 1))
+    (good / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (good / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "covidseg.predict", "--ckpt", str(tiny_ckpt), "--input", str(good), str(tmp_path / "missing.png"), "--output", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    for name in ("corrupt.png", "broken.nii.gz", "missing.png"):
+        assert name in proc.stderr
+    assert (out / "ok1.png").is_file() and (out / "ok2.png").is_file()
+    assert not (out / "corrupt.png").exists() and not (out / "broken_mask.nii.gz").exists()
+    rows = _rows(out)
+    assert [(n, r["status"]) for n, r in rows.items()] == [  # input order
+        ("broken.nii.gz", "failed"),
+        ("corrupt.png", "failed"),
+        ("ok1.png", "ok"),
+        ("ok2.png", "ok"),
+        ("missing.png", "failed"),
+    ]
+    assert rows["ok2.png"]["mask"] == str(out / "ok2.png") and rows["broken.nii.gz"]["type"] == "volume"
+    assert "corrupt" in rows["corrupt.png"]["reason"] and "not found" in rows["missing.png"]["reason"]
+
+
+def test_refuses_to_overwrite(predictor, tiny_ckpt, tiny_data, tmp_path, capsys):
+    src = tmp_path / "in"
+    write_image(src / "x.png", _slice(tiny_data))
+    out = tmp_path / "out"
+    predict_paths(predictor, [src], out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(CovidSegError, match="--overwrite"):
+        predict_paths(predictor, [src], out, probabilities=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(tiny_ckpt), "--input", str(src), "--output", str(out)])
+    assert exc.value.code == 2 and "already exist" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
+    predict_paths(predictor, [src], out, probabilities=True, overwrite=True)
+    assert (out / "x.npy").is_file()
+    with pytest.raises(CovidSegError, match="replace an input"):  # never, even with --overwrite
+        predict_paths(predictor, [src], src, overwrite=True)
+
+
+class Payload:
+    """Something that is not a checkpoint; unpickling it would run ``Path.touch``."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+@pytest.mark.parametrize("kind", ["torch_save", "raw_pickle", "plain_dict"])
+def test_refuses_foreign_files(kind, tiny_data, tmp_path, capsys):
+    sentinel = tmp_path / "pwned"
+    bad = tmp_path / "model.ckpt"
+    if kind == "torch_save":
+        torch.save({"state_dict": {}, "hyper_parameters": Payload(sentinel)}, bad)
+    elif kind == "raw_pickle":
+        bad.write_bytes(pickle.dumps(Payload(sentinel)))
+    else:
+        torch.save({"weights": torch.zeros(2)}, bad)
+    write_image(tmp_path / "in" / "x.png", _slice(tiny_data))
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(bad), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "model.ckpt" in err
+    assert not sentinel.exists()
