@@ -1,6 +1,8 @@
-"""Callbacks: validation slices to TensorBoard, and the default checkpoint/early-stopping set."""
+"""Callbacks: validation slices to TensorBoard, and one progress line per epoch for logs."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
@@ -36,3 +38,22 @@ class ValidationSamples(Callback):
                 grid = sample_grid(samples["image"].cpu(), samples["mask"].cpu(), samples["prob"].float().cpu(), pl_module.hparams.threshold)
                 logger.experiment.add_image("val/samples (image | truth | prediction | overlay)", grid, trainer.current_epoch)
         pl_module.val_samples = {}
+
+
+class EpochLine(Callback):
+    """One line per epoch (``epoch 3/10 train/loss ... val/dice ... 52s``) when there is no
+    progress bar, so logs of batch jobs still show progress."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.progress_bar_callback is not None or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        keys = [k for k in ("train/loss", "val/loss", "val/dice", "val/dice_image") if k in m]
+        values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  {time.monotonic() - self._start:.0f}s", flush=True)

@@ -55,11 +55,11 @@ class Scores:
 
 
 # -- models and data -------------------------------------------------------------------------
-def make_predictor(ckpts: Sequence[PathLike], device: str | None = None, threshold: float | None = None) -> Predictor:
+def make_predictor(ckpts: Sequence[PathLike], device: str | None = None, threshold: float | None = None, tta: bool | None = None) -> Predictor:
     """``Predictor`` over the checkpoint(s); a bad file raises ``CovidSegError`` naming it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise CovidSegError("--device cuda: no CUDA device is available")
-    return Predictor(list(ckpts), device=device, threshold=threshold)
+    return Predictor(list(ckpts), device=device, threshold=threshold, tta=tta)
 
 
 def run_dir_of(ckpt: PathLike) -> Path:
@@ -286,6 +286,7 @@ def evaluate(
     device: str | None = None,
     tensorboard: PathLike | None = None,
     progress: bool = True,
+    tta: bool | None = None,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the threshold, writes the report.
 
@@ -297,6 +298,7 @@ def evaluate(
         threshold: a value, ``None`` (stored with the model) or ``"auto"`` (Dice-best on the
             run's validation split, then stored in the checkpoint files).
         tensorboard: optional log dir for the figures.
+        tta: flip test-time augmentation; ``None`` uses the setting stored with the model.
 
     Returns:
         The content of ``metrics.json``.
@@ -308,7 +310,7 @@ def evaluate(
         raise CovidSegError(f"--threshold {threshold}: expected a value in (0, 1) or auto")
     if split is None and not roots:
         raise CovidSegError("--data.root is required unless --split selects a split of the checkpoint's run")
-    predictor = make_predictor(ckpts, device)
+    predictor = make_predictor(ckpts, device, tta=tta)
     loaded = [load_checkpoint(p) for p in ckpts] if split or threshold == "auto" else []
     scanned: dict[tuple, list[Sample]] = {}
 
@@ -379,6 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--tensorboard", metavar="DIR", help="also add the figures to this TensorBoard log dir")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average flipped predictions (default: as stored with the model)")
     return p.parse_args(argv)
 
 
@@ -386,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; prints the metric table and the report folder."""
     a = parse_args(argv)
-    metrics = evaluate(a.ckpt, a.roots, a.output, a.split, a.threshold, a.batch_size, a.device, a.tensorboard)
+    metrics = evaluate(a.ckpt, a.roots, a.output, a.split, a.threshold, a.batch_size, a.device, a.tensorboard, tta=a.tta)
     print("\n" + report.metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")
     return metrics

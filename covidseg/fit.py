@@ -15,7 +15,7 @@ from pathlib import Path
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
-from covidseg.callbacks import ValidationSamples
+from covidseg.callbacks import EpochLine, ValidationSamples
 from covidseg.datamodule import CTDataModule
 from covidseg.evaluate import write_report
 from covidseg.errors import CovidSegError, user_errors
@@ -91,7 +91,7 @@ def build_cli(args: list[str] | None = None) -> CovidSegCLI:
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "covidseg", "default_hp_metric": False},
             },
-            "callbacks": [LearningRateMonitor(logging_interval="epoch"), ValidationSamples()],
+            "callbacks": [LearningRateMonitor(logging_interval="epoch"), ValidationSamples(), EpochLine()],
         },
         parser_kwargs={"prog": "python -m covidseg.fit", "description": __doc__.split("\n\n")[0]},
     )

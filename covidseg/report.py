@@ -389,7 +389,7 @@ def samples_figure(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], t
         overlay = np.repeat(image[..., None], 3, axis=2) * 0.7
         overlay[gt > 0] += np.array([0.0, 0.3, 0.0])
         overlay[pred] += np.array([0.3, 0.0, 0.0])
-        panels = [(image, "image"), (gt, "ground truth"), (pred, f"prediction (p >= {threshold:.2f})"), (np.clip(overlay, 0, 1), "overlay: truth green, prediction red, both yellow")]
+        panels = [(image, "image"), (gt, "ground truth"), (pred, f"prediction (p >= {threshold:.2f})"), (np.clip(overlay, 0, 1), "overlay (truth green,\nprediction red, both yellow)")]
         for c, (panel, name) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -49,6 +49,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the data scan's progress bar
 
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
@@ -74,6 +75,7 @@ REQUIRED_KEYS = (
     "loader_images_per_s",
     "loader_vs_step_throughput_ratio",
     "infer_images_per_s_eager",
+    "infer_images_per_s_eager_channels_last",
     "infer_images_per_s_tuned",
     "infer_images_per_s_onnx",
     "onnx_vs_eager_inference_ratio",
@@ -238,6 +240,10 @@ def bench_training(args, device: torch.device, batches: list[dict], ckpt_path: P
     trainer.save_checkpoint(str(ckpt_path))  # the inference benchmarks and export use these weights
     lightning, plain_times = timer.results()
     t_l, t_p = median(lightning), median(plain_times)
+    # The ratio is the median over adjacent (Lightning, plain) step pairs: on a shared machine a
+    # burst of outside load then inflates single ratios in either direction and the median drops
+    # them, where a ratio of two medians would carry any drift between the two sets.
+    paired = median([a / b for a, b in zip(lightning, plain_times)])
 
     # The module's metric work per step (as in LitUNet.training_step), timed alone.
     metrics_ms = bench_train_metrics(lit, batches[0], device, clock, max(5, args.steps))
@@ -247,9 +253,11 @@ def bench_training(args, device: torch.device, batches: list[dict], ckpt_path: P
         "plain_step_s": t_p,
         "train_images_per_s_lightning": bs / t_l,
         "train_images_per_s_plain": bs / t_p,
-        "lightning_vs_plain_step_ratio": t_l / t_p,
+        "lightning_vs_plain_step_ratio": paired,
+        "lightning_vs_plain_ratio_of_medians": t_l / t_p,
+        "lightning_vs_plain_ratio_of_minima": min(lightning) / min(plain_times),
         "train_metrics_ms_per_step": metrics_ms,
-        "lightning_excl_metrics_vs_plain_step_ratio": (t_l - metrics_ms / 1e3) / t_p,
+        "lightning_excl_metrics_vs_plain_step_ratio": median([(a - metrics_ms / 1e3) / b for a, b in zip(lightning, plain_times)]),
         "_lightning_step_times_s": lightning,
         "_plain_step_times_s": plain_times,
     }
@@ -323,10 +331,15 @@ def bench_inference(args, device: torch.device, ckpt_path: Path, onnx_path: Path
     eager = load_lit(ckpt_path, channels_last=False).to(device)
     tuned = load_lit(ckpt_path, channels_last=True).to(device)
 
-    def run_eager() -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(x_np).to(device)
-            return eager(x).sigmoid().cpu().numpy()
+    def eager_fn(model, channels_last: bool):
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                x = torch.from_numpy(x_np).to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                return model(x).sigmoid().cpu().numpy()
+
+        return run
 
     def tuned_fn(model, bf16: bool):
         def run() -> np.ndarray:
@@ -336,7 +349,11 @@ def bench_inference(args, device: torch.device, ckpt_path: Path, onnx_path: Path
 
         return run
 
-    variants = {"eager_fp32": run_eager, "tuned_channels_last_fp32": tuned_fn(tuned, False)}
+    variants = {
+        "eager_fp32": eager_fn(eager, False),
+        "eager_fp32_channels_last": eager_fn(tuned, True),  # memory format alone, still no_grad
+        "tuned_channels_last_fp32": tuned_fn(tuned, False),
+    }
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             variants["tuned_channels_last_bf16"] = tuned_fn(tuned, True)
@@ -376,6 +393,7 @@ def bench_inference(args, device: torch.device, ckpt_path: Path, onnx_path: Path
     best = max(tuned_keys, key=ips.get)
     return {
         "infer_images_per_s_eager": ips["eager_fp32"],
+        "infer_images_per_s_eager_channels_last": ips["eager_fp32_channels_last"],
         "infer_images_per_s_tuned": ips[best],
         "infer_tuned_variant": best,
         "infer_images_per_s_onnx": ips["onnxruntime"],
@@ -411,12 +429,19 @@ def bench_fit_rss(args, device: torch.device, data_dir: Path, work: Path) -> dic
         "--trainer.logger.init_args.save_dir", str(work / "runs"), "--test", "false",
     ] + (TINY_FIT_FLAGS if args.tiny else [])  # fmt: skip
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], capture_output=True, text=True, env={**os.environ})
+    fit_mib = peak_rss_mib(cmd, "the covidseg.fit memory run")
     wall = time.perf_counter() - t0
+    # Baseline: the same interpreter after importing what the fit imports, doing nothing.
+    imports_mib = peak_rss_mib([sys.executable, "-c", "import covidseg.fit"], "the import baseline")
+    return {"train_peak_rss_mib": fit_mib, "import_only_peak_rss_mib": imports_mib, "fit_rss_run_train_batches": batches, "fit_rss_run_wall_s": wall}
+
+
+def peak_rss_mib(cmd: list[str], what: str) -> float:
+    proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], capture_output=True, text=True, env={**os.environ})
     found = re.search(r"MAXRSS_KIB (\d+)", proc.stdout)
     if proc.returncode != 0 or not found:
-        raise SystemExit(f"benchmark: the covidseg.fit memory run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {"train_peak_rss_mib": int(found.group(1)) / 1024, "fit_rss_run_train_batches": batches, "fit_rss_run_wall_s": wall}
+        raise SystemExit(f"benchmark: {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return int(found.group(1)) / 1024
 
 
 # -- 5. GPU only: precision x size, DDP ------------------------------------------------------
@@ -560,17 +585,19 @@ def verdict(key: str, value, device: torch.device) -> tuple[str, str]:
 TABLE = (
     ("Training (Lightning, module metrics on)", "train_images_per_s_lightning", "img/s"),
     ("Training (plain PyTorch loop)", "train_images_per_s_plain", "img/s"),
-    ("Lightning / plain time per step", "lightning_vs_plain_step_ratio", "x"),
+    ("Lightning / plain time per step (median of pairs)", "lightning_vs_plain_step_ratio", "x"),
     ("  module metric updates per step", "train_metrics_ms_per_step", "ms"),
     ("  same ratio, metric updates excluded", "lightning_excl_metrics_vs_plain_step_ratio", "x"),
     ("Input pipeline (CTDataModule train loader)", "loader_images_per_s", "img/s"),
     ("Loader / training-step throughput", "loader_vs_step_throughput_ratio", "x"),
     ("Inference eager fp32 (NCHW, no_grad)", "infer_images_per_s_eager", "img/s"),
+    ("Inference eager fp32, channels_last input+weights", "infer_images_per_s_eager_channels_last", "img/s"),
     ("Inference tuned PyTorch", "infer_images_per_s_tuned", "img/s"),
     ("Inference onnxruntime", "infer_images_per_s_onnx", "img/s"),
     ("Tuned / eager inference", "tuned_vs_eager_inference_ratio", "x"),
     ("ONNX / eager inference", "onnx_vs_eager_inference_ratio", "x"),
     ("Peak RSS, covidseg.fit run", "train_peak_rss_mib", "MiB"),
+    ("  baseline: python -c 'import covidseg.fit'", "import_only_peak_rss_mib", "MiB"),
     ("Peak GPU memory, training", "train_peak_gpu_mib", "MiB"),
     ("GPU training fp32 128 px", "gpu_train_images_per_s_fp32_128px", "img/s"),
     ("GPU training bf16-mixed 128 px", "gpu_train_images_per_s_bf16_128px", "img/s"),
