@@ -14,7 +14,9 @@ Every timed figure is the median over ``--steps`` timed steps after ``--warmup``
   ``configure_optimizers``). The two run interleaved step by step in one process (the plain
   step runs inside ``on_train_batch_end`` and its time is subtracted from the Lightning
   step), so load from other processes hits both alike. A Lightning step is the time between
-  two ``on_train_batch_start`` calls: fetch, hooks, forward, metrics, backward, step.
+  two ``on_train_batch_start`` calls: fetch, hooks, forward, metrics, backward, step. The
+  ratio is the median over the adjacent (Lightning, plain) pairs. The module's metric work is
+  also timed alone, as shipped and via ``update()`` without input validation.
 * Input pipeline: ``CTDataModule.train_dataloader()`` over a synthetic demo set on disk
   (PNG decoding, resize, augmentation, ``default_num_workers()`` workers) iterated alone.
 * Inference: batch ``--batch-size`` at the training size, numpy in -> probabilities out
@@ -23,10 +25,12 @@ Every timed figure is the median over ``--steps`` timed steps after ``--warmup``
   the fastest is reported) and onnxruntime on the model exported by ``covidseg.export``.
 * Memory: peak RSS of a short ``python -m covidseg.fit`` subprocess (defaults, a few
   batches); on GPU also ``torch.cuda.max_memory_allocated`` of a training run.
-* GPU only: fp32 and bf16-mixed training images/s at 128 and 256 px, and DDP scaling
-  efficiency when 2+ GPUs are visible.
+* GPU only: fp32 and bf16-mixed training images/s at 128 and 256 px, device->host syncs per
+  training step (``torch.cuda.set_sync_debug_mode``), a batch copy from pageable vs pinned
+  memory, and DDP scaling efficiency when 2+ GPUs are visible (a ``--ddp-probe`` subprocess).
 
-``--tiny`` shrinks everything (32 px, 3-level U-Net, 3 steps) so the test suite can run it.
+``--threads N`` pins torch and onnxruntime to N CPU threads (default: one per core). ``--tiny``
+shrinks everything (32 px, 3-level U-Net, 3 steps, 1 thread) so the test suite can run it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import logging
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,14 +52,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")  # the data scan's progress bar
 
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from covidseg.datamodule import CTDataModule, default_num_workers  # noqa: E402
+from covidseg.datamodule import CTDataModule  # noqa: E402
 from covidseg.model import LitUNet  # noqa: E402
 from covidseg.synthetic import generate  # noqa: E402
 
@@ -71,9 +73,12 @@ REQUIRED_KEYS = (
     "plain_step_s",
     "lightning_vs_plain_step_ratio",
     "train_metrics_ms_per_step",
+    "train_metrics_ms_per_step_update_no_validation",
     "lightning_excl_metrics_vs_plain_step_ratio",
     "loader_images_per_s",
     "loader_vs_step_throughput_ratio",
+    "loader_epoch_start_s_persistent",
+    "loader_epoch_start_s_fresh_workers",
     "infer_images_per_s_eager",
     "infer_images_per_s_eager_channels_last",
     "infer_images_per_s_tuned",
@@ -107,6 +112,11 @@ def quiet_lightning() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "covidseg"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+
+def short(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{err.__class__.__name__}: {text.splitlines()[0][:160]}" if text else err.__class__.__name__
 
 
 def median(xs: list[float]) -> float:
@@ -246,7 +256,7 @@ def bench_training(args, device: torch.device, batches: list[dict], ckpt_path: P
     paired = median([a / b for a, b in zip(lightning, plain_times)])
 
     # The module's metric work per step (as in LitUNet.training_step), timed alone.
-    metrics_ms = bench_train_metrics(lit, batches[0], device, clock, max(5, args.steps))
+    metrics_ms, lean_metrics_ms = bench_train_metrics(lit, batches[0], device, clock, max(10, args.steps))
     bs = args.batch_size
     return {
         "lightning_step_s": t_l,
@@ -257,29 +267,44 @@ def bench_training(args, device: torch.device, batches: list[dict], ckpt_path: P
         "lightning_vs_plain_ratio_of_medians": t_l / t_p,
         "lightning_vs_plain_ratio_of_minima": min(lightning) / min(plain_times),
         "train_metrics_ms_per_step": metrics_ms,
+        "train_metrics_ms_per_step_update_no_validation": lean_metrics_ms,
         "lightning_excl_metrics_vs_plain_step_ratio": median([(a - metrics_ms / 1e3) / b for a, b in zip(lightning, plain_times)]),
         "_lightning_step_times_s": lightning,
         "_plain_step_times_s": plain_times,
     }
 
 
-def bench_train_metrics(lit: LitUNet, batch: dict, device: torch.device, clock: Clock, reps: int) -> float:
-    """Milliseconds of ``train_loss(...)`` + ``train_dice(...)`` as called in ``training_step``."""
+def bench_train_metrics(lit: LitUNet, batch: dict, device: torch.device, clock: Clock, reps: int) -> tuple[float, float]:
+    """Milliseconds per step of the module's training metrics: as ``training_step`` calls them
+    (``metric(...)``, i.e. ``forward``: update plus a batch-level compute, and the default input
+    validation), and the same accumulation through ``update()`` with ``validate_args=False``."""
+    from torchmetrics.classification import BinaryF1Score
+
     lit = lit.to(device)
-    loss_m, dice_m = copy.deepcopy(lit.train_loss).to(device), copy.deepcopy(lit.train_dice).to(device)
     x, y = batch["image"].to(device), batch["mask"].to(device)
     with torch.no_grad():
         logits = lit(x)
         loss = lit.loss(logits, y)
-    times = []
+    shipped_loss, shipped_dice = copy.deepcopy(lit.train_loss).to(device), copy.deepcopy(lit.train_dice).to(device)
+    lean_loss, lean_dice = copy.deepcopy(lit.train_loss).to(device), BinaryF1Score(validate_args=False).to(device)
+
+    def shipped() -> None:
+        shipped_loss(loss.detach(), len(logits))
+        shipped_dice(logits.detach().sigmoid(), y.int())
+
+    def lean() -> None:
+        lean_loss.update(loss.detach(), len(logits))
+        lean_dice.update(logits.detach().sigmoid(), y.int())
+
+    times: dict = {shipped: [], lean: []}
     for i in range(reps + 2):
-        t0 = clock()
-        loss_m(loss.detach(), len(logits))
-        dice_m(logits.detach().sigmoid(), y.int())
-        dt = clock() - t0
-        if i >= 2:
-            times.append(dt)
-    return median(times) * 1e3
+        for fn in (shipped, lean):
+            t0 = clock()
+            fn()
+            dt = clock() - t0
+            if i >= 2:
+                times[fn].append(dt)
+    return median(times[shipped]) * 1e3, median(times[lean]) * 1e3
 
 
 # -- 2. input pipeline ------------------------------------------------------------------------
@@ -302,8 +327,26 @@ def bench_loader(args, data_dir: Path) -> dict:
                 break
     # Per-image time of each timed batch (the last batch of an epoch may be short).
     per_image = [dt / n for dt, n in zip(times[warmup:], sizes[warmup:])]
+    out = {"loader_images_per_s": 1.0 / median(per_image), "loader_num_workers": workers, "loader_train_slices": len(dm.datasets["train"])}
+    if workers > 0:
+        # Start of an epoch: time to the first batch with the workers kept alive (the
+        # DataModule's persistent_workers) and with workers started anew each epoch.
+        fresh = DataLoader(dm.datasets["train"], batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                           persistent_workers=False, pin_memory=loader.pin_memory)  # fmt: skip
+        reps = 2 if args.tiny else 3
+        out["loader_epoch_start_s_persistent"] = median([first_batch_s(loader) for _ in range(reps)])
+        out["loader_epoch_start_s_fresh_workers"] = median([first_batch_s(fresh) for _ in range(reps)])
     del loader
-    return {"loader_images_per_s": 1.0 / median(per_image), "loader_num_workers": workers, "loader_train_slices": len(dm.datasets["train"])}
+    return out
+
+
+def first_batch_s(loader: DataLoader) -> float:
+    t0 = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    dt = time.perf_counter() - t0
+    del it
+    return dt
 
 
 # -- 3. inference ----------------------------------------------------------------------------
@@ -365,7 +408,7 @@ def bench_inference(args, device: torch.device, ckpt_path: Path, onnx_path: Path
                     run()
                 variants["tuned_channels_last_bf16_compiled" if torch.cuda.is_bf16_supported() else "tuned_channels_last_compiled"] = run
             except Exception as err:  # no triton, unsupported op ...: report and go on
-                notes.append(f"torch.compile skipped: {err.__class__.__name__}: {str(err).splitlines()[0][:120]}")
+                notes.append(f"torch.compile skipped: {short(err)}")
 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
@@ -373,7 +416,16 @@ def bench_inference(args, device: torch.device, ckpt_path: Path, onnx_path: Path
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             notes.append("onnxruntime has no CUDAExecutionProvider here: the ONNX figure is on CPU")
-    session = ort.InferenceSession(str(onnx_path), providers=providers)
+    options = ort.SessionOptions()
+    if args.threads is not None:
+        options.intra_op_num_threads = args.threads
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+    except Exception as err:  # e.g. CUDA libraries that onnxruntime-gpu cannot load
+        notes.append(f"onnxruntime {providers[0]} failed ({short(err)}): the ONNX figure is on CPU")
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    if device.type == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider" and not any("ONNX figure" in n for n in notes):
+        notes.append("onnxruntime did not take the CUDA provider: the ONNX figure is on CPU")
     name = session.get_inputs()[0].name
     variants["onnxruntime"] = lambda: session.run(None, {name: x_np})[0]
 
@@ -429,15 +481,18 @@ def bench_fit_rss(args, device: torch.device, data_dir: Path, work: Path) -> dic
         "--trainer.logger.init_args.save_dir", str(work / "runs"), "--test", "false",
     ] + (TINY_FIT_FLAGS if args.tiny else [])  # fmt: skip
     t0 = time.perf_counter()
-    fit_mib = peak_rss_mib(cmd, "the covidseg.fit memory run")
+    fit_mib = peak_rss_mib(cmd, "the covidseg.fit memory run", args.threads)
     wall = time.perf_counter() - t0
-    # Baseline: the same interpreter after importing what the fit imports, doing nothing.
-    imports_mib = peak_rss_mib([sys.executable, "-c", "import covidseg.fit"], "the import baseline")
-    return {"train_peak_rss_mib": fit_mib, "import_only_peak_rss_mib": imports_mib, "fit_rss_run_train_batches": batches, "fit_rss_run_wall_s": wall}
+    out = {"train_peak_rss_mib": fit_mib, "fit_rss_run_train_batches": batches, "fit_rss_run_wall_s": wall}
+    # Baseline: an interpreter that only imports what the fit imports (skipped in --tiny: time).
+    out["import_only_peak_rss_mib"] = None if args.tiny else peak_rss_mib([sys.executable, "-c", "import covidseg.fit"], "the import baseline")
+    return out
 
 
-def peak_rss_mib(cmd: list[str], what: str) -> float:
-    proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], capture_output=True, text=True, env={**os.environ})
+def peak_rss_mib(cmd: list[str], what: str, threads: int | None = None) -> float:
+    """Peak RSS in MiB of the largest process in the tree of ``cmd`` (run under a wrapper)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], capture_output=True, text=True, env=env)
     found = re.search(r"MAXRSS_KIB (\d+)", proc.stdout)
     if proc.returncode != 0 or not found:
         raise SystemExit(f"benchmark: {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -472,8 +527,16 @@ def lightning_images_per_s(args, device, batches, size: int, precision: str) -> 
 
 
 def bench_gpu(args, device: torch.device, data_dir: Path, work: Path) -> tuple[dict, list[str]]:
+    """GPU-only figures. Each part is guarded: a failure becomes a note, not a lost run."""
     out: dict = {}
     notes: list[str] = []
+
+    def guarded(what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as err:  # report and go on with the other figures
+            notes.append(f"{what} failed: {short(err)}")
+
     bf16 = torch.cuda.is_bf16_supported()
     if not bf16:
         notes.append("this GPU has no bf16: bf16-mixed figures skipped")
@@ -483,22 +546,93 @@ def bench_gpu(args, device: torch.device, data_dir: Path, work: Path) -> tuple[d
         for tag, precision in (("fp32", "32-true"), ("bf16", "bf16-mixed")):
             if tag == "bf16" and not bf16:
                 continue
-            ips, peak = lightning_images_per_s(args, device, batches, size, precision)
-            out[f"gpu_train_images_per_s_{tag}_{size}px"] = ips
-            out[f"gpu_train_peak_mib_{tag}_{size}px"] = peak
-            if tag == "fp32" and size == args.image_size:
-                out["train_peak_gpu_mib"] = peak
+
+            def one(size=size, tag=tag, precision=precision, batches=batches) -> None:
+                ips, peak = lightning_images_per_s(args, device, batches, size, precision)
+                out[f"gpu_train_images_per_s_{tag}_{size}px"] = ips
+                out[f"gpu_train_peak_mib_{tag}_{size}px"] = peak
+                if tag == "fp32" and size == args.image_size:
+                    out["train_peak_gpu_mib"] = peak
+
+            guarded(f"GPU training {tag} {size}px", one)
+        if size == args.image_size:
+            guarded("host-sync count", lambda batches=batches: out.update(count_host_syncs(args, device, batches)))
+            guarded("pinned-memory copy", lambda batches=batches: out.update(bench_h2d(device, batches[0])))
     n = torch.cuda.device_count()
     if n < 2:
-        notes.append(f"DDP scaling skipped: {n} GPU visible")
+        notes.append(f"DDP scaling skipped: {n} GPU visible (needs 2+)")
     else:
-        one = run_ddp_probe(args, 1, work)
-        many = run_ddp_probe(args, n, work)
-        out["ddp_devices"] = n
-        out["ddp_images_per_s_1"] = one
-        out[f"ddp_images_per_s_{n}"] = many
-        out["ddp_scaling_efficiency"] = many / (n * one)
+
+        def ddp() -> None:
+            one = run_ddp_probe(args, 1, work)
+            many = run_ddp_probe(args, n, work)
+            out.update({"ddp_devices": n, "ddp_images_per_s_1": one, f"ddp_images_per_s_{n}": many, "ddp_scaling_efficiency": many / (n * one)})
+
+        guarded("DDP scaling", ddp)
     return out, notes
+
+
+def count_host_syncs(args, device: torch.device, batches: list[dict]) -> dict:
+    """Device->host synchronisations per training step (``torch.cuda.set_sync_debug_mode``),
+    between ``on_train_batch_start`` and ``on_train_batch_end`` of Lightning, and in a plain step."""
+
+    def syncs(records, start: int = 0) -> int:
+        return sum("synchroniz" in str(w.message) for w in records[start:])
+
+    class SyncCounter(pl.Callback):
+        def __init__(self, records):
+            self.records, self.counts, self.start = records, [], 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.start = len(self.records)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.counts.append(syncs(self.records, self.start))
+
+    pl.seed_everything(0, verbose=False)
+    model = make_model(args)
+    plain = copy.deepcopy(model).to(device).train()
+    opt = make_optimizer(plain)
+    plain_counts = []
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            counter = SyncCounter(records)
+            pl.Trainer(**trainer_kwargs(device, 4, [counter])).fit(model, train_dataloaders=in_memory_loader(batches, 4))
+            for batch in batches[:3]:
+                start = len(records)
+                x, y = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+                loss = plain.loss(plain(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                plain_counts.append(syncs(records, start))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return {
+        "gpu_host_syncs_per_step_lightning": median(counter.counts[1:] or counter.counts),
+        "gpu_host_syncs_per_step_plain": median(plain_counts[1:] or plain_counts),
+    }
+
+
+def bench_h2d(device: torch.device, batch: dict, reps: int = 50) -> dict:
+    """Host->device copy of one training batch (image + mask) from pageable and pinned memory."""
+    clock = Clock(device)
+    pageable = [batch["image"].contiguous(), batch["mask"].contiguous()]
+    pinned = [t.pin_memory() for t in pageable]
+    out = {}
+    for name, tensors in (("pageable", pageable), ("pinned", pinned)):
+        times = []
+        for i in range(reps + 5):
+            t0 = clock()
+            for t in tensors:
+                t.to(device, non_blocking=True)
+            dt = clock() - t0
+            if i >= 5:
+                times.append(dt)
+        out[f"gpu_h2d_batch_ms_{name}"] = median(times) * 1e3
+    return out
 
 
 def run_ddp_probe(args, devices: int, work: Path) -> float:
@@ -508,6 +642,8 @@ def run_ddp_probe(args, devices: int, work: Path) -> float:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--ddp-probe", str(devices), "--ddp-out", str(out),
            "--device", args.device, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])  # fmt: skip
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PL_DISABLE_FORK": "1"}, timeout=1800)
     if proc.returncode != 0 or not out.is_file():
         raise SystemExit(f"benchmark: DDP probe on {devices} device(s) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -566,7 +702,7 @@ def machine_info(device: torch.device) -> dict:
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
     }
     try:
-        info["load_average_1m_at_end"] = os.getloadavg()[0]
+        info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
     return info
@@ -586,10 +722,13 @@ TABLE = (
     ("Training (Lightning, module metrics on)", "train_images_per_s_lightning", "img/s"),
     ("Training (plain PyTorch loop)", "train_images_per_s_plain", "img/s"),
     ("Lightning / plain time per step (median of pairs)", "lightning_vs_plain_step_ratio", "x"),
-    ("  module metric updates per step", "train_metrics_ms_per_step", "ms"),
+    ("  module metric work per step (as shipped)", "train_metrics_ms_per_step", "ms"),
     ("  same ratio, metric updates excluded", "lightning_excl_metrics_vs_plain_step_ratio", "x"),
+    ("  metric work via update(), validate_args=False", "train_metrics_ms_per_step_update_no_validation", "ms"),
     ("Input pipeline (CTDataModule train loader)", "loader_images_per_s", "img/s"),
     ("Loader / training-step throughput", "loader_vs_step_throughput_ratio", "x"),
+    ("  epoch start to first batch, persistent workers", "loader_epoch_start_s_persistent", "s"),
+    ("  epoch start to first batch, fresh workers", "loader_epoch_start_s_fresh_workers", "s"),
     ("Inference eager fp32 (NCHW, no_grad)", "infer_images_per_s_eager", "img/s"),
     ("Inference eager fp32, channels_last input+weights", "infer_images_per_s_eager_channels_last", "img/s"),
     ("Inference tuned PyTorch", "infer_images_per_s_tuned", "img/s"),
@@ -604,16 +743,22 @@ TABLE = (
     ("GPU training fp32 256 px", "gpu_train_images_per_s_fp32_256px", "img/s"),
     ("GPU training bf16-mixed 256 px", "gpu_train_images_per_s_bf16_256px", "img/s"),
     ("DDP scaling efficiency", "ddp_scaling_efficiency", "x"),
+    ("GPU host syncs per step, Lightning + module", "gpu_host_syncs_per_step_lightning", "n"),
+    ("GPU host syncs per step, plain loop", "gpu_host_syncs_per_step_plain", "n"),
+    ("GPU batch copy from pageable memory", "gpu_h2d_batch_ms_pageable", "ms"),
+    ("GPU batch copy from pinned memory", "gpu_h2d_batch_ms_pinned", "ms"),
 )
 
 
 def format_table(res: dict, device: torch.device) -> str:
     rows = [("figure", "value", "target", "result")]
     for label, key, unit in TABLE:
+        if key not in res:  # a figure this run does not measure at all (GPU diagnostics on CPU)
+            continue
         value = res.get(key)
         if key == "infer_images_per_s_tuned" and value is not None:
             label = f"{label} ({res['infer_tuned_variant']})"
-        shown = "n/a" if value is None else (f"{value:.3f} {unit}" if unit == "x" else f"{value:.1f} {unit}")
+        shown = "n/a" if value is None else (f"{value:.3f} {unit}" if unit in ("x", "s") else f"{value:.1f} {unit}")
         target, result = verdict(key, value, device)
         rows.append((label, shown, target, result))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -633,6 +778,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 2 on CPU, 5 on GPU, tiny 1)")
     p.add_argument("--data-size", type=int, default=None, help="side of the synthetic slices on disk (default 2x image size)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, model and step counts (for the test suite)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime, also passed to the fit run as OMP_NUM_THREADS (default: one per core; tiny: 1)")
     p.add_argument("--no-compile", action="store_true", help="GPU: skip the torch.compile inference variant")
     p.add_argument("--ddp-probe", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--ddp-out", help=argparse.SUPPRESS)
@@ -647,6 +793,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--data-size must be at least --image-size")
     if gpu and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device visible to torch")
+    if a.threads is None and a.tiny:
+        a.threads = 1  # tiny ops gain nothing from threads, and a loaded test machine makes them stall
+    if a.threads is not None:
+        if a.threads < 1:
+            p.error("--threads must be at least 1")
+        torch.set_num_threads(a.threads)
     return a
 
 
@@ -658,11 +810,12 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_lightning()
     device = torch.device(args.device)
     t_start = time.perf_counter()
+    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     res: dict = {"settings": {k: v for k, v in vars(args).items() if not k.startswith("ddp")}}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="covidseg-bench-") as tmp:
         work = Path(tmp)
-        cases, slices = (6, 4) if args.tiny else (30, 8)
+        cases, slices = (6, 4) if args.tiny else (24, 8)  # 192 slices: under the data scan's progress-bar threshold
         log(f"synthetic data: {cases * slices} slices at {args.data_size} px")
         data_dir = generate(work / "data", cases=cases, slices=slices, size=args.data_size)
 
@@ -703,14 +856,19 @@ def main(argv: list[str] | None = None) -> dict:
             notes += gpu_notes
         else:
             notes.append("CPU run: GPU figures (peak GPU memory, fp32/bf16 training, DDP scaling) not measured")
+        if args.tiny:
+            notes.append("--tiny: a smoke run of every code path; its figures say nothing about real performance")
         res["section_wall_s"] = walls
     res["notes"] = notes
     res["machine"] = machine_info(device)
+    res["machine"]["load_average_1m_at_start"] = load_at_start
     res["benchmark_wall_s"] = time.perf_counter() - t_start
 
     print(format_table(res, device))
-    print(f"\n{res['machine']['device_name']} | {res['machine']['cpu_usable_cores']} cores | torch {torch.__version__} | "
-          f"{args.steps} timed steps (medians) after {args.warmup} warm-up | {res['benchmark_wall_s']:.0f} s")  # fmt: skip
+    m = res["machine"]
+    print(f"\n{m['device_name']} | {m['cpu_usable_cores']} cores, torch threads {m['torch_threads']} | torch {torch.__version__} | "
+          f"{args.steps} timed steps (medians) after {args.warmup} warm-up | load {m['load_average_1m_at_start']} -> "
+          f"{m.get('load_average_1m_at_end')} | {res['benchmark_wall_s']:.0f} s")  # fmt: skip
     for n in notes:
         print(f"note: {n}")
     if args.json:
