@@ -103,7 +103,8 @@ class LitUNet(pl.LightningModule):
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = nn.BCEWithLogitsLoss()
         self.train_loss = loss_metric()
-        self.train_dice = BinaryF1Score()
+        # masks are {0, 1} by construction: skip the per-step torch.unique check (a host sync on GPU)
+        self.train_dice = BinaryF1Score(validate_args=False)
         self.val_loss = loss_metric()
         self.test_loss = loss_metric()
         self.val_metrics = segmentation_metrics("val")
@@ -123,8 +124,9 @@ class LitUNet(pl.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         n = len(logits)
-        self.train_loss(loss.detach(), n)
-        self.train_dice(logits.detach().sigmoid(), batch["mask"].int())
+        # update(), not forward(): only epoch values are logged, so no per-batch compute
+        self.train_loss.update(loss.detach(), n)
+        self.train_dice.update(logits.detach().sigmoid(), batch["mask"].int())
         self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, batch_size=n)
         return loss
@@ -167,6 +169,6 @@ class LitUNet(pl.LightningModule):
         if hp.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=5)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": VAL_DICE}}
-        epochs = max(1, self.trainer.max_epochs or 1) if self.trainer else 100
+        epochs = max(1, self.trainer.max_epochs or 1) if self._trainer is not None else 100
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=hp.lr * 0.01)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
