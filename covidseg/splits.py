@@ -1,9 +1,10 @@
 """Patient-level train/val/test splits and K-fold cross-validation, saved as ``splits.csv``.
 
-A case (patient) never lands in two splits. Cases are shuffled with ``seed``; the test split
-takes whole cases until it holds ``test_fraction`` of the slices, then validation likewise,
-and the rest trains. With ``num_folds > 1`` the non-test cases are dealt round-robin into
-folds (largest first, so folds hold similar slice counts) and fold ``fold`` validates.
+A case (patient) never lands in two splits. Cases are shuffled with ``seed``; within each
+source, the test split takes whole cases until it holds ``test_fraction`` of that source's
+slices, then validation likewise, and the rest trains. With ``num_folds > 1`` each source's
+non-test cases are dealt into folds (largest first, each to the fold with the fewest slices,
+so folds hold similar slice counts) and fold ``fold`` validates.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ SPLITS = ("train", "val", "test")
 
 
 def _take(cases: list[str], sizes: dict[str, int], target: float) -> tuple[list[str], list[str]]:
+    """Moves whole cases from the front of ``cases`` until ``target`` slices are taken, always
+    leaving at least one case behind (a source never loses all of its training data)."""
     taken, total = [], 0
-    while cases and total < target:
+    while len(cases) > 1 and total < target:
         case = cases.pop(0)
         taken.append(case)
         total += sizes[case]
@@ -35,40 +38,53 @@ def assign_splits(
     num_folds: int = 1,
     fold: int = 0,
 ) -> dict[str, str]:
-    """Maps each image path to ``train``, ``val`` or ``test``, grouping by case id."""
+    """Maps each image path to ``train``, ``val`` or ``test``, grouping by case id.
+
+    Stratified by source: each data folder contributes its own share of slices to every split
+    and every fold, so a small source is never left out of validation.
+    """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1")
     if num_folds > 1 and not 0 <= fold < num_folds:
         raise DataError(f"fold={fold} must be in [0, {num_folds - 1}] for num_folds={num_folds}")
     sizes: dict[str, int] = defaultdict(int)
+    source_of: dict[str, str] = {}
     for s in samples:
         sizes[s.case_id] += 1
+        source_of[s.case_id] = s.source
+    if len(sizes) < 2:
+        raise DataError(f"only {len(sizes)} case(s) found: patient-level splitting needs at least 2")
     cases = sorted(sizes)
     random.Random(seed).shuffle(cases)
-    n = len(samples)
-    n_cases = len(cases)
-    if n_cases < 2:
-        raise DataError(f"only {n_cases} case(s) found: patient-level splitting needs at least 2")
-    test, rest = _take(cases, sizes, test_fraction * n) if test_fraction > 0 else ([], cases)
-    if not rest:
-        raise DataError("test_fraction leaves no cases for training")
-    if num_folds > 1:
-        if len(rest) < num_folds:
-            raise DataError(f"{len(rest)} cases cannot make {num_folds} folds")
-        folds: list[list[str]] = [[] for _ in range(num_folds)]
-        load = [0] * num_folds
-        for case in sorted(rest, key=lambda c: (-sizes[c], rest.index(c))):
-            k = min(range(num_folds), key=lambda i: (load[i], i))
-            folds[k].append(case)
-            load[k] += sizes[case]
-        val = folds[fold]
-        train = [c for c in rest if c not in set(val)]
-    else:
-        val, train = _take(rest, sizes, val_fraction * n) if val_fraction > 0 else ([], rest)
-        if val_fraction > 0 and not train:  # keep at least one training case
-            train = [val.pop()]
-    which = {**{c: "train" for c in train}, **{c: "val" for c in val}, **{c: "test" for c in test}}
+    which: dict[str, str] = {}
+    for source in sorted(set(source_of.values())):
+        mine = [c for c in cases if source_of[c] == source]
+        n = sum(sizes[c] for c in mine)
+        test, rest = _take(mine, sizes, test_fraction * n) if test_fraction > 0 else ([], mine)
+        if num_folds > 1:
+            val = _fold(rest, sizes, num_folds, fold)
+        else:
+            val, _ = _take(list(rest), sizes, val_fraction * n) if val_fraction > 0 else ([], rest)
+        which.update({c: "train" for c in rest})
+        which.update({c: "val" for c in val})
+        which.update({c: "test" for c in test})
+    if "train" not in which.values():
+        raise DataError("the split leaves no cases for training")
     return {s.image: which[s.case_id] for s in samples}
+
+
+def _fold(cases: list[str], sizes: dict[str, int], num_folds: int, fold: int) -> list[str]:
+    """Cases of fold ``fold``: largest cases first, each to the fold with the fewest slices."""
+    if len(cases) < num_folds:
+        raise DataError(f"{len(cases)} cases of one source cannot make {num_folds} folds")
+    folds: list[list[str]] = [[] for _ in range(num_folds)]
+    load = [0] * num_folds
+    order = {c: i for i, c in enumerate(cases)}
+    for case in sorted(cases, key=lambda c: (-sizes[c], order[c])):
+        k = min(range(num_folds), key=lambda i: (load[i], i))
+        folds[k].append(case)
+        load[k] += sizes[case]
+    return folds[fold]
 
 
 def write_splits(path: str | Path, samples: list[Sample], split: dict[str, str]) -> None:

@@ -60,3 +60,17 @@ def test_roundtrip_and_leak_detection(tmp_path):
         read_splits(tmp_path / "splits.csv", samples)
     with pytest.raises(DataError, match="only 1 case"):
         assign_splits(_samples([4]))
+
+
+def test_every_source_is_in_every_fold_and_split():
+    big = [Sample(f"/a/c{c}_{k}.png", f"/a/m{c}_{k}.png", f"a/c{c}", "a") for c in range(6) for k in range(40)]
+    small = [Sample(f"/b/{i}.png", f"/b/m{i}.png", f"b/{i}", "b") for i in range(10)]
+    samples = big + small
+    for k in range(3):
+        split = assign_splits(samples, test_fraction=0.0, num_folds=3, fold=k)
+        val_sources = {s.source for s in samples if split[s.image] == "val"}
+        assert val_sources == {"a", "b"}
+        assert sum(split[s.image] == "val" for s in small) in (3, 4)
+    split = assign_splits(samples, 0.2, 0.2)
+    for part in ("train", "val", "test"):
+        assert {s.source for s in samples if split[s.image] == part} == {"a", "b"}
