@@ -155,8 +155,14 @@ def tune_threshold(predictor: Predictor, ckpts: Sequence[PathLike], loaded: Sequ
 
 def store_threshold(path: PathLike, ckpt: dict, threshold: float) -> None:
     """Rewrites a checkpoint with ``hyper_parameters.threshold`` set; everything else kept."""
+    store_settings(path, ckpt, threshold=float(threshold))
+
+
+def store_settings(path: PathLike, ckpt: dict, **settings) -> None:
+    """Rewrites a checkpoint with inference settings (``threshold``, ``tta``) in its
+    hyper-parameters, atomically; everything else is kept."""
     path = Path(path)
-    ckpt["hyper_parameters"]["threshold"] = float(threshold)
+    ckpt["hyper_parameters"].update(settings)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
