@@ -94,3 +94,9 @@ def test_demo_is_the_default(tmp_path, capsys):
     assert (Path(os.environ["COVIDSEG_CACHE"]) / "demo-v1" / "manifest.csv").is_file()
     assert "best checkpoint:" in out and "run directory:" in out
     assert 0.0 <= results["test/dice"] <= 1.0
+
+
+def test_mixed_precision_goes_through_lightning(tiny_data, tmp_path):
+    results = _fit(tiny_data, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
+    assert 0.0 <= results["test/dice"] <= 1.0
+    assert (tmp_path / "covidseg" / "version_0" / "checkpoints" / "best.ckpt").is_file()

@@ -1,0 +1,61 @@
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import save_file
+
+from covidseg.errors import CovidSegError
+from covidseg.model import LitUNet
+
+SMALL = dict(encoder_depth=3, decoder_channels=[32, 16, 8])
+
+
+def test_forward_shape_and_loss_known_answer():
+    model = LitUNet(**SMALL, dice_weight=0.3, bce_weight=2.0)
+    x = torch.rand(2, 1, 64, 64)
+    assert model(x).shape == (2, 1, 64, 64)
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    p = logits.sigmoid()
+    dice = 1 - (2 * (p * target).sum() + 0.0) / (p.sum() + target.sum()).clamp_min(1e-7)
+    bce = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    assert float(model.loss(logits, target)) == pytest.approx(float(0.3 * dice + 2.0 * bce), rel=1e-5)
+
+
+def test_unused_encoder_stages_are_frozen():
+    model = LitUNet(**SMALL)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".layer3." in n or ".layer4." in n for n in frozen)
+    model.loss(model(torch.rand(2, 1, 32, 32)), torch.zeros(2, 1, 32, 32)).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_imagenet_weights_load_through_the_real_code_path(tmp_path, monkeypatch):
+    """smp fetches weights with hf_hub_download; a local fake serves a known state dict."""
+    fake = smp.encoders.get_encoder("resnet18", in_channels=3, depth=5)
+    with torch.no_grad():
+        for p in fake.parameters():
+            p.fill_(0.125)
+    save_file({k: v.contiguous() for k, v in fake.state_dict().items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    calls = []
+
+    def fake_download(repo_id, filename, revision=None, **kwargs):
+        calls.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(smp.encoders, "hf_hub_download", fake_download)
+    model = LitUNet(encoder_weights="imagenet")
+    assert ("model.safetensors" in {f for _, f in calls}) and "resnet18" in calls[0][0]
+    weight = model.net.encoder.layer1[0].conv1.weight
+    assert torch.all(weight == 0.125)
+
+
+def test_imagenet_weights_offline_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("offline mode is enabled")
+
+    monkeypatch.setattr(smp.encoders, "hf_hub_download", offline)
+    with pytest.raises(CovidSegError, match="could not fetch 'imagenet' weights for 'resnet18'"):
+        LitUNet(encoder_weights="imagenet")
+    with pytest.raises(CovidSegError, match="cannot build U-Net with encoder 'nope'"):
+        LitUNet(encoder_name="nope")
