@@ -153,7 +153,9 @@ class CTDataModule(pl.LightningDataModule):
         counts = Counter(self.split.values())
         cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
         rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
-        log_dir = self.trainer.log_dir if self.trainer is not None else None  # collective: all ranks
+        # trainer.log_dir is a collective under DDP: every rank asks. Without a logger (e.g.
+        # fast_dev_run) there is no run directory, and nothing is written.
+        log_dir = self.trainer.log_dir if self.trainer is not None and self.trainer.logger is not None else None
         if log_dir and self.trainer.is_global_zero:
             write_splits(Path(log_dir) / "splits.csv", self.scan().samples, self.split)
         hp = self.hparams
