@@ -1,0 +1,78 @@
+"""Chooses inference settings (threshold, flip TTA, small-component removal) across all folds of a
+cross-validation, never on one split: each fold's last checkpoint predicts its own validation
+patients, and a setting is scored by the mean over sources of the fold-averaged per-image Dice.
+
+    python scripts/cv_tune.py RUN_DIR [RUN_DIR ...]    (the runs of scripts/crossval.sh)
+
+Prints one table row per setting (per-source means and per-fold values) and the best setting.
+"""
+
+import statistics
+import sys
+from itertools import product
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from covidseg.evaluate import select_split, stored_data
+from covidseg.inference import Predictor, load_checkpoint
+from covidseg.io import read_image, read_mask
+from covidseg.sources import scan
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_AREAS = (0, 0.0005, 0.002)  # components smaller than this fraction of the slice are dropped
+
+
+def drop_small(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    if min_fraction <= 0:
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_fraction * mask.size
+    keep[0] = False
+    return keep[labels]
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    inter, total = np.logical_and(pred, gt).sum(), pred.sum() + gt.sum()
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
+    """Setting -> source -> mean per-image Dice on the run's validation split."""
+    ckpt_path = run / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(ckpt_path)
+    roots, policies = stored_data(ckpt)
+    samples = select_split([ckpt_path], [ckpt], scan(roots, **policies).samples, "val")
+    per: dict[tuple, dict[str, list[float]]] = {}
+    for tta in (False, True):
+        predictor = Predictor(ckpt_path, device="cpu", tta=tta)
+        probs = predictor.predict((read_image(s.image) for s in samples), batch_size=16)
+        for s, prob in tqdm(zip(samples, probs), total=len(samples), desc=f"{run.parent.name} tta={tta}", leave=False):
+            gt = read_mask(s.mask) > 0
+            for t, a in product(THRESHOLDS, MIN_AREAS):
+                per.setdefault((tta, t, a), {}).setdefault(s.source, []).append(dice(drop_small(prob >= t, a), gt))
+    return {k: {src: float(np.mean(v)) for src, v in d.items()} for k, d in per.items()}
+
+
+def main(runs: list[str]) -> None:
+    folds = [fold_scores(Path(r)) for r in runs]
+    sources = sorted(folds[0][next(iter(folds[0]))])
+    print(f"folds: {len(folds)} ({', '.join(runs)})")
+    print("| tta | threshold | min component | " + " | ".join(f"{s} mean (per fold)" for s in sources) + " | mean of sources |")
+    print("|---|---|---|" + "---|" * (len(sources) + 1))
+    best = None
+    for key in folds[0]:
+        means = {s: statistics.mean(f[key][s] for f in folds) for s in sources}
+        overall = statistics.mean(means.values())
+        cells = " | ".join(f"{means[s]:.3f} ({', '.join(f'{f[key][s]:.2f}' for f in folds)})" for s in sources)
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {cells} | {overall:.4f} |")
+        if best is None or overall > best[1]:
+            best = (key, overall)
+    (tta, t, a), overall = best
+    print(f"best: tta={tta} threshold={t} min_component={a} (mean of sources {overall:.4f})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
