@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities import rank_zero_info
 
 from covidseg.callbacks import EpochLine, ValidationSamples
 from covidseg.datamodule import CTDataModule
@@ -70,6 +71,19 @@ class CovidSegCLI(LightningCLI):
         cfg.ckpt_path = str(ckpt)
 
 
+def train_on_everything(trainer, model: LitUNet) -> None:
+    """No validation split (e.g. ``--data.val_fraction 0 --data.test_fraction 0`` for a final
+    model on all cases): nothing to select a checkpoint or stop early on, so validation is
+    off, early stopping is dropped and ``best.ckpt`` holds the latest weights, as ``last.ckpt``."""
+    if model.hparams.scheduler == "plateau":
+        raise CovidSegError("model.scheduler=plateau follows val/dice, but there is no validation split; use cosine or none")
+    trainer.limit_val_batches = 0
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, EarlyStopping)]
+    for cb in trainer.checkpoint_callbacks:
+        cb.monitor = None
+    rank_zero_info("no validation split: training on every case; no early stopping, checkpoints keep the latest weights")
+
+
 def format_table(metrics: dict[str, float], stage: str = "test") -> str:
     rows = [(k, metrics[f"{stage}/{k}"]) for k in TABLE_KEYS if f"{stage}/{k}" in metrics]
     width = max(len(k) for k, _ in rows)
@@ -103,11 +117,14 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     cli = build_cli(args)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     dm.scan()  # validate all data before any process group or worker starts
+    validated = "val" in dm.make_split().values()
+    if not validated:
+        train_on_everything(trainer, model)
     trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""
     results: dict[str, float] = {}
-    if cli.config.get("test", True) and best:
+    if cli.config.get("test", True) and best and (dm.samples("test") or dm.samples("val")):
         results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
     run_dir = Path(trainer.log_dir or ".")  # a collective under DDP: every rank asks
     if trainer.is_global_zero:
@@ -121,7 +138,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             print("\nno checkpoint saved (fast_dev_run, or checkpointing disabled)")
             return results
         print(f"\nrun directory:   {run_dir}")
-        print(f"best checkpoint: {best}")
+        print(f"best checkpoint: {best}" + ("" if validated else "  (the latest weights: no validation split)"))
         print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
     return results
 

@@ -51,6 +51,16 @@ def freeze_unused(net: nn.Module, in_channels: int, depth: int) -> None:
     net.train()
 
 
+def soft_dice_per_image(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``1 - mean over slices of (2|P*T| + s) / (|P| + |T| + s)``, ``P = sigmoid(logits)``;
+    the smoothing ``s`` makes a lesion-free slice with an empty prediction score 1."""
+    probs = logits.float().sigmoid().flatten(1)
+    target = target.float().flatten(1)
+    inter = (probs * target).sum(1)
+    dice = (2 * inter + smooth) / (probs.sum(1) + target.sum(1) + smooth)
+    return 1 - dice.mean()
+
+
 class LitUNet(pl.LightningModule):
     """U-Net for binary lesion segmentation.
 
@@ -60,6 +70,9 @@ class LitUNet(pl.LightningModule):
         encoder_depth, decoder_channels: U-Net shape (``len(decoder_channels) == encoder_depth``).
         in_channels: input channels (CT slices: 1).
         dice_weight, bce_weight: loss = dice_weight * Dice loss + bce_weight * BCE.
+        dice_per_image: soft Dice per slice, averaged over the batch (``True``; weighs a slice
+            with a small lesion like one with a large lesion, as the per-image Dice metric
+            does), or over the batch's pooled pixels (``False``, the seed's loss).
         optimizer: ``adamw``, ``adam`` or ``sgd`` (momentum 0.9).
         lr, weight_decay: optimizer settings.
         scheduler: ``cosine`` (to 1% of lr over max_epochs), ``plateau`` (on val/dice) or ``none``.
@@ -81,6 +94,7 @@ class LitUNet(pl.LightningModule):
         in_channels: int = 1,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
+        dice_per_image: bool = False,
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -118,7 +132,8 @@ class LitUNet(pl.LightningModule):
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
-        return hp.dice_weight * self.dice_loss(logits, target) + hp.bce_weight * self.bce_loss(logits, target)
+        dice = soft_dice_per_image(logits, target) if hp.dice_per_image else self.dice_loss(logits, target)
+        return hp.dice_weight * dice + hp.bce_weight * self.bce_loss(logits, target)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])

@@ -100,3 +100,24 @@ def test_mixed_precision_goes_through_lightning(tiny_data, tmp_path):
     results = _fit(tiny_data, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
     assert 0.0 <= results["test/dice"] <= 1.0
     assert (tmp_path / "covidseg" / "version_0" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_final_model_on_every_case_trains_without_validation(tiny_data, tmp_path, capsys, caplog):
+    results = _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--data.val_fraction", "0", "--data.test_fraction", "0",
+                   "--model.threshold", "0.4", "--model.tta", "true")
+    assert results == {}  # nothing held out, so nothing to test on
+    run = tmp_path / "covidseg" / "version_0"
+    assert set((run / "splits.csv").read_text().split()[1:]) and ",val" not in (run / "splits.csv").read_text()
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == last["epoch"] == 1  # no early stop, no selection: the latest weights
+    assert best["hyper_parameters"]["threshold"] == 0.4 and best["hyper_parameters"]["tta"] is True
+    assert not any(k.startswith("EarlyStopping") for k in last["callbacks"])
+    assert "no validation split: training on every case" in caplog.text
+    assert f"best checkpoint: {run / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().out
+
+
+def test_plateau_schedule_without_validation_is_a_clear_error(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _fit(tiny_data, tmp_path, "--data.val_fraction", "0", "--data.test_fraction", "0", "--model.scheduler", "plateau")
+    assert "plateau follows val/dice" in capsys.readouterr().err

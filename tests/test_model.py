@@ -59,3 +59,21 @@ def test_imagenet_weights_offline_is_a_clear_error(monkeypatch):
         LitUNet(encoder_weights="imagenet")
     with pytest.raises(CovidSegError, match="cannot build U-Net with encoder 'nope'"):
         LitUNet(encoder_name="nope")
+
+
+def test_per_image_dice_loss_weighs_each_slice_equally():
+    from covidseg.model import soft_dice_per_image
+
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, :4, :4] = 1  # large lesion, predicted exactly
+    target[1, 0, 0, 0] = 1  # one-pixel lesion, missed
+    logits = torch.where(target[:1] > 0, 30.0, -30.0)
+    logits = torch.cat([logits, torch.full((1, 1, 8, 8), -30.0)])
+    per_image = soft_dice_per_image(logits, target, smooth=0.0)
+    assert per_image.item() == pytest.approx(0.5, abs=1e-4)  # mean of 1 and 0
+    pooled = LitUNet(**SMALL).dice_loss(logits, target)
+    assert pooled.item() == pytest.approx(1 - 32 / 33, abs=1e-3)  # the pooled loss hardly sees the miss
+    empty = torch.zeros(1, 1, 8, 8)
+    assert soft_dice_per_image(torch.full_like(empty, -30.0), empty).item() == pytest.approx(0.0, abs=1e-4)
+    model = LitUNet(**SMALL, dice_per_image=True, dice_weight=1.0, bce_weight=0.0)
+    assert model.loss(logits, target).item() == pytest.approx(soft_dice_per_image(logits, target).item())
