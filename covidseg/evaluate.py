@@ -239,6 +239,7 @@ def write_report(
         "roots": [str(r) for r in roots] if roots else sorted({str(Path(s.image).parent.parent) for s in samples}),
         "split": split,
         "threshold_source": source,
+        "tta": predictor.settings.tta,
         **report.summarize(counts, np.asarray(scores.auroc), scores.pos, scores.neg, [s.case_id for s in samples], [s.source for s in samples], t),
     }
     report.write_json(out / "metrics.json", metrics)

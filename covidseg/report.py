@@ -283,7 +283,8 @@ def markdown(metrics: dict) -> str:
         "",
         f"- models: {', '.join(metrics.get('checkpoints', []))}",
         f"- data: {', '.join(metrics.get('roots', []))}" + (f" (split: {metrics['split']})" if metrics.get("split") else " (all pairs)"),
-        f"- threshold: {metrics['threshold']:.2f} ({metrics.get('threshold_source', 'given')})",
+        f"- threshold: {metrics['threshold']:.2f} ({metrics.get('threshold_source', 'given')})"
+        + ("" if "tta" not in metrics else f"; flip TTA {'on' if metrics['tta'] else 'off'}"),
         f"- images: {c['images']}, cases: {c['cases']}, images without lesion: {c['images_without_lesion']}",
         f"- pixels: {c['pixels']}, lesion: {c['lesion_pixels']}, predicted lesion: {c['predicted_pixels']}",
         f"- average precision (pixels): {_fmt(metrics['global']['average_precision'])}",

@@ -19,7 +19,7 @@ from covidseg.inference import Predictor
 from covidseg.sources import scan
 
 FILES = ("metrics.json", "metrics.md", "per_image.csv", "roc_curve.png", "pr_curve.png", "confusion_matrix.png", "prediction_samples.png")
-KEYS = {"checkpoints", "roots", "split", "threshold", "threshold_source", "counts", "per_image_mean", "per_image_n", "global", "dice_ci95", "policy"}
+KEYS = {"checkpoints", "roots", "split", "threshold", "threshold_source", "tta", "counts", "per_image_mean", "per_image_n", "global", "dice_ci95", "policy"}
 METRICS = {"dice", "iou", "recall", "specificity", "precision", "accuracy", "auroc"}
 
 
@@ -101,9 +101,10 @@ def test_split_falls_back_to_the_checkpoints_split(tiny_ckpt, tiny_run, tmp_path
 
 
 def test_ensemble_of_two_checkpoints(tiny_ckpt, tiny_run, tmp_path):
-    m = main(["--ckpt", str(tiny_ckpt), str(tiny_ckpt.parent / "last.ckpt"), "--split", "test", "--output", str(tmp_path / "r"), "--threshold", "0.3"])
+    m = main(["--ckpt", str(tiny_ckpt), str(tiny_ckpt.parent / "last.ckpt"), "--split", "test", "--output", str(tmp_path / "r"), "--threshold", "0.3", "--tta"])
     _check_report(tmp_path / "r", len(_split_images(tiny_run, "test")))
-    assert len(m["checkpoints"]) == 2 and m["threshold"] == 0.3 and m["threshold_source"] == "given"
+    assert len(m["checkpoints"]) == 2 and m["threshold"] == 0.3 and m["threshold_source"] == "given" and m["tta"] is True
+    assert "threshold: 0.30 (given); flip TTA on" in (tmp_path / "r" / "metrics.md").read_text()
 
 
 def test_threshold_auto_is_stored_with_the_model(tiny_run, tmp_path, capsys):
