@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from covidseg.fit import build_cli
 from covidseg.synthetic import generate
@@ -34,7 +35,9 @@ def test_reproduce_trains_on_every_case_and_prints_the_checkpoint(tmp_path):
     ckpt = Path(proc.stdout.strip().splitlines()[-1])
     assert ckpt == tmp_path / "runs" / "reference" / "version_0" / "checkpoints" / "best.ckpt" and ckpt.is_file()
     hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
-    assert hp["threshold"] == 0.5 and hp["tta"] is True  # the cross-validated inference settings travel
+    recipe = yaml.safe_load((REPO / "configs" / "reference.yaml").read_text())["model"]
+    for key in ("threshold", "tta", "dice_per_image"):  # the cross-validated recipe and inference settings travel
+        assert hp[key] == recipe[key], key
     splits = (ckpt.parents[1] / "splits.csv").read_text().splitlines()[1:]
     assert len(splits) == 16 and all(row.endswith(",train") for row in splits)  # every case trains
     assert "no validation split: training on every case" in proc.stderr
