@@ -19,7 +19,7 @@ from tqdm import tqdm
 from covidseg.evaluate import select_split, stored_data
 from covidseg.inference import Predictor, load_checkpoint
 from covidseg.io import read_image, read_mask
-from covidseg.sources import scan
+from covidseg.sources import Sample, scan
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (0, 0.0005, 0.002)  # components smaller than this fraction of the slice are dropped
@@ -39,12 +39,17 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
-    """Setting -> source -> mean per-image Dice on the run's validation split."""
+def validation_samples(run: Path) -> tuple[Path, list[Sample]]:
+    """The run's last checkpoint and the slices of its validation split (its held-out fold)."""
     ckpt_path = run / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(ckpt_path)
     roots, policies = stored_data(ckpt)
-    samples = select_split([ckpt_path], [ckpt], scan(roots, **policies).samples, "val")
+    return ckpt_path, select_split([ckpt_path], [ckpt], scan(roots, **policies).samples, "val")
+
+
+def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
+    """Setting -> source -> mean per-image Dice on the run's validation split."""
+    ckpt_path, samples = validation_samples(run)
     per: dict[tuple, dict[str, list[float]]] = {}
     for tta in (False, True):
         predictor = Predictor(ckpt_path, device="cpu", tta=tta)
