@@ -61,21 +61,27 @@ def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
     return {k: {src: float(np.mean(v)) for src, v in d.items()} for k, d in per.items()}
 
 
-def main(runs: list[str]) -> None:
-    folds = [fold_scores(Path(r)) for r in runs]
+def print_table(runs: list[str], folds: list[dict[tuple, dict[str, float]]], columns: list[str]) -> tuple[tuple, float]:
+    """Prints one markdown row per setting (``columns`` name the setting's key fields): per-source
+    means over folds with the per-fold values, and the mean of sources. Returns the best row."""
     sources = sorted(folds[0][next(iter(folds[0]))])
     print(f"folds: {len(folds)} ({', '.join(runs)})")
-    print("| tta | threshold | min component | " + " | ".join(f"{s} mean (per fold)" for s in sources) + " | mean of sources |")
-    print("|---|---|---|" + "---|" * (len(sources) + 1))
+    print("| " + " | ".join(columns) + " | " + " | ".join(f"{s} mean (per fold)" for s in sources) + " | mean of sources |")
+    print("|" + "---|" * (len(columns) + len(sources) + 1))
     best = None
     for key in folds[0]:
         means = {s: statistics.mean(f[key][s] for f in folds) for s in sources}
         overall = statistics.mean(means.values())
-        cells = " | ".join(f"{means[s]:.3f} ({', '.join(f'{f[key][s]:.2f}' for f in folds)})" for s in sources)
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {cells} | {overall:.4f} |")
+        cells = " | ".join(f"{means[s]:.3f} ({', '.join(f'{f[key][s]:.3f}' for f in folds)})" for s in sources)
+        print("| " + " | ".join(str(k) for k in key) + f" | {cells} | {overall:.4f} |")
         if best is None or overall > best[1]:
             best = (key, overall)
-    (tta, t, a), overall = best
+    return best
+
+
+def main(runs: list[str]) -> None:
+    folds = [fold_scores(Path(r)) for r in runs]
+    (tta, t, a), overall = print_table(runs, folds, ["tta", "threshold", "min component"])
     print(f"best: tta={tta} threshold={t} min_component={a} (mean of sources {overall:.4f})")
 
 

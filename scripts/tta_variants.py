@@ -10,7 +10,6 @@ not covidseg options, only measured here. Zoomed predictions are warped back, an
 zoomed-in view did not see are averaged over the views that did.
 """
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from covidseg.inference import TTA_FLIPS, Predictor, _flip
 from covidseg.io import read_image, read_mask, resize
-from cv_tune import dice, validation_samples
+from cv_tune import dice, print_table, validation_samples
 
 # variant -> views (flip rows, flip columns, zoom factor)
 VARIANTS = {
@@ -84,15 +83,8 @@ def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
 
 
 def main(runs: list[str]) -> None:
-    folds = [fold_scores(Path(r)) for r in runs]
-    sources = sorted(folds[0][next(iter(folds[0]))])
-    print(f"folds: {len(folds)} ({', '.join(runs)})")
-    print("| variant | threshold | " + " | ".join(f"{s} mean (per fold)" for s in sources) + " | mean of sources |")
-    print("|---|---|" + "---|" * (len(sources) + 1))
-    for key in folds[0]:
-        means = {s: statistics.mean(f[key][s] for f in folds) for s in sources}
-        cells = " | ".join(f"{means[s]:.3f} ({', '.join(f'{f[key][s]:.3f}' for f in folds)})" for s in sources)
-        print(f"| {key[0]} | {key[1]} | {cells} | {statistics.mean(means.values()):.4f} |")
+    (name, t), overall = print_table(runs, [fold_scores(Path(r)) for r in runs], ["variant", "threshold"])
+    print(f"best: {name} threshold={t} (mean of sources {overall:.4f})")
 
 
 if __name__ == "__main__":
