@@ -2,7 +2,7 @@
 
 Data flow: files -> pairs ``(image, mask, case_id)`` (``sources.scan``, validated) -> split by
 case (``splits``) -> per sample ``{"image": float32 [1,S,S] in [0,1], "mask": float32
-[1,S,S] in {0,1}, "index": int}`` -> the model. Preprocessing is ``io.preprocess_image`` /
+[1,S,S] in {0,1} (training: in [0,1] with soft_masks), "index": int}`` -> the model. Preprocessing is ``io.preprocess_image`` /
 ``io.preprocess_mask``, the same functions inference uses.
 """
 
@@ -30,11 +30,13 @@ class SliceDataset(Dataset):
     """Image/mask pairs, preprocessed, optionally augmented.
 
     Shape:
-        image: ``float32 [1, S, S]`` in [0, 1]; mask: ``float32 [1, S, S]`` in {0, 1}.
+        image: ``float32 [1, S, S]`` in [0, 1]; mask: ``float32 [1, S, S]`` in {0, 1}, or the
+        lesion fraction of each pixel in [0, 1] with ``soft_masks``.
     """
 
-    def __init__(self, samples: list[Sample], image_size: int, normalization: Normalization = "auto", transform=None):
+    def __init__(self, samples: list[Sample], image_size: int, normalization: Normalization = "auto", transform=None, soft_masks: bool = False):
         self.samples = samples
+        self.soft_masks = soft_masks
         self.image_size = image_size
         self.normalization = normalization
         self.transform = transform
@@ -45,7 +47,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         image = preprocess_image(read_image(s.image), self.image_size, self.normalization)
-        mask = preprocess_mask(read_mask(s.mask), self.image_size)
+        mask = preprocess_mask(read_mask(s.mask), self.image_size, self.soft_masks)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -85,6 +87,9 @@ class CTDataModule(pl.LightningDataModule):
         rotate, zoom, shift, hflip, vflip: the seed's augmentation (degrees, fractions, probabilities).
         brightness, contrast, gamma, blur: intensity augmentation (0 disables).
         balance_sources: sample each source equally often in training (several roots).
+        soft_masks: training targets are the lesion fraction of each resized pixel (area
+            resize, bilinear augmentation) instead of nearest-neighbour {0, 1}; validation and
+            test masks stay binary.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class CTDataModule(pl.LightningDataModule):
         gamma: float = 0.0,
         blur: float = 0.0,
         balance_sources: bool = False,
+        soft_masks: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -159,9 +165,10 @@ class CTDataModule(pl.LightningDataModule):
         if log_dir and self.trainer.is_global_zero:
             write_splits(Path(log_dir) / "splits.csv", self.scan().samples, self.split)
         hp = self.hparams
-        aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur)
+        aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur, hp.soft_masks)
         for name in ("train", "val", "test"):
-            self.datasets[name] = SliceDataset(self.samples(name), self.image_size, self.normalization, aug if name == "train" else None)
+            train = name == "train"
+            self.datasets[name] = SliceDataset(self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train)
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")
 

@@ -14,7 +14,8 @@ Data contract (shared by training, evaluation, predict and export):
 * ``preprocess_image(raw, image_size, rule)`` -> ``float32 [S, S]``: normalise, then resize
   with area/linear interpolation. Every consumer calls this one function.
 * ``read_mask(path)`` -> ``uint8 [H, W]`` in ``{0, 1}`` (values above half the dtype's range
-  are lesion), and ``preprocess_mask`` resizes it with nearest-neighbour.
+  are lesion), and ``preprocess_mask`` resizes it with nearest-neighbour (or, for soft
+  training targets, by area).
 """
 
 from __future__ import annotations
@@ -113,8 +114,12 @@ def preprocess_image(raw: np.ndarray, image_size: int, normalization: Normalizat
     return resize(normalize_intensity(raw, normalization), image_size).astype(np.float32, copy=False)
 
 
-def preprocess_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
-    """Binary mask ``[H, W]`` -> ``uint8 [S, S]`` in {0, 1}, nearest-neighbour."""
+def preprocess_mask(mask: np.ndarray, image_size: int, soft: bool = False) -> np.ndarray:
+    """Binary mask ``[H, W]`` -> ``uint8 [S, S]`` in {0, 1}, nearest-neighbour; or, with
+    ``soft``, ``float32 [S, S]`` in [0, 1]: the lesion fraction of each output pixel (area
+    interpolation, as the image), a training target without nearest-neighbour aliasing."""
+    if soft:
+        return np.clip(resize(mask.astype(np.float32), image_size), 0.0, 1.0)
     return resize(mask.astype(np.uint8), image_size, nearest=True)
 
 

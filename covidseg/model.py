@@ -141,7 +141,8 @@ class LitUNet(pl.LightningModule):
         n = len(logits)
         # update(), not forward(): only epoch values are logged, so no per-batch compute
         self.train_loss.update(loss.detach(), n)
-        self.train_dice.update(logits.detach().sigmoid(), batch["mask"].int())
+        # soft targets (data.soft_masks) count as lesion above one half
+        self.train_dice.update(logits.detach().sigmoid(), (batch["mask"] > 0.5).int())
         self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, batch_size=n)
         return loss

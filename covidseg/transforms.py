@@ -1,6 +1,6 @@
 """Albumentations presets. Augmentation runs after the shared preprocessing, on the training
 split only; image and mask go through the same geometric transform (the mask with
-nearest-neighbour interpolation)."""
+nearest-neighbour interpolation, or bilinear for soft masks)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def train_transforms(
     contrast: float = 0.0,
     gamma: float = 0.0,
     blur: float = 0.0,
+    soft_masks: bool = False,
 ) -> A.Compose:
     """The seed's set (rotate degrees, zoom and shift fractions, flip probabilities), plus
     optional intensity augmentation (brightness/contrast limits, gamma range around 1 and
-    blur probability) for sources that differ in contrast. Zero disables a transform."""
+    blur probability) for sources that differ in contrast. Zero disables a transform.
+    ``soft_masks``: the masks are float lesion fractions, resampled bilinearly."""
     ops: list = []
     if rotate or zoom or shift:
         ops.append(
@@ -30,7 +32,7 @@ def train_transforms(
                 scale=(1 - zoom, 1 + zoom),
                 translate_percent=(-shift, shift),
                 interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
+                mask_interpolation=cv2.INTER_LINEAR if soft_masks else cv2.INTER_NEAREST,
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
                 fill_mask=0,

@@ -54,3 +54,13 @@ def test_balanced_sampler_draws_sources_evenly(tiny_data, tmp_path):
     sources = [dm.datasets["train"].samples[i].source for i in dm.train_dataloader().sampler]
     share = sources.count("small") / len(sources)
     assert 0.25 < share < 0.75  # unbalanced it would be ~3/35
+
+
+def test_soft_masks_only_for_training(tiny_data):
+    dm = CTDataModule(str(tiny_data), image_size=24, batch_size=4, num_workers=0, soft_masks=True, rotate=20)
+    dm.setup("fit")
+    train = torch.stack([dm.datasets["train"][i]["mask"] for i in range(4)])
+    assert 0 <= train.min() and train.max() <= 1
+    assert ((train > 0) & (train < 1)).any()  # fractions at lesion borders
+    val = dm.datasets["val"][0]["mask"]
+    assert set(torch.unique(val).tolist()) <= {0.0, 1.0}

@@ -56,3 +56,13 @@ def test_preprocess_image_shape_and_range():
     out = preprocess_image(raw, 32)
     assert out.shape == (32, 32) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_soft_masks_keep_the_lesion_fraction():
+    m = np.zeros((9, 9), np.uint8)
+    m[0:3, 0:3] = 1  # one full output pixel of 3x3
+    m[3, 3] = 1  # a lesion nearest-neighbour would drop or blow up
+    soft = preprocess_mask(m, 3, soft=True)
+    assert soft.dtype == np.float32 and 0.0 <= soft.min() and soft.max() <= 1.0
+    assert soft[0, 0] == pytest.approx(1.0) and soft[1, 1] == pytest.approx(1 / 9)
+    assert soft.sum() * 9 == pytest.approx(m.sum())
