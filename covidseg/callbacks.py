@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from covidseg.overlay import overlay
 
-def sample_grid(image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+
+def sample_grid(image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
     """Rows of ``image | ground truth | prediction | overlay`` as one RGB picture.
 
     Shape:
-        image, mask, prob: ``[N, 1, H, W]``; returns ``[3, N*H, 4*W]`` float in [0, 1].
+        image, mask, prob: ``[N, 1, H, W]``; returns ``float32 [N*H, 4*W, 3]`` in [0, 1] (HWC).
     """
-    img = image.float().clamp(0, 1).expand(-1, 3, -1, -1)
-    gt = mask.float().expand(-1, 3, -1, -1)
-    pred = (prob >= threshold).float()
-    pred_rgb = pred.expand(-1, 3, -1, -1)
-    overlay = img.clone() * 0.7
-    red, green = torch.tensor([1.0, 0.2, 0.2]).view(1, 3, 1, 1), torch.tensor([0.2, 1.0, 0.2]).view(1, 3, 1, 1)
-    overlay = overlay + 0.3 * (gt * green + pred * red).clamp(0, 1)
-    rows = torch.cat([img, gt, pred_rgb, overlay.clamp(0, 1)], dim=3)  # [N, 3, H, 4W]
-    return torch.cat(list(rows), dim=1)
+    rows = []
+    for img, gt, p in zip(image[:, 0].float().clamp(0, 1).numpy(), (mask[:, 0] > 0.5).numpy(), (prob[:, 0] >= threshold).numpy()):
+        gray = lambda a: np.repeat(np.asarray(a, np.float32)[..., None], 3, axis=2)  # noqa: E731
+        rows.append(np.concatenate([gray(img), gray(gt), gray(p), overlay(img, p, gt)], axis=1))
+    return np.concatenate(rows, axis=0)
 
 
 class ValidationSamples(Callback):
@@ -36,7 +35,7 @@ class ValidationSamples(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 grid = sample_grid(samples["image"].cpu(), samples["mask"].cpu(), samples["prob"].float().cpu(), pl_module.hparams.threshold)
-                logger.experiment.add_image("val/samples (image | truth | prediction | overlay)", grid, trainer.current_epoch)
+                logger.experiment.add_image("val/samples (image | truth | prediction | overlay)", grid, trainer.current_epoch, dataformats="HWC")
         pl_module.val_samples = {}
 
 
@@ -54,6 +53,6 @@ class EpochLine(Callback):
         if trainer.sanity_checking or trainer.progress_bar_callback is not None or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        keys = [k for k in ("train/loss", "val/loss", "val/dice", "val/dice_image") if k in m]
+        keys = [k for k in ("train/loss", "val/loss", "val/dice_image", "val/dice") if k in m]
         values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  {time.monotonic() - self._start:.0f}s", flush=True)

@@ -212,4 +212,8 @@ class CTDataModule(pl.LightningDataModule):
         return self._loader(name)
 
     def state_dict(self) -> dict:
-        return {"split": self.split}
+        """Stored in every checkpoint: the split by ``Sample.key`` and the absolute data roots,
+        so ``evaluate --split`` finds both from any directory."""
+        samples = self.scan().samples if self.split else []
+        roots = self.roots or [str(ensure_demo())]
+        return {"split": {s.key: self.split[s.image] for s in samples}, "roots": [str(Path(r).resolve()) for r in roots]}

@@ -1,11 +1,11 @@
 """Export a checkpoint to ONNX for deployment, and check the export against PyTorch.
 
-    python -m covidseg.export --ckpt best.ckpt --output model.onnx [--opset 18]
+    covidseg export --ckpt best.ckpt --output model.onnx [--opset 18]
 
 The ONNX model maps input ``image`` (float32 ``[batch, 1, S, S]``, preprocessed by
 ``io.preprocess_image``, dynamic batch) to output ``probability`` (sigmoid included, same
 shape) and carries the preprocessing and inference settings as metadata (``covidseg.*``
-keys of ``Settings.to_metadata``), so ``python -m covidseg.predict --ckpt model.onnx`` and
+keys of ``Settings.to_metadata``), so ``covidseg predict --ckpt model.onnx`` and
 ``inference.Predictor`` treat it exactly like the checkpoint. The export uses the
 ``torch.export``-based (dynamo) exporter. Before the file is put in place, onnxruntime runs it
 on random inputs of several batch sizes; if any output differs from PyTorch by more than
@@ -14,7 +14,6 @@ on random inputs of several batch sizes; if any output differs from PyTorch by m
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidseg import options
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.inference import load_checkpoint, model_from_checkpoint, settings_from_checkpoint
 
@@ -112,14 +112,18 @@ def export_onnx(ckpt: str | Path, output: str | Path, opset: int = DEFAULT_OPSET
     return diff
 
 
+def build_parser():
+    p = options.parser("covidseg export", __doc__)
+    options.add_model(p, many=False)
+    p.add_argument("--output", type=str, required=True, help="ONNX file to write (.onnx)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    return p
+
+
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns 0 (errors exit with 2)."""
-    p = argparse.ArgumentParser(prog="python -m covidseg.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="covidseg checkpoint (.ckpt)")
-    p.add_argument("--output", required=True, help="ONNX file to write (.onnx)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     diff = export_onnx(args.ckpt, args.output, args.opset)
     size_mb = Path(args.output).stat().st_size / 1e6
     print(f"max |onnxruntime - pytorch| = {diff:.2e} (batch sizes {', '.join(map(str, CHECK_BATCH_SIZES))}; limit {MAX_ABS_DIFF:g})")

@@ -1,29 +1,29 @@
-"""Train, then test the best checkpoint: ``python -m covidseg.fit [--config X.yaml] [--flags]``.
+"""Train, then evaluate the best checkpoint: ``covidseg fit [--config X.yaml] [--flags]``.
 
 A LightningCLI over ``LitUNet`` and ``CTDataModule``. Every output of a run lives in one run
 directory, ``<save_dir>/<name>/version_N`` (default ``runs/covidseg/version_N``): the resolved
 ``config.yaml``, ``splits.csv``, ``checkpoints/best.ckpt`` and ``last.ckpt``, TensorBoard events
-and ``test_metrics.json``. ``--ckpt_path last`` resumes the newest run of that name exactly;
+and ``report/``: the test split scored by ``covidseg evaluate`` at the model's operating point
+(threshold and TTA), the run's one test score (also logged as ``test/*`` in TensorBoard). ``--ckpt_path last`` resumes the newest run of that name exactly;
 ``--ckpt_path RUN/checkpoints/last.ckpt`` resumes that run.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from covidseg.callbacks import EpochLine, ValidationSamples
 from covidseg.datamodule import CTDataModule
-from covidseg.evaluate import write_report
 from covidseg.errors import CovidSegError, user_errors
-from covidseg.metrics import VAL_DICE
+from covidseg.evaluate import evaluate
+from covidseg.metrics import VAL_DICE_IMAGE
 from covidseg.model import LitUNet
-
-TABLE_KEYS = ("dice", "dice_image", "iou", "precision", "recall", "specificity", "accuracy", "auroc", "loss")
+from covidseg.report.writers import metric_table
 
 
 def find_last_checkpoint(save_dir: str, name: str) -> Path:
@@ -41,7 +41,7 @@ class CovidSegCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": VAL_DICE,
+                "checkpoint.monitor": VAL_DICE_IMAGE,
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
                 "checkpoint.save_last": True,
@@ -49,9 +49,9 @@ class CovidSegCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        parser.set_defaults({"early_stopping.monitor": VAL_DICE, "early_stopping.mode": "max", "early_stopping.patience": 10})
+        parser.set_defaults({"early_stopping.monitor": VAL_DICE_IMAGE, "early_stopping.mode": "max", "early_stopping.patience": 10})
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume: 'last' (newest run of this name) or a last.ckpt path")
-        parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
+        parser.add_argument("--test", type=bool, default=True, help="evaluate the best checkpoint on the test split after fitting (report/)")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
@@ -76,18 +76,12 @@ def train_on_everything(trainer, model: LitUNet) -> None:
     model on all cases): nothing to select a checkpoint or stop early on, so validation is
     off, early stopping is dropped and ``best.ckpt`` holds the latest weights, as ``last.ckpt``."""
     if model.hparams.scheduler == "plateau":
-        raise CovidSegError("model.scheduler=plateau follows val/dice, but there is no validation split; use cosine or none")
+        raise CovidSegError("model.scheduler=plateau follows val/dice_image, but there is no validation split; use cosine or none")
     trainer.limit_val_batches = 0
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, EarlyStopping)]
     for cb in trainer.checkpoint_callbacks:
         cb.monitor = None
     rank_zero_info("no validation split: training on every case; no early stopping, checkpoints keep the latest weights")
-
-
-def format_table(metrics: dict[str, float], stage: str = "test") -> str:
-    rows = [(k, metrics[f"{stage}/{k}"]) for k in TABLE_KEYS if f"{stage}/{k}" in metrics]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join([f"{'metric':<{width}}  value", f"{'-' * width}  ------"] + [f"{k:<{width}}  {v:.4f}" for k, v in rows])
 
 
 def build_cli(args: list[str] | None = None) -> CovidSegCLI:
@@ -107,13 +101,30 @@ def build_cli(args: list[str] | None = None) -> CovidSegCLI:
             },
             "callbacks": [LearningRateMonitor(logging_interval="epoch"), ValidationSamples(), EpochLine()],
         },
-        parser_kwargs={"prog": "python -m covidseg.fit", "description": __doc__.split("\n\n")[0]},
+        parser_kwargs={"prog": "covidseg fit", "description": __doc__.split("\n\n")[0]},
     )
 
 
+def test_report(trainer, dm: CTDataModule, best: str) -> dict:
+    """Evaluates ``best`` on the test split (the validation split when there is no test split)
+    exactly as ``covidseg evaluate --ckpt BEST --split test`` does, into ``RUN/report``."""
+    split = "test" if dm.samples("test") else "val"  # as CTDataModule.test_dataloader
+    run_dir = Path(trainer.log_dir or ".")
+    logger = trainer.logger
+    writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
+    device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+    metrics = evaluate(best, output=run_dir / "report", split=split, tensorboard=writer, step=trainer.global_step, batch_size=dm.batch_size, device=device)
+    t = metrics["threshold"]
+    print(f"\n{split.capitalize()} metrics (best checkpoint; threshold {t:.2f}, TTA {'on' if metrics['tta'] else 'off'}, each slice at its own resolution):")
+    print(metric_table(metrics))
+    print(f"report:          {run_dir / 'report'}")
+    return metrics
+
+
 @user_errors
-def main(args: list[str] | None = None) -> dict[str, float]:
-    """Fits, tests the best checkpoint and returns the test metrics."""
+def main(args: list[str] | None = None) -> dict:
+    """Fits, evaluates the best checkpoint and returns its ``report/metrics.json`` (on global
+    rank 0; other ranks return ``{}``)."""
     cli = build_cli(args)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     dm.scan()  # validate all data before any process group or worker starts
@@ -123,23 +134,18 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""
-    results: dict[str, float] = {}
-    if cli.config.get("test", True) and best and (dm.samples("test") or dm.samples("val")):
-        results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
     run_dir = Path(trainer.log_dir or ".")  # a collective under DDP: every rank asks
-    if trainer.is_global_zero:
-        if results:
-            (run_dir / "test_metrics.json").write_text(json.dumps({"checkpoint": best, **results}, indent=2) + "\n")
-            print("\nTest metrics (best checkpoint):\n" + format_table(results))
-            split = "test" if dm.samples("test") else "val"  # as CTDataModule.test_dataloader
-            write_report(best, dm.samples(split), run_dir / "report", split=split, roots=dm.roots, tensorboard=run_dir, step=trainer.global_step)
-            print(f"report:          {run_dir / 'report'}")
-        if not best:
-            print("\nno checkpoint saved (fast_dev_run, or checkpointing disabled)")
-            return results
-        print(f"\nrun directory:   {run_dir}")
-        print(f"best checkpoint: {best}" + ("" if validated else "  (the latest weights: no validation split)"))
-        print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
+    results: dict = {}
+    if not trainer.is_global_zero:
+        return results
+    if cli.config.get("test", True) and best and (dm.samples("test") or dm.samples("val")):
+        results = test_report(trainer, dm, best)
+    if not best:
+        print("\nno checkpoint saved (fast_dev_run, or checkpointing disabled)")
+        return results
+    print(f"\nrun directory:   {run_dir}")
+    print(f"best checkpoint: {best}" + ("" if validated else "  (the latest weights: no validation split)"))
+    print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
     return results
 
 

@@ -25,7 +25,8 @@ import torch
 from covidseg.errors import CovidSegError
 from covidseg.io import preprocess_image, resize
 
-# Flip variants for test-time augmentation: (flip rows, flip columns).
+# Flip variants for test-time augmentation: (flip rows, flip columns); LitUNet.probabilities
+# (validation) and Predictor (evaluate, predict) average the same four views.
 TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
 
 
@@ -51,7 +52,7 @@ class Settings:
                 tta=meta.get("covidseg.tta", "False") == "True",
             )
         except KeyError:
-            raise CovidSegError(f"{source}: ONNX model has no covidseg metadata; export it with python -m covidseg.export") from None
+            raise CovidSegError(f"{source}: ONNX model has no covidseg metadata; export it with covidseg export") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -118,7 +119,7 @@ class _OnnxBackend:
         return self.session.run(None, {self.input: x})[0]
 
 
-def _flip(x: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+def flip(x: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
     if rows:
         x = x[..., ::-1, :]
     if cols:
@@ -178,7 +179,7 @@ class Predictor:
         total = np.zeros(x.shape, np.float32)
         for backend in self.backends:
             for rows, cols in flips:
-                total += _flip(backend(_flip(x, rows, cols)), rows, cols)
+                total += flip(backend(flip(x, rows, cols)), rows, cols)
         return total / (len(self.backends) * len(flips))
 
     def predict(self, raws: Iterable[np.ndarray], batch_size: int = 16) -> Iterator[np.ndarray]:

@@ -15,8 +15,10 @@ from torch import nn
 
 from covidseg.errors import CovidSegError
 from covidseg.io import Normalization
-from covidseg.metrics import TRAIN_LOSS, VAL_DICE, loss_metric, segmentation_metrics
-from torchmetrics.classification import BinaryF1Score
+from covidseg.lightning_metrics import SegmentationScores, loss_metric
+from covidseg.metrics import TRAIN_LOSS, VAL_DICE_IMAGE, VAL_LOSS
+from covidseg.inference import TTA_FLIPS
+from covidseg.options import check_threshold
 
 
 def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: int, decoder_channels: list[int], in_channels: int) -> nn.Module:
@@ -75,9 +77,11 @@ class LitUNet(pl.LightningModule):
             does), or over the batch's pooled pixels (``False``, the seed's loss).
         optimizer: ``adamw``, ``adam`` or ``sgd`` (momentum 0.9).
         lr, weight_decay: optimizer settings.
-        scheduler: ``cosine`` (to 1% of lr over max_epochs), ``plateau`` (on val/dice) or ``none``.
+        scheduler: ``cosine`` (to 1% of lr over max_epochs), ``plateau`` (on val/dice_image) or ``none``.
         image_size, normalization: preprocessing, linked from ``data.*`` (do not set by hand).
-        threshold, tta: default inference settings stored with the model.
+        threshold, tta: the operating point stored with the model: lesion where the (flip-TTA
+            averaged) probability is ``>= threshold``. Validation scores at this point, so
+            checkpoint selection optimises what evaluate and predict deliver.
         channels_last: NHWC memory format (faster convolutions on CPU and tensor cores).
         num_val_samples: validation slices drawn to TensorBoard each epoch.
 
@@ -107,6 +111,7 @@ class LitUNet(pl.LightningModule):
         num_val_samples: int = 4,
     ):
         super().__init__()
+        check_threshold(threshold, "model.threshold")
         if len(decoder_channels) != encoder_depth:
             raise CovidSegError(f"model: decoder_channels has {len(decoder_channels)} entries, encoder_depth is {encoder_depth}")
         self.save_hyperparameters()
@@ -117,12 +122,9 @@ class LitUNet(pl.LightningModule):
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = nn.BCEWithLogitsLoss()
         self.train_loss = loss_metric()
-        # masks are {0, 1} by construction: skip the per-step torch.unique check (a host sync on GPU)
-        self.train_dice = BinaryF1Score(validate_args=False)
+        self.train_scores = SegmentationScores(threshold, auroc=False)
         self.val_loss = loss_metric()
-        self.test_loss = loss_metric()
-        self.val_metrics = segmentation_metrics("val")
-        self.test_metrics = segmentation_metrics("test")
+        self.val_scores = SegmentationScores(threshold)
         self.val_samples: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,41 +137,60 @@ class LitUNet(pl.LightningModule):
         dice = soft_dice_per_image(logits, target) if hp.dice_per_image else self.dice_loss(logits, target)
         return hp.dice_weight * dice + hp.bce_weight * self.bce_loss(logits, target)
 
+    def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 lesion probabilities at the model's operating point (flip TTA if ``tta``).
+
+        Shape:
+            x: ``[B, 1, S, S]``; logits (optional, ``self(x)`` if already computed) -> ``[B, 1, S, S]``.
+        """
+        logits = self(x) if logits is None else logits
+        if not self.hparams.tta:
+            return logits.float().sigmoid()
+        total = logits.float().sigmoid()
+        for rows, cols in TTA_FLIPS[1:]:
+            dims = [d for d, flip in ((-2, rows), (-1, cols)) if flip]
+            total = total + self(x.flip(dims)).float().sigmoid().flip(dims)
+        return total / len(TTA_FLIPS)
+
+    def update_train_metrics(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """What ``training_step`` accumulates per batch: device-side updates only, no host sync."""
+        self.train_loss.update(loss.detach(), len(logits))
+        self.train_scores.update(logits.detach().float().sigmoid(), target)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
-        n = len(logits)
-        # update(), not forward(): only epoch values are logged, so no per-batch compute
-        self.train_loss.update(loss.detach(), n)
-        # soft targets (data.soft_masks) count as lesion above one half
-        self.train_dice.update(logits.detach().sigmoid(), (batch["mask"] > 0.5).int())
-        self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, batch_size=n)
+        self.update_train_metrics(loss, logits, batch["mask"])
+        # only epoch values are logged, so no per-batch compute
+        self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
-        probs = logits.sigmoid()
-        target = batch["mask"]
-        n = len(logits)
-        loss_metric, metrics = (self.val_loss, self.val_metrics) if stage == "val" else (self.test_loss, self.test_metrics)
-        loss_metric(self.loss(logits, target), n)
-        metrics.update(probs, target.int())
-        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n)
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
-        return probs
+    def on_train_epoch_end(self) -> None:
+        self._log_scores("train", self.train_scores)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        probs = self._eval_step(batch, "val")
+        logits = self(batch["image"])
+        target = batch["mask"]
+        n = len(logits)
+        self.val_loss.update(self.loss(logits, target), n)
+        probs = self.probabilities(batch["image"], logits)
+        self.val_scores.update(probs, target)
+        self.log(VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         if batch_idx == 0 and self.hparams.num_val_samples:
             k = self.hparams.num_val_samples
             self.val_samples = {"image": batch["image"][:k], "mask": batch["mask"][:k], "prob": probs[:k]}
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_scores)
+
+    def _log_scores(self, stage: str, scores: SegmentationScores) -> None:
+        values = scores.compute()  # synced over ranks by torchmetrics: the same on every rank
+        scores.reset()
+        keys = ("dice", "dice_image") if stage == "train" else values
+        self.log_dict({f"{stage}/{k}": values[k] for k in keys}, prog_bar=False, sync_dist=False)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).sigmoid()
+        return self.probabilities(batch["image"])
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -184,7 +205,7 @@ class LitUNet(pl.LightningModule):
             return opt
         if hp.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=5)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": VAL_DICE}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": VAL_DICE_IMAGE}}
         epochs = max(1, self.trainer.max_epochs or 1) if self._trainer is not None else 100
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=hp.lr * 0.01)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

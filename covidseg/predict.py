@@ -1,12 +1,12 @@
 """Segment lesions in CT slices and volumes with trained checkpoints or exported ONNX models.
 
-    python -m covidseg.predict --ckpt best.ckpt --input scans/ scan.nii.gz --output preds/
+    covidseg predict --ckpt best.ckpt --input "[scans/, scan.nii.gz]" --output preds/
 
 Inputs are image files (png/jpg/tif/bmp, 8- or 16-bit, gray or RGB), folders of them
 (not recursive, sorted) and NIfTI volumes in HU (``.nii``/``.nii.gz``, windowed and sliced as
 described in ``covidseg.volumes``). Several ``--ckpt`` models are averaged (an ensemble).
 Preprocessing, threshold and TTA come with the model(s) through ``inference.Predictor``;
-``--threshold`` and ``--tta/--no-tta`` override them. A pixel is lesion where its probability
+``--threshold`` and ``--tta true|false`` override them. A pixel is lesion where its probability
 is at or above the threshold (as in ``covidseg.evaluate``).
 
 Outputs in ``--output`` for ``NAME.ext``: ``NAME.png`` (mask {0, 255} at the input's size),
@@ -22,7 +22,6 @@ the others are processed and the exit status is 1. Bad arguments or models exit 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from dataclasses import dataclass
@@ -30,12 +29,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from covidseg import options
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.inference import Predictor
 from covidseg.io import IMAGE_SUFFIXES, normalize_intensity, read_image, write_image, write_mask
+from covidseg.overlay import overlay
 from covidseg.volumes import LUNG_WINDOW, is_volume, read_volume, volume_stem, voxel_ml, write_like
 
 SUMMARY = "summary.csv"
@@ -107,15 +107,13 @@ def check_outputs(jobs: list[Job], output: Path, overwrite: bool) -> None:
 
 
 def overlay_image(raw: np.ndarray, mask: np.ndarray, normalization: str = "auto") -> np.ndarray:
-    """The slice in gray with the lesion tinted red.
+    """The slice in gray with the lesion tinted red (``overlay.overlay``).
 
     Shape:
-        raw: ``[H, W]`` raw slice; mask: ``[H, W]`` bool -> ``uint8 [H, W, 3]`` (BGR).
+        raw: ``[H, W]`` raw slice; mask: ``[H, W]`` bool -> ``uint8 [H, W, 3]`` (BGR, for cv2).
     """
-    gray = cv2.cvtColor(np.rint(normalize_intensity(raw, normalization) * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    red = gray.copy()
-    red[mask] = (0, 0, 255)
-    return cv2.addWeighted(gray, 0.5, red, 0.5, 0.0)
+    rgb = overlay(normalize_intensity(raw, normalization), mask)
+    return np.rint(rgb[..., ::-1] * 255).astype(np.uint8)
 
 
 def _row(job: Job, status: str = "ok", reason: str = "", **values) -> dict:
@@ -241,19 +239,16 @@ def predict_paths(
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m covidseg.predict", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True, metavar="MODEL", help="covidseg .ckpt or exported .onnx; several are averaged")
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files, folders of images, .nii/.nii.gz volumes")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--probabilities", action="store_true", help="also write probability maps (.npy / _prob.nii.gz)")
-    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png (images only)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation (default: the model's setting)")
-    p.add_argument("--threshold", type=float, default=None, help="lesion probability threshold (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="checkpoints only (default: cuda if available)")
-    p.add_argument("--window", nargs=2, type=float, default=LUNG_WINDOW, metavar=("CENTER", "WIDTH"), help="HU window for NIfTI volumes (default -600 1500, lung)")
+def build_parser():
+    p = options.parser("covidseg predict", __doc__)
+    options.add_model(p)
+    p.add_argument("--input", type=list[str] | str, required=True, help="image files, folders of images, .nii/.nii.gz volumes")
+    p.add_argument("--output", type=str, required=True, help="output folder")
+    p.add_argument("--probabilities", type=bool, default=False, help="also write probability maps (.npy / _prob.nii.gz)")
+    p.add_argument("--overlay", type=bool, default=False, help="also write NAME_overlay.png (images only)")
+    options.add_inference(p)
+    p.add_argument("--overwrite", type=bool, default=False, help="replace existing outputs")
+    p.add_argument("--window", type=tuple[float, float], default=LUNG_WINDOW, help="HU window (center, width) for NIfTI volumes (default: lung, -600 1500)")
     return p
 
 
@@ -261,20 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 when an input failed)."""
     args = build_parser().parse_args(argv)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise CovidSegError(f"--threshold {args.threshold}: must be in [0, 1]")
-    if args.batch_size < 1:
-        raise CovidSegError(f"--batch-size {args.batch_size}: must be at least 1")
+    options.checked(args)
     if args.window[1] <= 0:
         raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CovidSegError("--device cuda: no CUDA device available")
     output = Path(args.output)
-    check_outputs(plan(args.input, output, args.probabilities, args.overlay), output, args.overwrite)  # before loading models
-    predictor = Predictor(args.ckpt, device=args.device, threshold=args.threshold, tta=args.tta)
+    inputs = options.as_list(args.input)
+    check_outputs(plan(inputs, output, args.probabilities, args.overlay), output, args.overwrite)  # before loading models
+    predictor = Predictor(options.as_list(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
-        args.input,
+        inputs,
         output,
         probabilities=args.probabilities,
         overlay=args.overlay,

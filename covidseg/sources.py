@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import re
-from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -39,10 +38,19 @@ class DataError(CovidSegError):
 
 @dataclass(frozen=True)
 class Sample:
+    """One image/mask pair: paths as found, its case (patient) id, its source folder's name and
+    ``rel``, the image path relative to that folder. ``key`` (``source/rel``) names the slice in
+    ``splits.csv`` and checkpoints, so a split survives moving the data or the run."""
+
     image: str
     mask: str
     case_id: str
     source: str
+    rel: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.rel or Path(self.image).name}"
 
 
 @dataclass
@@ -123,6 +131,13 @@ def _pairs_from_manifest(root: Path, problems: list[str]) -> list[tuple[Path, Pa
     return pairs
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:  # a manifest may point outside its folder
+        return path.resolve().as_posix()
+
+
 def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tuple[list[Sample], dict[str, str], list[str]]:
     """Lists (image, mask, case_id) for every root, with the problems found on the way.
 
@@ -146,7 +161,7 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
         if not pairs and not problems:
             problems.append(f"{root}: no image/mask pairs found ({layout} layout)")
         source = root.resolve().name
-        samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source) for i, m, c in pairs]
+        samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root)) for i, m, c in pairs]
     return samples, layouts, problems
 
 
@@ -200,14 +215,3 @@ def scan(
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     dropped = empty if empty_masks == "drop" else 0
     return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), nonbinary, dropped)
-
-
-def cases_per_source(samples: list[Sample]) -> dict[str, int]:
-    cases = defaultdict(set)
-    for s in samples:
-        cases[s.source].add(s.case_id)
-    return {k: len(v) for k, v in cases.items()}
-
-
-def count_by_source(samples: list[Sample]) -> Counter:
-    return Counter(s.source for s in samples)

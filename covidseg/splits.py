@@ -10,6 +10,7 @@ so folds hold similar slice counts) and fold ``fold`` validates.
 from __future__ import annotations
 
 import csv
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -88,42 +89,54 @@ def _fold(cases: list[str], sizes: dict[str, int], num_folds: int, fold: int) ->
 
 
 def write_splits(path: str | Path, samples: list[Sample], split: dict[str, str]) -> None:
+    """Writes ``splits.csv`` (``key,case_id,split``; ``key`` is ``Sample.key``, the source folder's
+    name and the path inside it) atomically: readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "case_id", "split"])
+        w.writerow(["key", "case_id", "split"])
         for s in samples:
-            w.writerow([s.image, s.case_id, split[s.image]])
+            w.writerow([s.key, s.case_id, split[s.image]])
+    os.replace(tmp, path)
 
 
-def read_splits(path: str | Path, samples: list[Sample]) -> dict[str, str]:
-    """Reads a ``splits.csv``; every current sample must be listed, with a known split."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"image", "split"} <= set(rows[0]):
-        raise DataError(f"{path}: expected columns image,case_id,split")
-    table = {}
-    for row in rows:
-        if row["split"] not in SPLITS:
-            raise DataError(f"{path}: unknown split {row['split']!r} for {row['image']}")
-        table[str(Path(row["image"]).resolve())] = row["split"]
+def match_keys(table: dict[str, str], samples: list[Sample], where: str) -> dict[str, str]:
+    """Image path -> split for ``samples`` from a ``{key: split}`` table (keys are ``Sample.key``,
+    or absolute image paths in files written before keys existed); every sample must be listed
+    and no case may be in two splits. Raises ``DataError`` naming ``where``."""
     split, missing = {}, []
     for s in samples:
-        key = str(Path(s.image).resolve())
-        if key in table:
-            split[s.image] = table[key]
+        value = table.get(s.key) or table.get(str(Path(s.image).resolve()))
+        if value is None:
+            missing.append(s.key)
         else:
-            missing.append(s.image)
+            split[s.image] = value
     if missing:
-        raise DataError(f"{path}: {len(missing)} image(s) not in the split file, e.g. {missing[0]}")
+        raise DataError(f"{where}: {len(missing)} image(s) not in the split, e.g. {missing[0]} (is --data.root the data the run trained on?)")
     by_case = defaultdict(set)
     for s in samples:
         by_case[s.case_id].add(split[s.image])
     leaks = [c for c, v in by_case.items() if len(v) > 1]
     if leaks:
-        raise DataError(f"{path}: case(s) {', '.join(sorted(leaks)[:5])} appear in more than one split")
+        raise DataError(f"{where}: case(s) {', '.join(sorted(leaks)[:5])} appear in more than one split")
     return split
+
+
+def read_splits(path: str | Path, samples: list[Sample]) -> dict[str, str]:
+    """Reads a ``splits.csv`` for ``samples`` (see ``match_keys``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not ({"key", "split"} <= set(rows[0]) or {"image", "split"} <= set(rows[0])):
+        raise DataError(f"{path}: expected columns key,case_id,split")
+    table = {}
+    for row in rows:
+        if row["split"] not in SPLITS:
+            raise DataError(f"{path}: unknown split {row['split']!r} for {row.get('key') or row['image']}")
+        key = row.get("key") or str(Path(row["image"]).resolve())
+        table[key] = row["split"]
+    return match_keys(table, samples, str(path))

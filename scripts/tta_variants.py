@@ -16,9 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.inference import TTA_FLIPS, Predictor, _flip
+from covidseg.crossval import fold_validation, print_fold_table
+from covidseg.inference import TTA_FLIPS, Predictor, flip
 from covidseg.io import read_image, read_mask, resize
-from cv_tune import dice, print_table, validation_samples
+from covidseg.metrics import image_dice
 
 # variant -> views (flip rows, flip columns, zoom factor)
 VARIANTS = {
@@ -42,14 +43,14 @@ def zoom(x: np.ndarray, factor: float) -> np.ndarray:
 
 def view(model, x: np.ndarray, rows: bool, cols: bool, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities of one view mapped back to the input frame, and where the view saw it."""
-    xi = _flip(x, rows, cols)
+    xi = flip(x, rows, cols)
     seen = np.ones_like(x)
     if factor != 1.0:
         xi = zoom(xi, factor)
     prob = np.concatenate([model(xi[i : i + 32]) for i in range(0, len(xi), 32)])
     if factor != 1.0:
         prob, seen = zoom(prob, 1 / factor), zoom(seen, 1 / factor)
-    return _flip(prob, rows, cols), _flip(seen, rows, cols)
+    return flip(prob, rows, cols), flip(seen, rows, cols)
 
 
 def variant_probs(predictor: Predictor, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -66,7 +67,7 @@ def variant_probs(predictor: Predictor, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
     """(variant, threshold) -> source -> mean per-image Dice on the run's validation split."""
-    ckpt_path, samples = validation_samples(run)
+    ckpt_path, samples = fold_validation(run)
     predictor = Predictor(ckpt_path, device="cpu", tta=False)
     raws = [read_image(s.image) for s in samples]
     truths = [read_mask(s.mask) > 0 for s in samples]
@@ -77,13 +78,13 @@ def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
         for t in THRESHOLDS:
             per: dict[str, list[float]] = {}
             for s, prob, truth in zip(samples, full, truths):
-                per.setdefault(s.source, []).append(dice(prob >= t, truth))
+                per.setdefault(s.source, []).append(image_dice(prob >= t, truth))
             scores[(name, t)] = {src: float(np.mean(v)) for src, v in per.items()}
     return scores
 
 
 def main(runs: list[str]) -> None:
-    (name, t), overall = print_table(runs, [fold_scores(Path(r)) for r in runs], ["variant", "threshold"])
+    (name, t), overall = print_fold_table(runs, [fold_scores(Path(r)) for r in runs], ["variant", "threshold"])
     print(f"best: {name} threshold={t} (mean of sources {overall:.4f})")
 
 

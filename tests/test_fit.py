@@ -8,10 +8,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from covidseg.evaluate import evaluate
 from covidseg.fit import main
 from conftest import FAST_TRAINER, TINY_MODEL
 
-REQUIRED_TAGS = {"train/loss", "train/dice", "val/loss", "val/dice", "val/iou", "val/precision", "val/recall", "val/specificity", "val/accuracy", "val/auroc", "val/dice_image", "lr-AdamW"}
+REQUIRED_TAGS = {"train/loss", "train/dice", "train/dice_image", "val/loss", "val/dice", "val/iou", "val/precision", "val/recall", "val/specificity",
+                 "val/accuracy", "val/auroc", "val/dice_image", "lr-AdamW", "test/dice_image", "test/dice", "test/auroc"}  # fmt: skip
 
 
 def _fit(root, out, *extra):
@@ -19,15 +21,18 @@ def _fit(root, out, *extra):
 
 
 def test_run_directory_holds_everything(tiny_run):
-    for name in ("config.yaml", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "test_metrics.json"):
+    for name in ("config.yaml", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "report/metrics.json", "report/roc_curve.png"):
         assert (tiny_run / name).is_file(), name
+    assert not (tiny_run / "test_metrics.json").exists()  # one test score per run: report/metrics.json
     assert list(tiny_run.glob("events.out.tfevents.*"))
-    metrics = json.loads((tiny_run / "test_metrics.json").read_text())
-    assert {"test/dice", "test/iou", "test/auroc", "test/accuracy", "test/precision", "test/recall"} <= set(metrics)
+    metrics = json.loads((tiny_run / "report" / "metrics.json").read_text())
     ea = EventAccumulator(str(tiny_run), size_guidance={"images": 0})
     ea.Reload()
     assert REQUIRED_TAGS <= set(ea.Tags()["scalars"]), REQUIRED_TAGS - set(ea.Tags()["scalars"])
-    assert len(ea.Scalars("val/dice")) == 2  # one point per epoch
+    assert len(ea.Scalars("val/dice_image")) == 2  # one point per epoch
+    # TensorBoard's test/* are the report's numbers
+    assert ea.Scalars("test/dice_image")[-1].value == pytest.approx(metrics["per_image_mean"]["dice"], abs=1e-6)
+    assert ea.Scalars("test/auroc")[-1].value == pytest.approx(metrics["global"]["auroc"], abs=1e-6)
     assert any("val/samples" in t for t in ea.Tags()["images"])
     ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["image_size"] == 64 and ckpt["hyper_parameters"]["normalization"] == "auto"
@@ -51,7 +56,7 @@ def test_resume_continues_the_same_run(tiny_data, tmp_path):
     assert es["patience"] == 7 and es["best_score"] >= es_first["best_score"]
     ea = EventAccumulator(str(run))
     ea.Reload()
-    assert [e.step for e in ea.Scalars("val/dice")] == sorted({e.step for e in ea.Scalars("val/dice")})
+    assert [e.step for e in ea.Scalars("val/dice_image")] == sorted({e.step for e in ea.Scalars("val/dice_image")})
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
@@ -90,16 +95,42 @@ def test_wrong_path_is_one_line(tmp_path, capsys):
 def test_demo_is_the_default(tmp_path, capsys):
     results = main(["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"] + TINY_MODEL + FAST_TRAINER)
     out = capsys.readouterr().out
-    assert "Test metrics (best checkpoint)" in out
+    assert "Test metrics (best checkpoint; threshold 0.50, TTA off" in out
     assert (Path(os.environ["COVIDSEG_CACHE"]) / "demo-v1" / "manifest.csv").is_file()
     assert "best checkpoint:" in out and "run directory:" in out
-    assert 0.0 <= results["test/dice"] <= 1.0
+    assert 0.0 <= results["per_image_mean"]["dice"] <= 1.0
 
 
-def test_mixed_precision_goes_through_lightning(tiny_data, tmp_path):
+@pytest.mark.slow
+def test_bf16_fit_reports_what_evaluate_gives_in_fp32(tiny_data, tmp_path):
     results = _fit(tiny_data, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
-    assert 0.0 <= results["test/dice"] <= 1.0
-    assert (tmp_path / "covidseg" / "version_0" / "checkpoints" / "best.ckpt").is_file()
+    best = tmp_path / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"
+    fp32 = evaluate(best, output=tmp_path / "eval", split="test", progress=False)
+    for key in ("per_image_mean", "global"):
+        for metric in ("dice", "auroc"):
+            assert results[key][metric] == pytest.approx(fp32[key][metric], abs=0.005), (key, metric)
+
+
+@pytest.mark.slow
+def test_one_test_score_equal_to_evaluate_from_anywhere(tiny_data, tmp_path, monkeypatch):
+    """fit's report equals evaluate --split test, also from another directory after the run moved."""
+    import shutil
+
+    from covidseg.evaluate import main as evaluate_main
+
+    monkeypatch.chdir(tiny_data.parent)  # a relative --data.root, as users type it
+    results = main(["--data.root", tiny_data.name, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1",
+                    "--model.threshold", "0.4", "--model.tta", "true"] + TINY_MODEL + FAST_TRAINER)  # fmt: skip
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = evaluate_main(["--ckpt", str(tmp_path / "moved" / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"), "--split", "test", "--output", "report"])
+    assert (results["threshold"], results["tta"]) == (again["threshold"], again["tta"]) == (0.4, True)
+    for key in ("per_image_mean", "global"):
+        for metric, value in results[key].items():
+            assert again[key][metric] == pytest.approx(value, abs=1e-6, nan_ok=True), (key, metric)
+    assert again["counts"] == results["counts"]
 
 
 def test_final_model_on_every_case_trains_without_validation(tiny_data, tmp_path, capsys, caplog):
@@ -120,4 +151,4 @@ def test_final_model_on_every_case_trains_without_validation(tiny_data, tmp_path
 def test_plateau_schedule_without_validation_is_a_clear_error(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _fit(tiny_data, tmp_path, "--data.val_fraction", "0", "--data.test_fraction", "0", "--model.scheduler", "plateau")
-    assert "plateau follows val/dice" in capsys.readouterr().err
+    assert "plateau follows val/dice_image" in capsys.readouterr().err

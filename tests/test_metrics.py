@@ -1,53 +1,230 @@
+"""The one metric implementation (covidseg.metrics, covidseg.lightning_metrics) and the report's
+writers and figures, on tiny arrays with hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
-from covidseg.metrics import per_image_dice, segmentation_metrics
-
-
-def test_per_image_dice_hand_values_and_empty_policy():
-    pred = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-    gt = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]])
-    # 2*1/(2+1); both empty -> 1; prediction on empty mask -> 0; missed lesion -> 0
-    assert per_image_dice(pred, gt).tolist() == pytest.approx([2 / 3, 1.0, 0.0, 0.0])
+from covidseg import metrics as M
+from covidseg.lightning_metrics import SegmentationScores
+from covidseg.report import curves, figures, writers
 
 
-def test_collection_matches_hand_counts():
-    # 2 images of 2x2 pixels: probabilities and truth
+def H(prob, gt, bins=M.BINS):
+    """(lesion, background) histograms of numpy arrays through metrics.histograms."""
+    h = M.histograms(torch.as_tensor(np.asarray(prob, np.float32)), torch.as_tensor(np.asarray(gt, np.float32)), bins).numpy()
+    return h[1], h[0]
+
+
+def C(prob, gt, threshold):
+    """(tp, fp, fn, tn) of one slice through metrics.confusion_counts."""
+    p, t = torch.as_tensor(np.asarray(prob, np.float32))[None], torch.as_tensor(np.asarray(gt, np.float32))[None]
+    return tuple(M.confusion_counts(p, t, threshold)[0].tolist())
+
+# The classic 4-pixel example: exact AUROC 3/4, average precision 5/6.
+PROB4 = np.array([0.1, 0.4, 0.35, 0.8])
+GT4 = np.array([0, 0, 1, 1])
+
+# Four slices as (tp, fp, fn, tn): lesion found in part, nothing anywhere, false alarm only, lesion missed.
+COUNTS = np.array([(2, 0, 1, 1), (0, 0, 0, 4), (0, 2, 0, 2), (0, 0, 3, 1)])
+
+
+def test_pixel_counts_thresholds_inclusive():
+    prob = np.array([[0.9, 0.2], [0.5, 0.49]], np.float32)
+    gt = np.array([[1, 0], [1, 1]], np.uint8)
+    assert C(prob, gt, 0.5) == (2, 0, 1, 1)
+    assert C(prob, gt, 0.1) == (3, 1, 0, 0)
+    assert C(prob, np.zeros_like(gt), 0.95) == (0, 0, 0, 4)
+
+
+def test_rates_per_image_with_empty_masks():
+    r = M.rates(*COUNTS.T)
+    assert r["dice"] == pytest.approx([0.8, 1.0, 0.0, 0.0])
+    assert r["iou"] == pytest.approx([2 / 3, 1.0, 0.0, 0.0])
+    assert r["recall"] == pytest.approx([2 / 3, np.nan, np.nan, 0.0], nan_ok=True)
+    assert r["precision"] == pytest.approx([1.0, np.nan, 0.0, np.nan], nan_ok=True)
+    assert r["specificity"] == pytest.approx([1.0, 1.0, 0.5, 1.0])
+    assert r["accuracy"] == pytest.approx([0.75, 1.0, 0.5, 0.25])
+
+
+def test_segmentation_scores_match_evaluate_maths():
+    # 2 images of 2x2 pixels; at 0.5: TP=2 (0.9, 0.6), FP=1 (0.8), FN=1 (0.2), TN=4
     probs = torch.tensor([[[[0.9, 0.8], [0.2, 0.6]]], [[[0.1, 0.3], [0.4, 0.05]]]])
-    target = torch.tensor([[[[1, 0], [1, 1]]], [[[0, 0], [0, 0]]]])
-    # at 0.5: TP=2 (0.9, 0.6), FP=1 (0.8), FN=1 (0.2), TN=4
-    m = segmentation_metrics("val")
+    target = torch.tensor([[[[1.0, 0], [1, 1]]], [[[0.0, 0], [0, 0]]]])
+    m = SegmentationScores(0.5)
     m.update(probs, target)
     out = {k: float(v) for k, v in m.compute().items()}
     tp, fp, fn, tn = 2, 1, 1, 4
-    assert out["val/dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    assert out["val/iou"] == pytest.approx(tp / (tp + fp + fn))
-    assert out["val/precision"] == pytest.approx(tp / (tp + fp))
-    assert out["val/recall"] == pytest.approx(tp / (tp + fn))
-    assert out["val/specificity"] == pytest.approx(tn / (tn + fp))
-    assert out["val/accuracy"] == pytest.approx((tp + tn) / 8)
-    # image 1: dice 2*2/(3+3)=2/3; image 2 empty & empty -> 1
-    assert out["val/dice_image"] == pytest.approx((2 / 3 + 1) / 2)
-    # AUROC by hand: positives {0.9, 0.2, 0.6}, negatives {0.8, 0.1, 0.3, 0.4, 0.05}
+    assert out["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert out["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert out["precision"] == pytest.approx(tp / (tp + fp))
+    assert out["recall"] == pytest.approx(tp / (tp + fn))
+    assert out["specificity"] == pytest.approx(tn / (tn + fp))
+    assert out["accuracy"] == pytest.approx((tp + tn) / 8)
+    assert out["dice_image"] == pytest.approx((2 / 3 + 1) / 2)  # image 2: empty and empty -> 1
     pos, neg = [0.9, 0.2, 0.6], [0.8, 0.1, 0.3, 0.4, 0.05]
-    exact = sum((p > n) for p in pos for n in neg) / 15
-    assert out["val/auroc"] == pytest.approx(exact, abs=0.01)
+    assert out["auroc"] == pytest.approx(sum(p > n for p in pos for n in neg) / 15, abs=0.01)
+    # the same numbers as evaluate's summary of the same counts and histograms
+    summary = M.summarize(M.confusion_counts(probs, target, 0.5).numpy(), np.array([np.nan, np.nan]), *H(probs, target), ["a", "b"], ["s", "s"], 0.5)
+    assert out["dice_image"] == pytest.approx(summary["per_image_mean"]["dice"])
+    for k in ("dice", "iou", "precision", "recall", "specificity", "accuracy", "auroc"):
+        assert out[k] == pytest.approx(summary["global"][k]), k
 
 
-def test_binned_auroc_close_to_exact_on_random_pixels():
-    g = torch.Generator().manual_seed(0)
-    target = (torch.rand(4, 1, 32, 32, generator=g) > 0.8).int()
-    probs = (0.35 * target + 0.65 * torch.rand(4, 1, 32, 32, generator=g)).clamp(0, 1)
-    m = segmentation_metrics("test")
+def test_threshold_is_inclusive_everywhere():
+    probs = torch.tensor([[[[0.5, 0.49]]]])
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    assert C(probs[0, 0], target[0, 0], 0.5) == (1, 0, 0, 1)  # 0.5 >= 0.5 is lesion
+    m = SegmentationScores(0.5)
     m.update(probs, target)
-    exact = BinaryAUROC()(probs.flatten(), target.flatten())
-    assert float(m.compute()["test/auroc"]) == pytest.approx(float(exact), abs=2e-3)
+    assert float(m.compute()["dice"]) == 1.0
+    assert M.image_dice(np.array([[True, False]]), np.array([[1, 0]])) == 1.0
+
+
+def test_segmentation_scores_under_bf16_get_fp32_probabilities():
+    probs = torch.tensor([[[[0.5009765625, 0.4990234375]]]])  # collapse to 0.5 in bf16
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    m = SegmentationScores(0.5)
+    m.update(probs, target)
+    assert float(m.compute()["dice"]) == 1.0  # 0.499 stays below the threshold
 
 
 def test_no_lesion_anywhere():
-    m = segmentation_metrics("val")
-    m.update(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.int))
+    m = SegmentationScores(0.5)
+    m.update(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
     out = m.compute()
-    assert float(out["val/dice_image"]) == 1.0
-    assert float(out["val/accuracy"]) == 1.0
+    assert float(out["dice_image"]) == 1.0 and float(out["dice"]) == 1.0 and float(out["accuracy"]) == 1.0
+    assert math.isnan(float(out["auroc"])) and math.isnan(float(out["precision"]))
+
+
+def test_histograms_bin_edges():
+    pos, neg = H(np.array([0.0, 0.0005, 0.001, 0.5, 1.0]), np.array([1, 0, 1, 0, 1]), bins=1000)
+    assert pos.sum() == 3 and neg.sum() == 2
+    assert pos[0] == 1 and pos[1] == 1 and pos[999] == 1  # 1.0 falls in the last bin
+    assert neg[0] == 1 and neg[500] == 1
+
+
+def test_roc_and_pr_on_four_pixels():
+    pos, neg = H(PROB4, GT4)
+    fpr, tpr, auc = M.roc_from_histograms(pos, neg)
+    assert auc == pytest.approx(0.75)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    recall, precision, ap = M.pr_from_histograms(pos, neg)
+    assert ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert recall[-1] == 1 and precision[-1] == pytest.approx(0.5)
+
+
+def test_auroc_and_ap_match_torchmetrics_exact():
+    rng = np.random.default_rng(1)
+    gt = rng.random(20000) < 0.1
+    prob = np.clip(rng.normal(0.35 + 0.3 * gt, 0.2), 0, 1).astype(np.float32)
+    pos, neg = H(prob, gt)
+    exact_auc = BinaryAUROC()(torch.from_numpy(prob), torch.from_numpy(gt.astype(np.int64))).item()
+    exact_ap = BinaryAveragePrecision()(torch.from_numpy(prob), torch.from_numpy(gt.astype(np.int64))).item()
+    assert M.roc_from_histograms(pos, neg)[2] == pytest.approx(exact_auc, abs=1e-3)
+    assert M.pr_from_histograms(pos, neg)[2] == pytest.approx(exact_ap, abs=2e-3)
+
+
+def test_undefined_curves():
+    pos, neg = H(np.array([0.2, 0.7]), np.array([0, 0]))
+    assert M.roc_from_histograms(pos, neg)[2] is None
+    assert M.pr_from_histograms(pos, neg)[2] is None
+
+
+def test_dice_by_threshold_and_best():
+    pos, neg = H(PROB4, GT4)
+    # 0.2: {0.35, 0.4, 0.8} -> tp 2, fp 1, fn 0; 0.5: {0.8} -> tp 1, fn 1; 0.9: nothing -> tp 0, fn 2
+    assert M.dice_by_threshold(pos, neg, np.array([0.2, 0.5, 0.9])) == pytest.approx([0.8, 2 / 3, 0.0])
+    rng = np.random.default_rng(0)
+    prob, gt = rng.random(5000), rng.random(5000) < 0.3
+    pos, neg = H(prob, gt)
+    for t in (0.05, 0.3, 0.55, 0.95):
+        tp, fp, fn, tn = C(prob, gt, t)
+        assert M.dice_by_threshold(pos, neg, np.array([t]))[0] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+
+
+def test_best_threshold_maximises_mean_per_image_dice():
+    # slice 1 (large lesion) prefers 0.2, slice 2 (small lesion, three false alarms at 0.3) prefers 0.5
+    one = H([0.35, 0.4, 0.8, 0.1], [1, 1, 1, 0])
+    two = H([0.3, 0.6, 0.3, 0.3], [0, 1, 0, 0])
+    grid = (0.2, 0.5)
+    per_image = M.dice_by_threshold(np.stack([one[0], two[0]]), np.stack([one[1], two[1]]), grid)
+    assert per_image.ravel() == pytest.approx([1.0, 0.5, 0.4, 1.0])  # [slice, threshold]
+    assert M.best_threshold(per_image, grid) == (0.5, pytest.approx(0.75))
+    assert M.best_threshold(np.array([[1.0, 1.0]]), grid)[0] == 0.2  # tie: lowest
+
+
+def test_bootstrap_resamples_cases_not_images():
+    assert M.bootstrap_ci([0.3, 0.5, 0.7], ["a", "a", "a"]) == pytest.approx((0.5, 0.5))
+    assert M.bootstrap_ci([0.4, 0.6, 0.5, 0.5], ["a", "a", "b", "b"]) == pytest.approx((0.5, 0.5))  # equal case means
+    # 99 perfect slices of case a, 1 failed slice of case b: image resampling would give a
+    # tight interval near 0.99; drawing {b, b} (p = 1/4) gives 0 and {a, a} gives 1.
+    values, groups = [1.0] * 99 + [0.0], ["a"] * 99 + ["b"]
+    assert M.bootstrap_ci(values, groups) == pytest.approx((0.0, 1.0))
+    assert M.bootstrap_ci(values, groups, seed=3) == M.bootstrap_ci(values, groups, seed=3)
+
+
+def test_summarize_every_number():
+    pos, neg = H(PROB4, GT4)
+    m = M.summarize(COUNTS, np.array([0.75, np.nan, np.nan, 0.5]), pos, neg, ["A", "A", "B", "C"], ["s1", "s1", "s2", "s2"], 0.4)
+    assert m["threshold"] == 0.4
+    assert m["counts"] == {"images": 4, "cases": 3, "images_without_lesion": 2, "pixels": 16, "lesion_pixels": 6, "predicted_pixels": 4}
+    assert m["per_image_mean"] == pytest.approx(
+        {"dice": 0.45, "iou": (2 / 3 + 1) / 4, "recall": 1 / 3, "specificity": 0.875, "precision": 0.5, "accuracy": 0.625, "auroc": 0.625}
+    )
+    assert m["per_image_n"] == {"dice": 4, "iou": 4, "recall": 2, "specificity": 4, "precision": 2, "accuracy": 4, "auroc": 2}
+    # pooled: tp 2, fp 2, fn 4, tn 8
+    assert m["global"] == pytest.approx(
+        {"dice": 0.4, "iou": 0.25, "recall": 1 / 3, "specificity": 0.8, "precision": 0.5, "accuracy": 0.625, "auroc": 0.75, "average_precision": 5 / 6}
+    )
+    ci = m["dice_ci95"]
+    assert (ci["low"], ci["high"]) == pytest.approx(M.bootstrap_ci([0.8, 1.0, 0.0, 0.0], ["A", "A", "B", "C"]))
+    assert ci["mean"] == pytest.approx(0.45) and ci["low"] <= 0.45 <= ci["high"]
+    assert (ci["cases"], ci["resamples"]) == (3, 1000)
+    assert m["per_source"].keys() == {"s1", "s2"}
+    assert m["per_source"]["s1"] == pytest.approx({"images": 2, "cases": 1, "dice_image": 0.9, "dice_global": 0.8})
+    assert m["per_source"]["s2"] == pytest.approx({"images": 2, "cases": 2, "dice_image": 0.0, "dice_global": 0.0})
+    assert "scores 1" in m["policy"]["dice_iou_empty"]
+    json.dumps(m, allow_nan=False)  # undefined values are null, never NaN
+    table = writers.metric_table(m)
+    assert "| Dice | 0.4500 | 0.4000 |" in table and "| AUROC | 0.6250 | 0.7500 |" in table
+
+
+def test_summarize_all_empty():
+    pos, neg = H(np.zeros(8), np.zeros(8))
+    m = M.summarize(np.array([(0, 0, 0, 4), (0, 0, 0, 4)]), np.array([np.nan, np.nan]), pos, neg, ["a", "b"], ["s", "s"], 0.5)
+    assert m["per_image_mean"]["dice"] == 1.0 and m["global"]["dice"] == 1.0
+    assert m["per_image_mean"]["recall"] is None and m["global"]["recall"] is None and m["global"]["auroc"] is None
+    assert "per_source" not in m
+    assert "n/a" in writers.markdown({**m, "checkpoints": ["x.ckpt"], "roots": ["d"]})
+
+
+def test_figures_render(tmp_path):
+    pos, neg = H(PROB4, GT4)
+    empty_pos, empty_neg = H(np.zeros(4), np.zeros(4))
+    image = np.linspace(0, 1, 64).reshape(8, 8)
+    figs = [
+        figures.roc_figure(pos, neg, (0.5, 0.5), 0.4),
+        figures.roc_figure(empty_pos, empty_neg, None, 0.5),
+        figures.pr_figure(pos, neg, (0.5, 1.0), 0.4),
+        figures.pr_figure(empty_pos, empty_neg, (None, None), 0.5),
+        figures.confusion_figure(2, 2, 4, 8, 0.4),
+        figures.samples_figure([("a", image, image > 0.5, image), ("b", image[:4], image[:4] > 2, image[:4])], 0.5),
+        curves.learning_curves_figure({"v0": {"train/loss": {0: 1.0, 1: 0.5}, "val/dice_image": {0: 0.2, 1: 0.4}}}),
+    ]
+    for i, fig in enumerate(figs):
+        fig.savefig(tmp_path / f"{i}.png")
+        assert (tmp_path / f"{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert fig.axes[0].get_title() or fig.get_suptitle()
+
+
+def test_no_nan_in_degenerate_rates():
+    r = M.rates(0, 0, 0, 0)
+    assert r["dice"] == 1.0 and math.isnan(float(r["recall"]))

@@ -1,0 +1,3 @@
+from covidseg.cli import console
+
+console()

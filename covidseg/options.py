@@ -1,0 +1,75 @@
+"""The flags evaluate, predict and export share, and their one validator each.
+
+Every entry point parses with jsonargparse (``fit`` through LightningCLI), so all of them take
+``--config FILE`` and ``--print_config`` and spell a thing the same way everywhere:
+``--ckpt``, ``--data.root``, ``--output``, ``--batch_size``, ``--threshold``, ``--tta``, ``--device``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse.typing import PositiveInt
+
+from covidseg.errors import CovidSegError
+
+Device = Literal["cpu", "cuda"]
+
+
+def check_threshold(value: float, name: str = "--threshold") -> float:
+    """A lesion threshold is a probability strictly between 0 and 1 (0 would mark every pixel,
+    1 almost none); raises ``CovidSegError`` otherwise."""
+    if not 0.0 < float(value) < 1.0:
+        raise CovidSegError(f"{name} {value}: expected a probability in (0, 1)")
+    return float(value)
+
+
+def check_device(device: str | None) -> str | None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CovidSegError("--device cuda: no CUDA device is available")
+    return device
+
+
+def parser(prog: str, doc: str) -> ArgumentParser:
+    """A parser with ``--config`` (and jsonargparse's ``--print_config``); ``doc``'s first
+    paragraph is the description, the rest the epilog."""
+    head, _, rest = doc.partition("\n\n")
+    p = ArgumentParser(prog=prog, description=head, epilog=rest or None, exit_on_error=True)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options (flags given after it override it)")
+    return p
+
+
+def add_model(p: ArgumentParser, many: bool = True) -> None:
+    if many:
+        p.add_argument("--ckpt", type=list[str] | str, required=True, help="covidseg .ckpt or exported .onnx; a list is averaged (fold ensemble)")
+    else:
+        p.add_argument("--ckpt", type=str, required=True, help="covidseg checkpoint (.ckpt)")
+
+
+def add_inference(p: ArgumentParser, auto_threshold: bool = False) -> None:
+    """``--threshold``, ``--tta``, ``--batch_size`` and ``--device``."""
+    if auto_threshold:
+        p.add_argument("--threshold", type=float | Literal["auto"] | None, default=None,
+                       help="lesion where probability >= threshold, in (0, 1); default: the model's; auto: tune it (see above)")  # fmt: skip
+    else:
+        p.add_argument("--threshold", type=float | None, default=None, help="lesion where probability >= threshold, in (0, 1); default: the model's")
+    p.add_argument("--tta", type=bool | None, default=None, help="flip test-time augmentation (default: the model's setting)")
+    p.add_argument("--batch_size", type=PositiveInt, default=16, help="slices per forward pass")
+    p.add_argument("--device", type=Device | None, default=None, help="default: cuda when available")
+
+
+def as_list(value) -> list[str]:
+    """A flag typed ``list[str] | str`` as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def checked(cfg) -> None:
+    """Validates the shared values of a parsed namespace (once, here)."""
+    threshold = cfg.get("threshold")
+    if threshold is not None and threshold != "auto":
+        check_threshold(threshold)
+    check_device(cfg.get("device"))

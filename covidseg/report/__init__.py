@@ -1,0 +1,139 @@
+"""The evaluation report of a model on a set of slices, scored at the model's operating point.
+
+``write_report`` scores the slices (``covidseg.scoring``), then writes ``metrics.json``,
+``metrics.md``, ``per_image.csv`` (``writers``), ``roc_curve.png``, ``pr_curve.png``,
+``confusion_matrix.png``, ``prediction_samples.png`` (``figures``) and, when the run's TensorBoard
+events are found, ``learning_curves.png`` (``curves``). Metric rules: ``covidseg.metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from covidseg import metrics as M
+from covidseg.inference import Predictor
+from covidseg.io import normalize_intensity, read_image, read_mask
+from covidseg.report import curves, figures, writers
+from covidseg.runs import run_dir_of
+from covidseg.scoring import score
+from covidseg.sources import DataError, Sample
+
+PathLike = str | Path
+
+
+def pick_samples(rows: list[dict]) -> list[tuple[str, int]]:
+    """Best, median and worst slice by Dice, among slices with lesion when there are any."""
+    pool = [i for i, r in enumerate(rows) if r["gt_pixels"] > 0] or list(range(len(rows)))
+    order = sorted(pool, key=lambda i: (rows[i]["dice"], i))
+    picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
+    seen, out = set(), []
+    for name, i in picks:
+        if i not in seen:
+            seen.add(i)
+            out.append((name, i))
+    return out
+
+
+def _learning_curves(run_dirs: Sequence[Path]) -> dict[str, dict]:
+    runs = {}
+    for d in run_dirs:
+        if any(d.glob("events.out.tfevents.*")):
+            found = curves.read_learning_curves(d)
+            if found:
+                runs[f"{d.parent.name}/{d.name}"] = found
+    return runs
+
+
+def log_to_tensorboard(tensorboard, metrics: dict, figs: dict, prefix: str, step: int) -> None:
+    """Adds the headline numbers as scalars ``{prefix}/{name}`` and the figures under ``{prefix}/``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = tensorboard if isinstance(tensorboard, SummaryWriter) else SummaryWriter(str(tensorboard))
+    for name, value in M.headline(metrics).items():
+        writer.add_scalar(f"{prefix}/{name}", value, global_step=step)
+    for name in ("roc_curve", "pr_curve", "confusion_matrix", "prediction_samples"):
+        writer.add_figure(f"{prefix}/{name}", figs[name], global_step=step, close=False)
+    if writer is tensorboard:
+        writer.flush()
+    else:
+        writer.close()
+
+
+def write_report(
+    predictor: Predictor,
+    samples: list[Sample],
+    output: PathLike,
+    *,
+    threshold_source: str | None = None,
+    split: str | None = None,
+    roots: Sequence[PathLike] | None = None,
+    run_dirs: Sequence[PathLike] | None = None,
+    tensorboard=None,
+    step: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Scores ``samples`` at the predictor's operating point and writes every report file into
+    ``output``; returns the content of ``metrics.json``.
+
+    Args:
+        predictor: the model(s) with their threshold and TTA setting.
+        samples: the slices to score (e.g. a split of the run).
+        output: report folder (created).
+        threshold_source: how the threshold was chosen, for the report text.
+        split: name of the split scored (report text and TensorBoard tag prefix).
+        roots: data roots, for the report text (default: the samples' source folders).
+        run_dirs: run directories whose TensorBoard events give the learning curves (default:
+            ``RUN`` of each ``RUN/checkpoints/x.ckpt``).
+        tensorboard: a log dir or a ``SummaryWriter``: headline scalars and figures are added
+            under ``{split or 'test'}/``.
+        step: TensorBoard global step of those.
+    """
+    if not samples:
+        raise DataError("no slices to evaluate")
+    s = predictor.settings
+    t = s.threshold
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    scores = score(predictor, samples, t, batch_size, progress)
+    counts = np.asarray(scores.counts, dtype=np.int64)
+    pos, neg = scores.pos, scores.neg
+    metrics = {
+        "checkpoints": [str(p) for p in predictor.paths],
+        "roots": [str(r) for r in roots] if roots else sorted({str(Path(x.image).parent.parent) for x in samples}),
+        "split": split,
+        "threshold_source": threshold_source or "stored with the model",
+        "tta": s.tta,
+        **M.summarize(counts, np.asarray(scores.auroc), pos, neg, [x.case_id for x in samples], [x.source for x in samples], t),
+    }
+    writers.write_json(out / "metrics.json", metrics)
+    (out / "metrics.md").write_text(writers.markdown(metrics))
+    writers.write_per_image(out / "per_image.csv", scores.rows)
+
+    tp, fp, fn, tn = (int(v) for v in counts.sum(0))
+    g = metrics["global"]
+    picks = pick_samples(scores.rows)
+    raws = [read_image(samples[i].image) for _, i in picks]
+    rows = [
+        (f"{name}: {Path(samples[i].image).name}\nDice {scores.rows[i]['dice']:.3f}", normalize_intensity(raw, s.normalization), read_mask(samples[i].mask), prob)
+        for (name, i), raw, prob in zip(picks, raws, predictor.predict(raws, batch_size))
+    ]
+    figs = {
+        "roc_curve": figures.roc_figure(pos, neg, (1 - g["specificity"], g["recall"]) if None not in (g["specificity"], g["recall"]) else None, t),
+        "pr_curve": figures.pr_figure(pos, neg, (g["recall"], g["precision"]), t),
+        "confusion_matrix": figures.confusion_figure(tp, fp, fn, tn, t),
+        "prediction_samples": figures.samples_figure(rows, t, "slices with lesion" if any(r["gt_pixels"] for r in scores.rows) else "all slices"),
+    }
+    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else list(dict.fromkeys(run_dir_of(p) for p in predictor.paths))
+    found = _learning_curves(dirs)
+    if found:
+        figs["learning_curves"] = curves.learning_curves_figure(found)
+    for name, fig in figs.items():
+        fig.savefig(out / f"{name}.png")
+    if tensorboard is not None:
+        log_to_tensorboard(tensorboard, metrics, figs, split or "test", step)
+    return metrics

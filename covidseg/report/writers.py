@@ -1,0 +1,71 @@
+"""The report's text files: ``metrics.json``, ``metrics.md`` (and the table the CLIs print) and
+``per_image.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from covidseg.metrics import METRICS
+
+LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "recall": "recall (sensitivity)",
+    "specificity": "specificity",
+    "precision": "precision",
+    "accuracy": "accuracy",
+    "auroc": "AUROC",
+}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def metric_table(metrics: dict) -> str:
+    """The markdown table ``metric | per-image mean | global`` of a ``summarize`` result."""
+    lines = ["| metric | per-image mean | global (pooled pixels) |", "|---|---|---|"]
+    for k in METRICS:
+        lines.append(f"| {LABELS[k]} | {_fmt(metrics['per_image_mean'][k])} | {_fmt(metrics['global'][k])} |")
+    ci = metrics["dice_ci95"]
+    lines.append(f"\nper-image Dice 95% CI (bootstrap over {ci['cases']} cases): [{_fmt(ci['low'])}, {_fmt(ci['high'])}]")
+    return "\n".join(lines)
+
+
+def markdown(metrics: dict) -> str:
+    """The whole ``metrics.md``: run description, metric table, counts, sources and rules."""
+    c = metrics["counts"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"- models: {', '.join(metrics.get('checkpoints', []))}",
+        f"- data: {', '.join(metrics.get('roots', []))}" + (f" (split: {metrics['split']})" if metrics.get("split") else " (all pairs)"),
+        f"- threshold: {metrics['threshold']:.2f} ({metrics.get('threshold_source', 'given')})"
+        + ("" if "tta" not in metrics else f"; flip TTA {'on' if metrics['tta'] else 'off'}"),
+        f"- images: {c['images']}, cases: {c['cases']}, images without lesion: {c['images_without_lesion']}",
+        f"- pixels: {c['pixels']}, lesion: {c['lesion_pixels']}, predicted lesion: {c['predicted_pixels']}",
+        f"- average precision (pixels): {_fmt(metrics['global']['average_precision'])}",
+        "",
+        metric_table(metrics),
+    ]
+    if "per_source" in metrics:
+        lines += ["", "## Per source", "", "| source | images | cases | per-image Dice | global Dice |", "|---|---|---|---|---|"]
+        lines += [f"| {s} | {v['images']} | {v['cases']} | {v['dice_image']:.4f} | {v['dice_global']:.4f} |" for s, v in metrics["per_source"].items()]
+    lines += ["", "## Rules", ""] + [f"- {k}: {v}" for k, v in metrics["policy"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, metrics: dict) -> None:
+    path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+
+def write_per_image(path: Path, rows: list[dict]) -> None:
+    """``per_image.csv``: file, case_id, dice, iou, gt_pixels, pred_pixels (one row per slice)."""
+    fields = ["file", "case_id", "dice", "iou", "gt_pixels", "pred_pixels"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "dice": f"{r['dice']:.6f}", "iou": f"{r['iou']:.6f}"})
