@@ -50,9 +50,13 @@ class EpochLine(Callback):
         self._start = time.monotonic()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or trainer.progress_bar_callback is not None or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.progress_bar_callback is not None:
             return
+        # callback_metrics computes (and, under DDP, syncs) logged metrics: a collective, so
+        # every rank reads them and only rank 0 prints
         m = trainer.callback_metrics
+        if not trainer.is_global_zero:
+            return
         keys = [k for k in ("train/loss", "val/loss", "val/dice_image", "val/dice") if k in m]
         values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  {time.monotonic() - self._start:.0f}s", flush=True)

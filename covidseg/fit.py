@@ -105,11 +105,10 @@ def build_cli(args: list[str] | None = None) -> CovidSegCLI:
     )
 
 
-def test_report(trainer, dm: CTDataModule, best: str) -> dict:
+def test_report(trainer, dm: CTDataModule, best: str, run_dir: Path) -> dict:
     """Evaluates ``best`` on the test split (the validation split when there is no test split)
     exactly as ``covidseg evaluate --ckpt BEST --split test`` does, into ``RUN/report``."""
     split = "test" if dm.samples("test") else "val"  # as CTDataModule.test_dataloader
-    run_dir = Path(trainer.log_dir or ".")
     logger = trainer.logger
     writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
     device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
@@ -139,7 +138,7 @@ def main(args: list[str] | None = None) -> dict:
     if not trainer.is_global_zero:
         return results
     if cli.config.get("test", True) and best and (dm.samples("test") or dm.samples("val")):
-        results = test_report(trainer, dm, best)
+        results = test_report(trainer, dm, best, run_dir)
     if not best:
         print("\nno checkpoint saved (fast_dev_run, or checkpointing disabled)")
         return results

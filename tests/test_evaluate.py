@@ -1,4 +1,4 @@
-"""End to end: ``python -m covidseg.evaluate`` on the tiny fixtures, in-process."""
+"""End to end: ``covidseg evaluate`` on the tiny fixtures, in-process."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from covidseg.evaluate import main, write_report
+from covidseg.evaluate import main
+from covidseg.report import write_report
 from covidseg.inference import Predictor
 from covidseg.sources import scan
 
@@ -29,7 +30,12 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _split_images(run: Path, name: str) -> list[str]:
-    return [r["image"] for r in _rows(run / "splits.csv") if r["split"] == name]
+    """File names of a split (splits.csv keys are source/relative path)."""
+    return [Path(r["key"]).name for r in _rows(run / "splits.csv") if r["split"] == name]
+
+
+def _files(report: Path) -> list[str]:
+    return sorted(Path(r["file"]).name for r in _rows(report / "per_image.csv"))
 
 
 def _check_report(out: Path, n_images: int) -> dict:
@@ -74,7 +80,7 @@ def test_several_sources(tiny_ckpt, tiny_data, tmp_path):
     from covidseg.synthetic import generate
 
     second = generate(tmp_path / "second", cases=2, slices=2, size=72, seed=5)
-    m = main(["--ckpt", str(tiny_ckpt), "--data.root", str(tiny_data), str(second), "--output", str(tmp_path / "r")])
+    m = main(["--ckpt", str(tiny_ckpt), "--data.root", f"[{tiny_data}, {second}]", "--output", str(tmp_path / "r")])
     rows = _rows(tmp_path / "r" / "per_image.csv")
     assert len(rows) == 36 and {r["case_id"].split("/")[0] for r in rows} == {"data", "second"}
     assert m["per_source"].keys() == {"data", "second"} and m["per_source"]["second"]["images"] == 4
@@ -88,7 +94,7 @@ def test_split_test_uses_the_runs_data_and_split(tiny_ckpt, tiny_run, tmp_path):
     test_images = _split_images(tiny_run, "test")
     _check_report(tmp_path / "r", len(test_images))
     assert m["split"] == "test"
-    assert sorted(r["file"] for r in _rows(tmp_path / "r" / "per_image.csv")) == sorted(test_images)
+    assert _files(tmp_path / "r") == sorted(test_images)
 
 
 def test_split_falls_back_to_the_checkpoints_split(tiny_ckpt, tiny_run, tmp_path):
@@ -96,32 +102,42 @@ def test_split_falls_back_to_the_checkpoints_split(tiny_ckpt, tiny_run, tmp_path
     ckpt.parent.mkdir(parents=True)
     shutil.copy(tiny_ckpt, ckpt)
     main(["--ckpt", str(ckpt), "--split", "val", "--output", str(tmp_path / "r")])
-    assert sorted(r["file"] for r in _rows(tmp_path / "r" / "per_image.csv")) == sorted(_split_images(tiny_run, "val"))
+    assert _files(tmp_path / "r") == sorted(_split_images(tiny_run, "val"))
     assert not (tmp_path / "r" / "learning_curves.png").exists()
 
 
 def test_ensemble_of_two_checkpoints(tiny_ckpt, tiny_run, tmp_path):
-    m = main(["--ckpt", str(tiny_ckpt), str(tiny_ckpt.parent / "last.ckpt"), "--split", "test", "--output", str(tmp_path / "r"), "--threshold", "0.3", "--tta"])
+    m = main(["--ckpt", f"[{tiny_ckpt}, {tiny_ckpt.parent / 'last.ckpt'}]", "--split", "test", "--output", str(tmp_path / "r"), "--threshold", "0.3", "--tta", "true"])
     _check_report(tmp_path / "r", len(_split_images(tiny_run, "test")))
     assert len(m["checkpoints"]) == 2 and m["threshold"] == 0.3 and m["threshold_source"] == "given" and m["tta"] is True
     assert "threshold: 0.30 (given); flip TTA on" in (tmp_path / "r" / "metrics.md").read_text()
 
 
-def test_threshold_auto_is_stored_with_the_model(tiny_run, tmp_path, capsys):
+def test_threshold_auto_writes_a_tuned_copy_and_leaves_the_input_alone(tiny_run, tmp_path, capsys):
+    from covidseg.runs import split_samples
+    from covidseg.scoring import score
+
     run = shutil.copytree(tiny_run, tmp_path / "run")
     ckpt = run / "checkpoints" / "best.ckpt"
     original = torch.load(ckpt, weights_only=True)
     original["hyper_parameters"]["threshold"] = 0.123  # off the grid: auto must replace it
     torch.save(original, ckpt)
+    before = ckpt.read_bytes()
     m = main(["--ckpt", str(ckpt), "--split", "test", "--threshold", "auto", "--output", str(tmp_path / "r")])
+    assert ckpt.read_bytes() == before  # the input is never modified
+    tuned = run / "checkpoints" / "best.tuned.ckpt"
     t = m["threshold"]
     assert t in np.round(np.arange(0.05, 0.951, 0.05), 2) and m["threshold_source"].startswith("auto")
+    assert m["checkpoints"] == [str(tuned)]
     assert f"threshold auto: {t:.2f}" in capsys.readouterr().out
-    stored = torch.load(ckpt, weights_only=True)
+    stored = torch.load(tuned, weights_only=True)
     assert stored["hyper_parameters"]["threshold"] == t
-    assert stored.keys() == original.keys()
     assert all(torch.equal(stored["state_dict"][k], v) for k, v in original["state_dict"].items())
-    assert Predictor(ckpt, device="cpu").settings.threshold == t  # later predict/evaluate default to it
+    assert Predictor(tuned, device="cpu").settings.threshold == t  # later predict/evaluate default to it
+    # t maximises the mean per-image Dice on the validation split
+    val = split_samples(ckpt, "val")
+    per_image = score(Predictor(ckpt, device="cpu"), val, 0.5, progress=False).dice_by_threshold()
+    assert per_image.mean(0).max() == pytest.approx(per_image.mean(0)[list(np.round(np.arange(0.05, 0.951, 0.05), 2)).index(t)])
 
 
 def test_threshold_auto_needs_the_runs_splits(tiny_ckpt, tiny_data, tmp_path, capsys):
@@ -207,7 +223,7 @@ def test_write_report_for_fit(tiny_ckpt, tiny_data, tmp_path):
 
     samples = scan([tiny_data], progress=False).samples[:5]
     writer = SummaryWriter(str(tmp_path / "tb"))
-    m = write_report(tiny_ckpt, samples, tmp_path / "report", split="test", tensorboard=writer, step=7, progress=False)
+    m = write_report(Predictor(tiny_ckpt, device="cpu"), samples, tmp_path / "report", split="test", tensorboard=writer, step=7, progress=False)
     writer.close()
     _check_report(tmp_path / "report", 5)
     assert m["roots"] == [str(tiny_data)]

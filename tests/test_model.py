@@ -77,3 +77,42 @@ def test_per_image_dice_loss_weighs_each_slice_equally():
     assert soft_dice_per_image(torch.full_like(empty, -30.0), empty).item() == pytest.approx(0.0, abs=1e-4)
     model = LitUNet(**SMALL, dice_per_image=True, dice_weight=1.0, bce_weight=0.0)
     assert model.loss(logits, target).item() == pytest.approx(soft_dice_per_image(logits, target).item())
+
+
+def test_overfits_one_batch():
+    """The model drives a fixed batch's loss down and its Dice up (optimizer, loss and gradients connected)."""
+    torch.manual_seed(0)
+    model = LitUNet(**SMALL, lr=3e-3)
+    x = torch.rand(4, 1, 32, 32)
+    y = torch.zeros(4, 1, 32, 32)
+    y[:, :, 8:20, 10:24] = 1.0
+    x = x * 0.5 + 0.5 * y  # a learnable signal
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def dice() -> float:
+        model.eval()
+        with torch.no_grad():
+            p = model.probabilities(x) >= 0.5
+        model.train()
+        return float(2 * (p * y).sum() / (p.sum() + y.sum()))
+
+    start_loss, start_dice = float(model.loss(model(x), y)), dice()
+    for _ in range(40):
+        loss = model.loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(model.loss(model(x), y)) < 0.5 * start_loss
+    assert dice() > max(0.9, start_dice + 0.3)
+
+
+def test_validation_scores_at_the_stored_operating_point():
+    """Validation uses the model's threshold and flip TTA: what evaluate and predict deliver."""
+    model = LitUNet(**SMALL, threshold=0.3, tta=True).eval()
+    assert model.val_scores.threshold == 0.3
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        views = [model(x).sigmoid(), model(x.flip(-1)).sigmoid().flip(-1), model(x.flip(-2)).sigmoid().flip(-2), model(x.flip(-2, -1)).sigmoid().flip(-2, -1)]
+        assert torch.allclose(model.probabilities(x), torch.stack(views).mean(0), atol=1e-6)
+    with pytest.raises(CovidSegError, match="model.threshold 1.0"):
+        LitUNet(**SMALL, threshold=1.0)

@@ -1,4 +1,4 @@
-"""python -m covidseg.predict: images of any size/format, NIfTI volumes, TTA, failures, safety."""
+"""covidseg predict: images of any size/format, NIfTI volumes, TTA, failures, safety."""
 
 from __future__ import annotations
 
@@ -103,10 +103,10 @@ def test_nifti_volume_round_trip(predictor, tiny_data, tmp_path):
 def test_tta_is_the_mean_over_flips(tiny_ckpt, tiny_data, tmp_path):
     raw = _slice(tiny_data, 2)
     write_image(tmp_path / "in" / "x.png", raw)
-    for flag in ("--tta", "--no-tta"):
-        args = ["--ckpt", str(tiny_ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / flag), "--probabilities", "--device", "cpu", flag]
+    for flag in ("true", "false"):
+        args = ["--ckpt", str(tiny_ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / flag), "--probabilities", "true", "--device", "cpu", "--tta", flag]
         assert main(args) == 0
-    tta, plain = np.load(tmp_path / "--tta" / "x.npy"), np.load(tmp_path / "--no-tta" / "x.npy")
+    tta, plain = np.load(tmp_path / "true" / "x.npy"), np.load(tmp_path / "false" / "x.npy")
     # by hand: the shared preprocessing, the model on the 4 flips, un-flip, mean, resize back
     ckpt = load_checkpoint(tiny_ckpt)
     model = model_from_checkpoint(ckpt)
@@ -127,7 +127,7 @@ def test_bad_inputs_are_reported_and_skipped(tiny_ckpt, tiny_data, tmp_path):
     (good / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (good / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "covidseg.predict", "--ckpt", str(tiny_ckpt), "--input", str(good), str(tmp_path / "missing.png"), "--output", str(out), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "covidseg.predict", "--ckpt", str(tiny_ckpt), "--input", f"[{good}, {tmp_path / 'missing.png'}]", "--output", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode == 1, proc.stderr
     for name in ("corrupt.png", "broken.nii.gz", "missing.png"):

@@ -6,8 +6,8 @@ from covidseg.sources import DataError, Sample
 from covidseg.splits import assign_splits, read_splits, write_splits
 
 
-def _samples(sizes):
-    return [Sample(f"/d/c{c}_{k}.png", f"/d/m{c}_{k}.png", f"c{c}", "d") for c, n in enumerate(sizes) for k in range(n)]
+def _samples(sizes, root="/d"):
+    return [Sample(f"{root}/c{c}_{k}.png", f"{root}/m{c}_{k}.png", f"c{c}", "d", f"c{c}_{k}.png") for c, n in enumerate(sizes) for k in range(n)]
 
 
 def _cases_by_split(samples, split):
@@ -51,7 +51,7 @@ def test_roundtrip_and_leak_detection(tmp_path):
     write_splits(tmp_path / "splits.csv", samples, split)
     assert read_splits(tmp_path / "splits.csv", samples) == split
     lines = (tmp_path / "splits.csv").read_text().splitlines()
-    assert lines[0] == "image,case_id,split"
+    assert lines[0] == "key,case_id,split"
     row = lines[1].split(",")
     other = {"train": "val", "val": "train", "test": "train"}[row[2]]
     lines[1] = ",".join([row[0], row[1], other])
@@ -74,3 +74,20 @@ def test_every_source_is_in_every_fold_and_split():
     split = assign_splits(samples, 0.2, 0.2)
     for part in ("train", "val", "test"):
         assert {s.source for s in samples if split[s.image] == part} == {"a", "b"}
+
+
+def test_splits_follow_the_data_when_it_moves(tmp_path):
+    samples = _samples([3, 3, 3, 3])
+    split = assign_splits(samples, 0.25, 0.25, seed=0)
+    write_splits(tmp_path / "splits.csv", samples, split)
+    assert "/d/" not in (tmp_path / "splits.csv").read_text()  # keys, not paths as typed
+    moved = _samples([3, 3, 3, 3], root="/elsewhere/d")
+    assert read_splits(tmp_path / "splits.csv", moved) == {m.image: split[s.image] for s, m in zip(samples, moved)}
+    with pytest.raises(DataError, match="not in the split"):
+        read_splits(tmp_path / "splits.csv", _samples([3, 3, 3, 3, 1]))
+
+
+def test_old_split_files_keyed_by_absolute_path_still_read(tmp_path):
+    samples = [Sample(str(tmp_path / f"c{c}.png"), "m", f"c{c}", "d", f"c{c}.png") for c in range(4)]
+    (tmp_path / "splits.csv").write_text("image,case_id,split\n" + "".join(f"{s.image},{s.case_id},{'train' if i else 'val'}\n" for i, s in enumerate(samples)))
+    assert list(read_splits(tmp_path / "splits.csv", samples).values()) == ["val", "train", "train", "train"]

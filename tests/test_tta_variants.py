@@ -2,7 +2,6 @@
 map back to the input frame, and every variant is scored on each run's validation split."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import numpy as np
 from covidseg.inference import Predictor
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling cv_tune, as when run directly
 spec = importlib.util.spec_from_file_location("tta_variants", SCRIPTS / "tta_variants.py")
 tta_variants = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tta_variants)
