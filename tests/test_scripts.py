@@ -41,3 +41,64 @@ def test_reproduce_trains_on_every_case_and_prints_the_checkpoint(tmp_path):
     splits = (ckpt.parents[1] / "splits.csv").read_text().splitlines()[1:]
     assert len(splits) == 16 and all(row.endswith(",train") for row in splits)  # every case trains
     assert "no validation split: training on every case" in proc.stderr
+
+
+def _two_sources(root: Path) -> Path:
+    generate(root / "medseg50", cases=5, slices=1, size=72, seed=1)
+    generate(root / "zenodo20", cases=5, slices=2, size=64, seed=2)
+    return root
+
+
+@pytest.mark.slow
+def test_crossval_counts_each_fold_once_and_summarises(tmp_path):
+    data = _two_sources(tmp_path / "data")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    flags = ["--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *TINY_MODEL, *FAST_TRAINER]
+    for _ in range(2):  # a re-run of the fold makes version_1; only it is summarised
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "crossval.sh"), "t", str(data), "2", "1", *flags], capture_output=True, text=True, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "cv-t-fold1" / "version_1" / "cv_eval_tta" / "metrics.json").is_file()
+    assert "folds: 1," in proc.stdout or "folds: 1\n" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| plain") or line.startswith("| TTA")]
+    assert len(rows) == 4 and all(" | 1 | " in r for r in rows)  # 2 sources x (plain, TTA), one fold each
+
+
+def test_crossval_stops_on_a_failed_fold(tmp_path):
+    data = _two_sources(tmp_path / "data")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "crossval.sh"), "t", str(data), "2", "0 1", "--model.lr", "not-a-number"],
+                          capture_output=True, text=True, env=env, cwd=REPO)  # fmt: skip
+    assert proc.returncode != 0
+    assert "cv-t-fold1" not in proc.stderr  # stopped at the first fold
+
+
+def test_console_command_and_one_grammar():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "covidseg", *a], capture_output=True, text=True, env=env)  # noqa: E731
+    top = run("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("fit", "evaluate", "predict", "export"))
+    for command in ("evaluate", "predict", "export"):
+        help_ = run(command, "--help").stdout
+        for flag in ("--config", "--print_config", "--ckpt"):
+            assert flag in help_, (command, flag)
+    for command in ("evaluate", "predict"):
+        help_ = run(command, "--help").stdout
+        for flag in ("--batch_size", "--threshold", "--tta", "--device"):
+            assert flag in help_, (command, flag)
+    printed = run("predict", "--print_config", "--ckpt", "m.ckpt", "--input", "x.png", "--output", "out")
+    assert printed.returncode == 0 and yaml.safe_load(printed.stdout)["ckpt"] == "m.ckpt"
+    bad = run("unknown")
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_threshold_has_one_rule(command, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"covidseg.{command}").main
+    for value in ("0", "1", "1.5"):
+        args = ["--ckpt", "m.ckpt", "--output", str(tmp_path), "--threshold", value] + (["--input", "x.png"] if command == "predict" else [])
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2
+        assert f"--threshold {float(value)}: expected a probability in (0, 1)" in capsys.readouterr().err
