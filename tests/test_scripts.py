@@ -102,3 +102,20 @@ def test_threshold_has_one_rule(command, tmp_path, capsys):
             main(args)
         assert exit_.value.code == 2
         assert f"--threshold {float(value)}: expected a probability in (0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_on_cpu(tmp_path):
+    """scripts/gpu_smoke.sh --cpu: the GPU smoke steps on the CPU, so the script cannot rot."""
+    import json
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_smoke.sh"), "--cpu", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+    result = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    failed = [s for s in result["steps"] if s["exit_code"] != 0 or not s.get("agrees", True)]
+    assert proc.returncode == 0 and result["passed"], failed or proc.stderr[-3000:]
+    names = [s["step"] for s in result["steps"]]
+    assert names[:4] == ["demo data", "fit bf16-mixed", "fit bf16-mixed ddp", "resume"]
+    assert {"evaluate on cpu", "predict ckpt TTA", "export", "predict onnx TTA", "benchmark --tiny"} <= set(names)
+    onnx = next(s for s in result["steps"] if s["step"] == "predict onnx TTA")
+    assert onnx["max_abs_prob_diff_vs_ckpt"] <= 1e-3
