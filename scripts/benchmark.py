@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "loader_images_per_s" in res and "train_images_per_s_lightning" in res:
             res["loader_vs_step_throughput_ratio"] = res["loader_images_per_s"] / res["train_images_per_s_lightning"]
         section("inference", "inference: export to ONNX, then eager / tuned / onnxruntime", inference)
-        for key in GPU_KEYS:
+        for key in GPU_KEYS if "gpu" in args.only else ():
             res.setdefault(key, None)
         if device.type == "cuda":
             section("gpu", "GPU: fp32 / bf16-mixed training at 128 and 256 px, DDP scaling", gpu)
