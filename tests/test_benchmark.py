@@ -20,7 +20,6 @@ REQUIRED_KEYS = (
     "plain_step_s",
     "lightning_vs_plain_step_ratio",
     "train_metrics_ms_per_step",
-    "train_metrics_ms_per_step_update_no_validation",
     "lightning_excl_metrics_vs_plain_step_ratio",
     "loader_images_per_s",
     "loader_vs_step_throughput_ratio",

@@ -63,7 +63,6 @@ TABLE = (
     ("Lightning / plain time per step (median of pairs)", "lightning_vs_plain_step_ratio", "x"),
     ("  module metric work per step (as shipped)", "train_metrics_ms_per_step", "ms"),
     ("  same ratio, metric updates excluded", "lightning_excl_metrics_vs_plain_step_ratio", "x"),
-    ("  metric work via update(), validate_args=False", "train_metrics_ms_per_step_update_no_validation", "ms"),
     ("Input pipeline (CTDataModule train loader)", "loader_images_per_s", "img/s"),
     ("Loader / training-step throughput", "loader_vs_step_throughput_ratio", "x"),
     ("  epoch start to first batch, persistent workers", "loader_epoch_start_s_persistent", "s"),

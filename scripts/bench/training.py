@@ -85,42 +85,18 @@ def bench_training(args, device: torch.device, batches: list[dict], ckpt_path: P
 
 
 def bench_train_metrics(lit: LitUNet, batch: dict, device: torch.device, clock: Clock, reps: int) -> dict[str, float]:
-    """Milliseconds per step of the module's training metrics, timed alone on one batch.
-
-    ``train_metrics_ms_per_step``: ``lit.update_train_metrics(loss, logits, target)``, the call
-    ``training_step`` makes. Modules without that method: the metric calls as ``training_step``
-    makes them (``metric(...)``, i.e. ``forward``: update plus a batch-level compute, with input
-    validation), and ``..._update_no_validation``: ``update()`` with ``validate_args=False``.
-    """
+    """Milliseconds per step of the module's training metrics, timed alone on one batch:
+    ``lit.update_train_metrics(loss, logits, target)``, the call ``training_step`` makes."""
     lit = lit.to(device)
     x, y = batch["image"].to(device), batch["mask"].to(device)
     with torch.no_grad():
         logits = lit(x)
         loss = lit.loss(logits, y)
-    if hasattr(lit, "update_train_metrics"):
-        variants = {"train_metrics_ms_per_step": lambda: lit.update_train_metrics(loss.detach(), logits.detach(), y)}
-    else:
-        from torchmetrics.classification import BinaryF1Score
-
-        shipped_loss, shipped_dice = copy.deepcopy(lit.train_loss).to(device), copy.deepcopy(lit.train_dice).to(device)
-        lean_loss, lean_dice = copy.deepcopy(lit.train_loss).to(device), BinaryF1Score(validate_args=False).to(device)
-
-        def shipped() -> None:
-            shipped_loss(loss.detach(), len(logits))
-            shipped_dice(logits.detach().sigmoid(), y.int())
-
-        def lean() -> None:
-            lean_loss.update(loss.detach(), len(logits))
-            lean_dice.update(logits.detach().sigmoid(), y.int())
-
-        variants = {"train_metrics_ms_per_step": shipped, "train_metrics_ms_per_step_update_no_validation": lean}
-
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    times = []
     for i in range(reps + 2):
-        for key, fn in variants.items():
-            t0 = clock()
-            fn()
-            dt = clock() - t0
-            if i >= 2:
-                times[key].append(dt)
-    return {k: median(v) * 1e3 for k, v in times.items()}
+        t0 = clock()
+        lit.update_train_metrics(loss, logits, y)
+        dt = clock() - t0
+        if i >= 2:
+            times.append(dt)
+    return {"train_metrics_ms_per_step": median(times) * 1e3}
