@@ -59,12 +59,23 @@ class SliceDataset(Dataset):
 
 
 def default_num_workers() -> int:
-    """Half the visible cores (at most 8): on small machines the model needs the rest."""
+    """Workers per process: half the visible cores shared among the processes of this node
+    (``LOCAL_WORLD_SIZE``, set by torchrun and Lightning's DDP launcher; 1 otherwise), at
+    least 1, at most 8. Eight DDP ranks with 8 workers each would oversubscribe a node."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores // 2))
+    local_world_size = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, cores // 2 // local_world_size))
+
+
+# How to give a split more slices, per split; every message also suggests fewer processes.
+_MORE_SLICES = {
+    "train": "lower --data.val_fraction/--data.test_fraction",
+    "val": "raise --data.val_fraction (0 trains without validation)",
+    "test": "raise --data.test_fraction (0 tests on the validation split)",
+}
 
 
 class CTDataModule(pl.LightningDataModule):
@@ -151,11 +162,38 @@ class CTDataModule(pl.LightningDataModule):
     def samples(self, split: str) -> list[Sample]:
         return [s for s in self.scan().samples if self.split[s.image] == split]
 
+    def check_world_size(self, world_size: int) -> None:
+        """Raises ``DataError`` when a non-empty split has fewer slices than processes.
+
+        Evaluation shards each split across processes without padding (padding would count
+        slices twice), so every process needs at least one slice of every split it evaluates;
+        training is checked too, since fewer training slices than processes is a mistake.
+        Every rank computes the same split, so every rank raises the same error, before any
+        collective. Call it after ``make_split`` (it makes the split if needed).
+        """
+        if world_size <= 1:
+            return
+        split = self.split or self.make_split()
+        counts = Counter(split.values())
+        for name in ("train", "val", "test"):
+            n = counts.get(name, 0)
+            if 0 < n < world_size:
+                hint = _MORE_SLICES[name]
+                if name == "val" and self.hparams.num_folds > 1:
+                    hint = "lower --data.num_folds"
+                if self.hparams.split_file:
+                    hint = f"give more cases to '{name}' in {self.hparams.split_file}"
+                raise DataError(
+                    f"the {name} split has {n} slice(s), fewer than the {world_size} processes (trainer.devices x trainer.num_nodes) "
+                    f"that each need one: {hint}, use more cases, or lower --trainer.devices"
+                )
+
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self.split = self.make_split()
+        self.check_world_size(self.trainer.world_size if self.trainer is not None else 1)  # before any collective below
         counts = Counter(self.split.values())
         cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
         rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
@@ -176,8 +214,11 @@ class CTDataModule(pl.LightningDataModule):
         dataset = self.datasets[name]
         if sampler is None and name != "train" and dist.is_available() and dist.is_initialized():
             # No padding: a DistributedSampler repeats samples to even out ranks, which would
-            # count them twice in the metrics.
+            # count them twice in the metrics. It asserts that every rank gets a slice: say so
+            # first, in one line (setup already checked unless this module was set up elsewhere).
             from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+            self.check_world_size(dist.get_world_size())
 
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(

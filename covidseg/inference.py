@@ -97,6 +97,12 @@ class _TorchBackend:
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.model = model.to(device)
         self.device = device
+        if device.type == "cuda":
+            # TF32 (on by default for cuDNN convolutions, Ampere and later) keeps 10 mantissa
+            # bits: probabilities then differ from CPU and ONNX by ~1e-3, and we promise they
+            # agree. Inference is cheap enough in full fp32. (The flags are process-wide.)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -104,12 +110,33 @@ class _TorchBackend:
         return logits.float().sigmoid().cpu().numpy()
 
 
+def onnx_providers(device: torch.device | None) -> list:
+    """onnxruntime execution providers for ``device``: CPU only for ``cpu``, CUDA (then CPU
+    for the few operators CUDA lacks) for ``cuda``; ``None`` takes CUDA when it is available.
+    Never the full available list: it may put TensorRT first, or the GPU under ``--device cpu``."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device is None:
+        device = torch.device("cuda" if has_cuda else "cpu")
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if not has_cuda:
+            raise CovidSegError(
+                "--device cuda: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu, or use --device cpu)"
+            )
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    raise CovidSegError(f"--device {device}: ONNX models run on cpu or cuda")
+
+
 class _OnnxBackend:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: torch.device | None = None):
         import onnxruntime as ort
 
+        providers = onnx_providers(device)
         try:
-            self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+            self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise CovidSegError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:120]})") from None
         self.settings = Settings.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
@@ -146,7 +173,7 @@ class Predictor:
             if path.suffix.lower() == ".onnx":
                 if not path.is_file():
                     raise CovidSegError(f"{path}: ONNX model not found")
-                backend = _OnnxBackend(path)
+                backend = _OnnxBackend(path, self.device if device else None)  # None: CUDA if onnxruntime has it
                 settings.append(backend.settings)
             else:
                 ckpt = load_checkpoint(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -93,8 +94,8 @@ def ensure_demo() -> Path:
         generate(tmp)
         try:
             tmp.rename(out)
-        except OSError:  # another process (a DDP rank) got there first
-            pass
+        except OSError:  # another process (a DDP rank) got there first: its copy is the same
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

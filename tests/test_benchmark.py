@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 # Figures every run reports as positive numbers (the keys plus their components).
@@ -18,7 +20,6 @@ REQUIRED_KEYS = (
     "plain_step_s",
     "lightning_vs_plain_step_ratio",
     "train_metrics_ms_per_step",
-    "train_metrics_ms_per_step_update_no_validation",
     "lightning_excl_metrics_vs_plain_step_ratio",
     "loader_images_per_s",
     "loader_vs_step_throughput_ratio",
@@ -65,5 +66,38 @@ def test_tiny_benchmark_writes_all_figures(tmp_path):
     machine = result["machine"]
     assert machine["cpu_model"] and machine["cpu_count"] >= 1 and machine["torch"] and machine["device_name"]
     assert result["onnx_max_abs_diff"] <= 1e-3
+    assert result["failures"] == {}
     steps = result["settings"]["steps"]
     assert len(result["step_times_s"]["lightning"]) == len(result["step_times_s"]["plain"]) == steps
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: scripts/ first
+    import benchmark
+    from bench import gpu
+
+    return benchmark, gpu
+
+
+def test_failed_section_is_recorded_and_the_rest_still_runs(bench, monkeypatch, tmp_path):
+    benchmark, _ = bench
+
+    def broken_loader(args, data_dir):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(benchmark, "bench_loader", broken_loader)
+    out = tmp_path / "bench.json"
+    res = benchmark.main(["--tiny", "--only", "training,loader", "--steps", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["failures"] == res["failures"] == {"loader": "OSError: disk on fire"}
+    assert result["train_images_per_s_lightning"] > 0  # the training section still reports
+    assert "loader_vs_step_throughput_ratio" not in result
+
+
+def test_failed_ddp_probe_is_an_ordinary_exception(bench, monkeypatch, tmp_path):
+    # SystemExit would escape the GPU section's `except Exception` guard and lose the whole run.
+    benchmark, gpu = bench
+    monkeypatch.setattr(gpu.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "Traceback ...\nNCCL error: boom"))
+    with pytest.raises(RuntimeError, match=r"(?s)DDP probe on 2 device.*exit 1.*NCCL error: boom"):
+        gpu.run_ddp_probe(benchmark.parse_args(["--tiny"]), 2, tmp_path)

@@ -64,3 +64,39 @@ def test_soft_masks_only_for_training(tiny_data):
     assert ((train > 0) & (train < 1)).any()  # fractions at lesion borders
     val = dm.datasets["val"][0]["mask"]
     assert set(torch.unique(val).tolist()) <= {0.0, 1.0}
+
+
+def test_split_smaller_than_world_size_is_one_line_error(tmp_path):
+    from types import SimpleNamespace
+
+    from covidseg.sources import DataError
+    from covidseg.synthetic import generate
+
+    data = generate(tmp_path / "data", cases=10, slices=2, size=32)
+    dm = CTDataModule(str(data), image_size=32, num_workers=0, val_fraction=0.1, test_fraction=0.0)
+    dm.make_split()
+    dm.check_world_size(1)
+    dm.check_world_size(2)  # 2 val slices: one per process
+    with pytest.raises(DataError) as err:
+        dm.check_world_size(3)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "val split has 2 slice(s)" in message and "3 processes" in message
+    assert "--data.val_fraction" in message and "--trainer.devices" in message
+    # setup() enforces it too, on every rank alike, before anything else runs
+    dm.trainer = SimpleNamespace(world_size=3, logger=None, is_global_zero=True)
+    with pytest.raises(DataError, match="val split has 2 slice"):
+        dm.setup("fit")
+    assert not dm.datasets
+
+
+@pytest.mark.parametrize(("local_world_size", "cores", "expected"), [(None, 32, 8), ("1", 32, 8), ("4", 32, 4), ("8", 32, 2), ("8", 8, 1), ("2", 1, 1)])
+def test_workers_are_shared_by_the_processes_of_a_node(monkeypatch, local_world_size, cores, expected):
+    from covidseg import datamodule
+
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert datamodule.default_num_workers() == expected

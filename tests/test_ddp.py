@@ -1,6 +1,7 @@
 """DDP with 2 CPU processes (gloo): synced validation metrics equal a 1-process run on the same model."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -42,3 +43,24 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert len(dm.datasets["val"]) == 3
     for key in KEYS:
         assert ddp[key] == pytest.approx(single[f"val/{key}"], abs=1e-6), key
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_split_smaller_than_world_size_exits_2_with_one_line(tmp_path):
+    # 10 cases x 2 slices, val_fraction 0.1 -> one case, 2 val slices for 3 processes: the third
+    # would get none (Lightning's sampler asserts, the other ranks die on gloo errors).
+    data = generate(tmp_path / "data", cases=10, slices=2, size=64)
+    cmd = [sys.executable, "-m", "covidseg.fit", "--data.root", str(data), "--data.val_fraction", "0.1", "--data.test_fraction", "0",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "3", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
+           "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")] + TINY_MODEL + FAST_TRAINER
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PL_DISABLE_FORK": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # One message. Ranks that reached setup() all print it (same line), and their writes to the
+    # shared stderr may interleave, so match messages rather than lines.
+    messages = set(re.findall(r"error: (.*?--trainer\.devices)", proc.stderr))
+    assert len(messages) == 1, proc.stderr[-3000:]
+    (message,) = messages
+    assert "val split has 2 slice(s)" in message and "3 processes" in message and "--data.val_fraction" in message
+    assert proc.stderr.count("error:") == proc.stderr.count(message), proc.stderr[-3000:]  # no other error

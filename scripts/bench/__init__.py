@@ -1,0 +1,1 @@
+"""Sections of ``scripts/benchmark.py``, one module each."""
