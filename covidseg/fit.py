@@ -128,6 +128,7 @@ def main(args: list[str] | None = None) -> dict:
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     dm.scan()  # validate all data before any process group or worker starts
     validated = "val" in dm.make_split().values()
+    dm.check_world_size(trainer.world_size)  # before any process starts: one error line, exit 2
     if not validated:
         train_on_everything(trainer, model)
     trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))

@@ -228,3 +228,21 @@ def test_figures_render(tmp_path):
 def test_no_nan_in_degenerate_rates():
     r = M.rates(0, 0, 0, 0)
     assert r["dice"] == 1.0 and math.isnan(float(r["recall"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (counts device->host syncs)")
+def test_training_metric_updates_do_not_sync_on_cuda():
+    from covidseg.lightning_metrics import loss_metric
+
+    scores, loss = SegmentationScores(0.5).cuda(), loss_metric().cuda()
+    probs = torch.rand(4, 1, 64, 64, device="cuda")
+    target = (torch.rand(4, 1, 64, 64, device="cuda") > 0.7).float()
+    scores.update(probs, target)  # first call may allocate
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            scores.update(probs, target)
+            loss.update(torch.tensor(0.5, device="cuda"), 4)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert float(scores.compute()["dice"]) >= 0
