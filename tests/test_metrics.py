@@ -237,12 +237,13 @@ def test_training_metric_updates_do_not_sync_on_cuda():
     scores, loss = SegmentationScores(0.5).cuda(), loss_metric().cuda()
     probs = torch.rand(4, 1, 64, 64, device="cuda")
     target = (torch.rand(4, 1, 64, 64, device="cuda") > 0.7).float()
+    value = torch.tensor(0.5, device="cuda")
     scores.update(probs, target)  # first call may allocate
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
             scores.update(probs, target)
-            loss.update(torch.tensor(0.5, device="cuda"), 4)
+            loss.update(value, 4)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert float(scores.compute()["dice"]) >= 0
