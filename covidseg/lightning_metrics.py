@@ -32,19 +32,23 @@ class SegmentationScores(Metric):
         self.threshold = threshold
         self.auroc = auroc
         self.bins = bins
-        self.add_state("counts", default=[], dist_reduce_fx="cat")
+        self.add_state("counts", default=[], dist_reduce_fx="cat")  # [N, 5]: tp, fp, fn, tn, labelled
         if auroc:
             self.add_state("hist", default=torch.zeros(2, bins, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        """Shape: probs ``[B, 1, H, W]`` float (cast to fp32 here), target ``[B, 1, H, W]``."""
+    def update(self, probs: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> None:
+        """Shape: probs ``[B, 1, H, W]`` float (cast to fp32 here), target ``[B, 1, H, W]``;
+        ``labelled`` ``[B]`` bool: slices whose target exists (partial labels, e.g. lung masks
+        only some sources have); the others are kept out of every score, without a host sync."""
         probs = probs.detach().float()
-        self.counts.append(confusion_counts(probs, target, self.threshold))
+        flags = torch.ones(len(probs), dtype=torch.long, device=probs.device) if labelled is None else labelled.long()
+        self.counts.append(torch.cat([confusion_counts(probs, target, self.threshold), flags[:, None]], 1))
         if self.auroc:
-            self.hist += histograms(probs, target, self.bins)
+            self.hist += histograms(probs, target, self.bins, labelled)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        counts = dim_zero_cat(self.counts).cpu().numpy() if len(self.counts) else np.zeros((0, 4), np.int64)
+        counts = dim_zero_cat(self.counts).cpu().numpy() if len(self.counts) else np.zeros((0, 5), np.int64)
+        counts = counts[counts[:, 4] > 0, :4]
         hist = self.hist.cpu().numpy() if self.auroc else None
         values = epoch_scores(counts, *(() if hist is None else (hist[1], hist[0])))
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}

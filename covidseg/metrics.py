@@ -70,16 +70,21 @@ def confusion_counts(probs: torch.Tensor, target: torch.Tensor, threshold: float
     return torch.stack([tp, fp, fn, tn], 1)
 
 
-def histograms(probs: torch.Tensor, target: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+def histograms(probs: torch.Tensor, target: torch.Tensor, bins: int = BINS, labelled: torch.Tensor | None = None) -> torch.Tensor:
     """Histograms of background and lesion probabilities, by ``scatter_add_`` (no host sync).
 
     Shape:
-        probs, target: any equal shapes; returns ``int64 [2, bins]``: row 0 background, row 1 lesion.
+        probs, target: ``[B, ...]``; labelled: optional ``[B]`` bool, slices to count (the
+        others add nothing); returns ``int64 [2, bins]``: row 0 background, row 1 lesion.
     """
     idx = (probs.detach().reshape(-1).float() * bins).long().clamp_(0, bins - 1)
     idx += bins * (target.reshape(-1) > 0.5).long()
+    if labelled is None:
+        src = torch.ones_like(idx)
+    else:
+        src = labelled.long().view(-1, 1).expand(len(probs), idx.numel() // max(len(probs), 1)).reshape(-1)
     out = torch.zeros(2 * bins, dtype=torch.long, device=probs.device)
-    out.scatter_add_(0, idx, torch.ones_like(idx))
+    out.scatter_add_(0, idx, src)
     return out.view(2, bins)
 
 

@@ -21,7 +21,7 @@ from covidseg.inference import TTA_FLIPS
 from covidseg.options import check_threshold
 
 
-def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: int, decoder_channels: list[int], in_channels: int) -> nn.Module:
+def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: int, decoder_channels: list[int], in_channels: int, classes: int = 1) -> nn.Module:
     try:
         return smp.Unet(
             encoder_name=encoder_name,
@@ -29,7 +29,7 @@ def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: in
             encoder_depth=encoder_depth,
             decoder_channels=list(decoder_channels),
             in_channels=in_channels,
-            classes=1,
+            classes=classes,
         )
     except (KeyError, ValueError) as err:  # unknown encoder or weights name
         raise CovidSegError(f"model: cannot build U-Net with encoder {encoder_name!r} / weights {encoder_weights!r}: {err}") from None
@@ -56,11 +56,28 @@ def freeze_unused(net: nn.Module, in_channels: int, depth: int) -> None:
 def soft_dice_per_image(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """``1 - mean over slices of (2|P*T| + s) / (|P| + |T| + s)``, ``P = sigmoid(logits)``;
     the smoothing ``s`` makes a lesion-free slice with an empty prediction score 1."""
+    return 1 - soft_dice_scores(logits, target, smooth).mean()
+
+
+def soft_dice_scores(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice of each slice. Shape: logits, target ``[B, ...]`` -> ``[B]``."""
     probs = logits.float().sigmoid().flatten(1)
     target = target.float().flatten(1)
     inter = (probs * target).sum(1)
-    dice = (2 * inter + smooth) / (probs.sum(1) + target.sum(1) + smooth)
-    return 1 - dice.mean()
+    return (2 * inter + smooth) / (probs.sum(1) + target.sum(1) + smooth)
+
+
+def partial_label_loss(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE of each slice, averaged over the labelled slices only (a slice whose
+    source has no lung mask adds no loss and no gradient); 0 when none is labelled.
+
+    Shape:
+        logits, target: ``[B, 1, H, W]``; labelled: ``[B]`` bool.
+    """
+    w = labelled.float()
+    bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
+    per_slice = bce + 1 - soft_dice_scores(logits, target)
+    return (per_slice * w).sum() / w.sum().clamp_min(1.0)
 
 
 class LitUNet(pl.LightningModule):
@@ -82,11 +99,16 @@ class LitUNet(pl.LightningModule):
         threshold, tta: the operating point stored with the model: lesion where the (flip-TTA
             averaged) probability is ``>= threshold``. Validation scores at this point, so
             checkpoint selection optimises what evaluate and predict deliver.
+        lung_output: a second output channel that learns lung masks where a source provides
+            them (partial labels: slices without a lung mask add no lung loss); the lesion output
+            is unchanged. Its probabilities give the lesion burden (``covidseg.severity``).
+        lung_weight: weight of the lung loss against the lesion loss.
         channels_last: NHWC memory format (faster convolutions on CPU and tensor cores).
         num_val_samples: validation slices drawn to TensorBoard each epoch.
 
     Shape:
-        forward: ``[B, 1, S, S]`` float in [0, 1] -> logits ``[B, 1, S, S]``.
+        forward: ``[B, 1, S, S]`` float in [0, 1] -> logits ``[B, C, S, S]``: channel 0 lesion,
+        channel 1 lungs (``lung_output``).
     """
 
     def __init__(
@@ -107,6 +129,8 @@ class LitUNet(pl.LightningModule):
         normalization: Normalization = "auto",
         threshold: float = 0.5,
         tta: bool = False,
+        lung_output: bool = False,
+        lung_weight: float = 1.0,
         channels_last: bool = True,
         num_val_samples: int = 4,
     ):
@@ -115,7 +139,7 @@ class LitUNet(pl.LightningModule):
         if len(decoder_channels) != encoder_depth:
             raise CovidSegError(f"model: decoder_channels has {len(decoder_channels)} entries, encoder_depth is {encoder_depth}")
         self.save_hyperparameters()
-        self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels)
+        self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels, 1 + int(lung_output))
         freeze_unused(self.net, in_channels, encoder_depth)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -125,6 +149,7 @@ class LitUNet(pl.LightningModule):
         self.train_scores = SegmentationScores(threshold, auroc=False)
         self.val_loss = loss_metric()
         self.val_scores = SegmentationScores(threshold)
+        self.val_lung_scores = SegmentationScores(0.5, auroc=False) if lung_output else None
         self.val_samples: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,16 +157,23 @@ class LitUNet(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+        """Lesion loss on channel 0; with ``lung_output`` and a batch carrying ``lungs`` and
+        ``has_lungs``, plus ``lung_weight`` times the partial-label lung loss on channel 1."""
         hp = self.hparams
-        dice = soft_dice_per_image(logits, target) if hp.dice_per_image else self.dice_loss(logits, target)
-        return hp.dice_weight * dice + hp.bce_weight * self.bce_loss(logits, target)
+        lesion = logits[:, :1]
+        dice = soft_dice_per_image(lesion, target) if hp.dice_per_image else self.dice_loss(lesion, target)
+        loss = hp.dice_weight * dice + hp.bce_weight * self.bce_loss(lesion, target)
+        if hp.lung_output and batch is not None and "lungs" in batch:
+            loss = loss + hp.lung_weight * partial_label_loss(logits[:, 1:2], batch["lungs"], batch["has_lungs"])
+        return loss
 
     def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 lesion probabilities at the model's operating point (flip TTA if ``tta``).
+        """fp32 probabilities at the model's operating point (flip TTA if ``tta``).
 
         Shape:
-            x: ``[B, 1, S, S]``; logits (optional, ``self(x)`` if already computed) -> ``[B, 1, S, S]``.
+            x: ``[B, 1, S, S]``; logits (optional, ``self(x)`` if already computed) -> ``[B, C, S, S]``
+            (channel 0 lesion, channel 1 lungs with ``lung_output``).
         """
         logits = self(x) if logits is None else logits
         if not self.hparams.tta:
@@ -155,11 +187,11 @@ class LitUNet(pl.LightningModule):
     def update_train_metrics(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
         """What ``training_step`` accumulates per batch: device-side updates only, no host sync."""
         self.train_loss.update(loss.detach(), len(logits))
-        self.train_scores.update(logits.detach().float().sigmoid(), target)
+        self.train_scores.update(logits[:, :1].detach().float().sigmoid(), target)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss(logits, batch["mask"])
+        loss = self.loss(logits, batch["mask"], batch)
         self.update_train_metrics(loss, logits, batch["mask"])
         # only epoch values are logged, so no per-batch compute
         self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
@@ -172,9 +204,12 @@ class LitUNet(pl.LightningModule):
         logits = self(batch["image"])
         target = batch["mask"]
         n = len(logits)
-        self.val_loss.update(self.loss(logits, target), n)
-        probs = self.probabilities(batch["image"], logits)
+        self.val_loss.update(self.loss(logits, target, batch), n)
+        all_probs = self.probabilities(batch["image"], logits)
+        probs = all_probs[:, :1]
         self.val_scores.update(probs, target)
+        if self.val_lung_scores is not None and "lungs" in batch:
+            self.val_lung_scores.update(all_probs[:, 1:2], batch["lungs"], batch["has_lungs"])
         self.log(VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         if batch_idx == 0 and self.hparams.num_val_samples:
             k = self.hparams.num_val_samples
@@ -182,12 +217,14 @@ class LitUNet(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", self.val_scores)
+        if self.val_lung_scores is not None:
+            self._log_scores("val", self.val_lung_scores, prefix="lung_", keys=("dice", "dice_image"))
 
-    def _log_scores(self, stage: str, scores: SegmentationScores) -> None:
+    def _log_scores(self, stage: str, scores: SegmentationScores, prefix: str = "", keys=None) -> None:
         values = scores.compute()  # synced over ranks by torchmetrics: the same on every rank
         scores.reset()
-        keys = ("dice", "dice_image") if stage == "train" else values
-        self.log_dict({f"{stage}/{k}": values[k] for k in keys}, prog_bar=False, sync_dist=False)
+        keys = keys or (("dice", "dice_image") if stage == "train" else values)
+        self.log_dict({f"{stage}/{prefix}{k}": values[k] for k in keys}, prog_bar=False, sync_dist=False)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.probabilities(batch["image"])

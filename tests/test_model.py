@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -118,3 +120,42 @@ def test_validation_scores_at_the_stored_operating_point():
         assert torch.allclose(model.probabilities(x), torch.stack(views).mean(0), atol=1e-6)
     with pytest.raises(CovidSegError, match="model.threshold 1.0"):
         LitUNet(**SMALL, threshold=1.0)
+
+
+def test_partial_label_lung_loss_ignores_slices_without_lung_masks():
+    from covidseg.model import partial_label_loss
+
+    logits = torch.zeros(2, 1, 2, 2, requires_grad=True)  # p = 0.5 everywhere
+    lungs = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    labelled = torch.tensor([True, False])
+    loss = partial_label_loss(logits, lungs, labelled)
+    # slice 0 only: BCE ln 2, soft Dice (2*1 + 1) / (2 + 2 + 1) = 0.6
+    assert float(loss) == pytest.approx(math.log(2) + 1 - 0.6, rel=1e-5)
+    loss.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    assert float(partial_label_loss(logits, lungs, torch.tensor([False, False]))) == 0.0
+
+
+def test_lung_output_is_a_second_channel_trained_where_labelled():
+    model = LitUNet(**SMALL, lung_output=True)
+    x = torch.rand(3, 1, 32, 32)
+    logits = model(x)
+    assert logits.shape == (3, 2, 32, 32)
+    batch = {"mask": torch.zeros(3, 1, 32, 32), "lungs": torch.ones(3, 1, 32, 32), "has_lungs": torch.tensor([True, False, True])}
+    lesion_only = model.loss(logits, batch["mask"])
+    with_lungs = model.loss(logits, batch["mask"], batch)
+    assert float(with_lungs) > float(lesion_only)
+    model.loss(logits, batch["mask"], {**batch, "has_lungs": torch.zeros(3, dtype=torch.bool)}).backward()
+    assert float(model.loss(logits, batch["mask"], {**batch, "has_lungs": torch.zeros(3, dtype=torch.bool)})) == pytest.approx(float(lesion_only))
+    assert model.probabilities(x).shape == (3, 2, 32, 32)
+
+
+def test_lung_scores_skip_unlabelled_slices():
+    from covidseg.lightning_metrics import SegmentationScores
+
+    m = SegmentationScores(0.5, auroc=True)
+    probs = torch.tensor([[[[0.9, 0.1]]], [[[0.9, 0.9]]]])
+    target = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])  # slice 1 has no mask: its zeros are not truth
+    m.update(probs, target, torch.tensor([True, False]))
+    out = m.compute()
+    assert float(out["dice_image"]) == 1.0 and float(out["dice"]) == 1.0 and float(out["auroc"]) == 1.0

@@ -1,0 +1,76 @@
+"""Lesion burden as a share of the lungs, and the CT severity grade built on it.
+
+The grade is the one MosMedData uses (Morozov et al., "MosMedData: Chest CT Scans With COVID-19
+Related Findings Dataset", 2020), by the share of lung parenchyma involved:
+
+    CT-0: no lesion      CT-1: < 25 %      CT-2: 25 - < 50 %      CT-3: 50 - < 75 %      CT-4: >= 75 %
+
+``involvement`` counts lesion pixels inside the lung mask only, so a lesion mask that spills
+outside the lungs does not inflate the burden. Cases (patients) are graded on their summed
+pixels (or voxels) over all their slices, never on a mean of slice percentages.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+EDGES = (25.0, 50.0, 75.0)  # percent of lung involved: upper edges of CT-1, CT-2, CT-3 (exclusive)
+CASE_FIELDS = ("case_id", "slices", "lesion_pixels", "lung_pixels", "lesion_in_lung_pixels", "involvement_percent", "severity")
+
+
+def involvement(lesion: np.ndarray, lungs: np.ndarray) -> tuple[int, int, float | None]:
+    """Lesion pixels inside the lungs, lung pixels, and their ratio in percent.
+
+    Shape:
+        lesion, lungs: equal shapes, bool or {0, 1}.
+
+    Returns:
+        ``(lesion_in_lung, lung, percent)``; ``percent`` is ``None`` when there is no lung.
+    """
+    lesion, lungs = np.asarray(lesion, bool), np.asarray(lungs, bool)
+    inside, lung = int(np.count_nonzero(lesion & lungs)), int(np.count_nonzero(lungs))
+    return inside, lung, (100.0 * inside / lung if lung else None)
+
+
+def grade(percent: float | None) -> str | None:
+    """The CT-0 ... CT-4 grade of an involvement in percent (``None`` if undefined): no lesion
+    pixel in the lungs is CT-0, any at all is at least CT-1."""
+    if percent is None:
+        return None
+    if percent <= 0.0:
+        return GRADES[0]
+    for i, edge in enumerate(EDGES, start=1):
+        if percent < edge:
+            return GRADES[i]
+    return GRADES[4]
+
+
+def aggregate_cases(rows: Iterable[dict]) -> list[dict]:
+    """Per-case sums of slice rows ``{case_id, lesion_pixels, lung_pixels, lesion_in_lung_pixels}``
+    with involvement and grade of the sums; cases in order of first appearance."""
+    sums: dict[str, dict] = defaultdict(lambda: {"slices": 0, "lesion_pixels": 0, "lung_pixels": 0, "lesion_in_lung_pixels": 0})
+    for row in rows:
+        case = sums[row["case_id"]]
+        case["slices"] += 1
+        for key in ("lesion_pixels", "lung_pixels", "lesion_in_lung_pixels"):
+            case[key] += int(row[key])
+    out = []
+    for case_id, s in sums.items():
+        percent = 100.0 * s["lesion_in_lung_pixels"] / s["lung_pixels"] if s["lung_pixels"] else None
+        out.append({"case_id": case_id, **s, "involvement_percent": percent, "severity": grade(percent)})
+    return out
+
+
+def write_cases(path: str | Path, cases: list[dict]) -> None:
+    """``cases.csv``: one row per case (``CASE_FIELDS``)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, CASE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for c in cases:
+            w.writerow({**c, "involvement_percent": "" if c["involvement_percent"] is None else f"{c['involvement_percent']:.3f}", "severity": c["severity"] or ""})

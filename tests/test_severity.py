@@ -1,0 +1,52 @@
+"""Lesion burden and the CT-0..CT-4 grade: edges, lesion outside the lungs, per-case sums."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from covidseg.severity import aggregate_cases, grade, involvement, write_cases
+
+
+@pytest.mark.parametrize(
+    ("percent", "expected"),
+    [(0.0, "CT-0"), (1e-9, "CT-1"), (24.999, "CT-1"), (25.0, "CT-2"), (49.999, "CT-2"), (50.0, "CT-3"), (74.999, "CT-3"), (75.0, "CT-4"), (100.0, "CT-4"), (None, None)],
+)
+def test_grade_edges(percent, expected):
+    assert grade(percent) == expected
+
+
+def test_involvement_counts_lesion_inside_the_lungs_only():
+    lungs = np.zeros((4, 4), bool)
+    lungs[:, :2] = True  # 8 lung pixels
+    lesion = np.zeros((4, 4), bool)
+    lesion[0, :] = True  # 2 inside, 2 outside
+    assert involvement(lesion, lungs) == (2, 8, 25.0)
+    assert involvement(lesion, np.zeros_like(lungs)) == (0, 0, None)
+
+
+def test_cases_are_graded_on_summed_pixels(tmp_path):
+    rows = [
+        {"case_id": "a", "lesion_pixels": 10, "lung_pixels": 100, "lesion_in_lung_pixels": 10},
+        {"case_id": "b", "lesion_pixels": 0, "lung_pixels": 50, "lesion_in_lung_pixels": 0},
+        {"case_id": "a", "lesion_pixels": 90, "lung_pixels": 100, "lesion_in_lung_pixels": 80},
+        {"case_id": "c", "lesion_pixels": 5, "lung_pixels": 0, "lesion_in_lung_pixels": 0},
+    ]
+    cases = {c["case_id"]: c for c in aggregate_cases(rows)}
+    # a: 90 of 200 lung pixels
+    assert cases["a"]["slices"] == 2 and cases["a"]["involvement_percent"] == pytest.approx(45.0) and cases["a"]["severity"] == "CT-2"
+    assert cases["b"]["severity"] == "CT-0"
+    assert cases["c"]["involvement_percent"] is None and cases["c"]["severity"] is None  # no lung found
+    write_cases(tmp_path / "cases.csv", list(cases.values()))
+    with open(tmp_path / "cases.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["case_id"] for r in table] == ["a", "b", "c"] and table[0]["involvement_percent"] == "45.000" and table[2]["severity"] == ""
+
+
+def test_unequal_lungs_are_not_averaged_per_slice():
+    rows = [
+        {"case_id": "a", "lesion_pixels": 50, "lung_pixels": 50, "lesion_in_lung_pixels": 50},  # 100 % of a small slice
+        {"case_id": "a", "lesion_pixels": 0, "lung_pixels": 950, "lesion_in_lung_pixels": 0},  # 0 % of a large slice
+    ]
+    (case,) = aggregate_cases(rows)
+    assert case["involvement_percent"] == pytest.approx(5.0) and case["severity"] == "CT-1"  # not (100 + 0) / 2
