@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     "fit": "train a U-Net (LightningCLI), then evaluate its best checkpoint on the test split",
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None):
     if command not in COMMANDS:
         print(f"{usage()}\n\nerror: unknown command {command!r}", file=sys.stderr)
         raise SystemExit(2)
+    # sys.argv stays as typed (``covidseg fit ...``): Lightning's DDP launcher starts the other
+    # ranks by re-running it. LightningCLI warns when it also gets ``args``; that is intended here.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return importlib.import_module(f"covidseg.{command}").main(rest)
 
 

@@ -31,11 +31,14 @@ class SliceDataset(Dataset):
 
     Shape:
         image: ``float32 [1, S, S]`` in [0, 1]; mask: ``float32 [1, S, S]`` in {0, 1}, or the
-        lesion fraction of each pixel in [0, 1] with ``soft_masks``.
+        lesion fraction of each pixel in [0, 1] with ``soft_masks``. With ``lung_masks`` also
+        lungs: ``float32 [1, S, S]`` in {0, 1} (zeros where the source has none) and
+        has_lungs: ``bool`` (whether it has one: the lung loss skips the others).
     """
 
-    def __init__(self, samples: list[Sample], image_size: int, normalization: Normalization = "auto", transform=None, soft_masks: bool = False):
+    def __init__(self, samples: list[Sample], image_size: int, normalization: Normalization = "auto", transform=None, soft_masks: bool = False, lung_masks: bool = False):
         self.samples = samples
+        self.lung_masks = lung_masks
         self.soft_masks = soft_masks
         self.image_size = image_size
         self.normalization = normalization
@@ -48,14 +51,18 @@ class SliceDataset(Dataset):
         s = self.samples[index]
         image = preprocess_image(read_image(s.image), self.image_size, self.normalization)
         mask = preprocess_mask(read_mask(s.mask), self.image_size, self.soft_masks)
+        targets = {"mask": mask}
+        if self.lung_masks:
+            has = s.lungs is not None
+            targets["lungs"] = preprocess_mask(read_mask(s.lungs), self.image_size) if has else np.zeros_like(mask, dtype=np.uint8)
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
-            "index": index,
-        }
+            out = self.transform(image=image, **targets)
+            image, targets = out["image"], {k: out[k] for k in targets}
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], "index": index}
+        item.update({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None] for k, v in targets.items()})
+        if self.lung_masks:
+            item["has_lungs"] = s.lungs is not None
+        return item
 
 
 def default_num_workers() -> int:
@@ -101,6 +108,9 @@ class CTDataModule(pl.LightningDataModule):
         soft_masks: training targets are the lesion fraction of each resized pixel (area
             resize, bilinear augmentation) instead of nearest-neighbour {0, 1}; validation and
             test masks stay binary.
+        lung_masks: also read lung masks where a source has them (manifest ``lung_mask`` column,
+            a ``lungs/`` folder beside ``masks/``) for a model with a lung output; linked to
+            ``model.lung_output`` by ``covidseg fit``. At least one source must have them.
     """
 
     def __init__(
@@ -130,6 +140,7 @@ class CTDataModule(pl.LightningDataModule):
         blur: float = 0.0,
         balance_sources: bool = False,
         soft_masks: bool = False,
+        lung_masks: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -149,6 +160,8 @@ class CTDataModule(pl.LightningDataModule):
             roots = self.roots or [str(ensure_demo())]
             hp = self.hparams
             self.report = scan(roots, hp.case_regex, hp.empty_masks, hp.nonbinary_masks)
+            if hp.lung_masks and not any(s.lungs for s in self.report.samples):
+                raise DataError(f"data.lung_masks: none of {', '.join(map(str, roots))} has lung masks (a manifest lung_mask column or a lungs/ folder beside masks/)")
             rank_zero_info(self.report.summary())
         return self.report
 
@@ -206,7 +219,7 @@ class CTDataModule(pl.LightningDataModule):
         aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur, hp.soft_masks)
         for name in ("train", "val", "test"):
             train = name == "train"
-            self.datasets[name] = SliceDataset(self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train)
+            self.datasets[name] = SliceDataset(self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lung_masks)
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")
 

@@ -38,6 +38,7 @@ class CovidSegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.normalization", "model.normalization")
+        parser.link_arguments("data.lung_masks", "model.lung_output")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

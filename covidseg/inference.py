@@ -16,7 +16,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class Settings:
     normalization: str = "auto"
     threshold: float = 0.5
     tta: bool = False
+    lung_output: bool = False  # a second output channel: lung probabilities
 
     def to_metadata(self) -> dict[str, str]:
         return {f"covidseg.{k}": str(v) for k, v in asdict(self).items()}
@@ -50,6 +51,7 @@ class Settings:
                 normalization=meta.get("covidseg.normalization", "auto"),
                 threshold=float(meta.get("covidseg.threshold", 0.5)),
                 tta=meta.get("covidseg.tta", "False") == "True",
+                lung_output=meta.get("covidseg.lung_output", "False") == "True",
             )
         except KeyError:
             raise CovidSegError(f"{source}: ONNX model has no covidseg metadata; export it with covidseg export") from None
@@ -79,7 +81,13 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def settings_from_checkpoint(ckpt: dict) -> Settings:
     hp = ckpt["hyper_parameters"]
-    return Settings(int(hp["image_size"]), str(hp.get("normalization", "auto")), float(hp.get("threshold", 0.5)), bool(hp.get("tta", False)))
+    return Settings(
+        image_size=int(hp["image_size"]),
+        normalization=str(hp.get("normalization", "auto")),
+        threshold=float(hp.get("threshold", 0.5)),
+        tta=bool(hp.get("tta", False)),
+        lung_output=bool(hp.get("lung_output", False)),
+    )
 
 
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
@@ -182,14 +190,13 @@ class Predictor:
             self.backends.append(backend)
         first = settings[0]
         for path, s in zip(paths, settings):
-            if (s.image_size, s.normalization) != (first.image_size, first.normalization):
-                raise CovidSegError(f"{path}: preprocessing {s.image_size}px/{s.normalization} differs from {paths[0]}; cannot ensemble")
+            if replace(s, threshold=first.threshold, tta=first.tta) != first:
+                raise CovidSegError(f"{path}: preprocessing or outputs ({s}) differ from {paths[0]}; cannot ensemble")
         self.paths = paths
-        self.settings = Settings(
-            first.image_size,
-            first.normalization,
-            float(np.mean([s.threshold for s in settings])) if threshold is None else float(threshold),
-            first.tta if tta is None else bool(tta),
+        self.settings = replace(
+            first,
+            threshold=float(np.mean([s.threshold for s in settings])) if threshold is None else float(threshold),
+            tta=first.tta if tta is None else bool(tta),
         )
 
     def preprocess(self, raw: np.ndarray) -> np.ndarray:
@@ -200,17 +207,23 @@ class Predictor:
         """Probabilities for preprocessed input, averaged over models and TTA flips.
 
         Shape:
-            x: ``float32 [B, 1, S, S]`` -> ``float32 [B, 1, S, S]`` in [0, 1].
+            x: ``float32 [B, 1, S, S]`` -> ``float32 [B, C, S, S]`` in [0, 1] (channel 0 lesion,
+            channel 1 lungs for a model with ``lung_output``).
         """
         flips = TTA_FLIPS if self.settings.tta else TTA_FLIPS[:1]
-        total = np.zeros(x.shape, np.float32)
+        total = 0.0
         for backend in self.backends:
             for rows, cols in flips:
-                total += flip(backend(flip(x, rows, cols)), rows, cols)
-        return total / (len(self.backends) * len(flips))
+                total = total + flip(backend(flip(x, rows, cols)), rows, cols)
+        return (total / (len(self.backends) * len(flips))).astype(np.float32, copy=False)
 
     def predict(self, raws: Iterable[np.ndarray], batch_size: int = 16) -> Iterator[np.ndarray]:
-        """Probability maps ``float32 [H, W]`` at each raw slice's own size, in order."""
+        """Lesion probability maps ``float32 [H, W]`` at each raw slice's own size, in order."""
+        for maps in self.predict_maps(raws, batch_size):
+            yield maps[0]
+
+    def predict_maps(self, raws: Iterable[np.ndarray], batch_size: int = 16) -> Iterator[np.ndarray]:
+        """All output maps ``float32 [C, H, W]`` (lesion, then lungs) at each raw slice's own size."""
         batch: list[np.ndarray] = []
         for raw in raws:
             batch.append(raw)
@@ -222,4 +235,4 @@ class Predictor:
 
     def _run(self, raws: list[np.ndarray]) -> list[np.ndarray]:
         probs = self.predict_batch(np.stack([self.preprocess(r) for r in raws]))
-        return [np.clip(resize(p[0], raw.shape[:2]), 0.0, 1.0) for p, raw in zip(probs, raws)]
+        return [np.clip(np.stack([resize(c, raw.shape[:2]) for c in p]), 0.0, 1.0) for p, raw in zip(probs, raws)]

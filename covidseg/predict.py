@@ -36,10 +36,17 @@ from covidseg.errors import CovidSegError, user_errors
 from covidseg.inference import Predictor
 from covidseg.io import IMAGE_SUFFIXES, normalize_intensity, read_image, write_image, write_mask
 from covidseg.overlay import overlay
+from covidseg.severity import aggregate_cases, grade, involvement, write_cases
+from covidseg.sources import case_id_from_name
 from covidseg.volumes import LUNG_WINDOW, is_volume, read_volume, volume_stem, voxel_ml, write_like
 
 SUMMARY = "summary.csv"
-SUMMARY_FIELDS = ("input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml", "mask")
+SUMMARY_FIELDS = (
+    "input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
+    "lung_pixels", "lung_ml", "involvement_percent", "severity", "mask", "lungs",
+)  # fmt: skip
+CASES = "cases.csv"
+LUNG_THRESHOLD = 0.5  # lung probabilities: lungs are large and clear; the operating point is the lesion's
 _READ_ERRORS = (ValueError, OSError, cv2.error)
 
 
@@ -65,7 +72,7 @@ def list_inputs(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False) -> list[Job]:
+def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False) -> list[Job]:
     """One ``Job`` per input file, with its output paths under ``output``."""
     jobs = []
     for path in list_inputs(paths):
@@ -74,18 +81,20 @@ def plan(paths: list[str | Path], output: Path, probabilities: bool = False, ove
         elif is_volume(path):
             name = volume_stem(path)
             outs = [output / f"{name}_mask.nii.gz"] + ([output / f"{name}_prob.nii.gz"] if probabilities else [])
+            outs += [output / f"{name}_lungs.nii.gz"] if lungs else []
             jobs.append(Job(path, "volume", tuple(outs)))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             outs = [output / f"{path.stem}.png"]
             outs += [output / f"{path.stem}.npy"] if probabilities else []
             outs += [output / f"{path.stem}_overlay.png"] if overlay else []
+            outs += [output / f"{path.stem}_lungs.png"] if lungs else []
             jobs.append(Job(path, "image", tuple(outs)))
         else:
             jobs.append(Job(path, "", error=f"unsupported file type (expected {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz)"))
     return jobs
 
 
-def check_outputs(jobs: list[Job], output: Path, overwrite: bool) -> None:
+def check_outputs(jobs: list[Job], output: Path, overwrite: bool, extra: list[str] = ()) -> None:
     """Refuses clashing outputs, outputs that replace an input, and (without ``overwrite``)
     existing outputs, before anything is written. Raises ``CovidSegError``."""
     owner: dict[Path, Path] = {}
@@ -100,10 +109,10 @@ def check_outputs(jobs: list[Job], output: Path, overwrite: bool) -> None:
         raise CovidSegError(f"output {clash[0]} would replace an input; choose another --output")
     if overwrite:
         return
-    existing = [p for p in [*owner, (output / SUMMARY).resolve()] if p.exists()]
+    existing = [p for p in [*owner, *((output / name).resolve() for name in (SUMMARY, *extra))] if p.exists()]
     if existing:
         names = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise CovidSegError(f"{len(existing)} output file(s) already exist ({names}); pass --overwrite or choose another --output")
+        raise CovidSegError(f"{len(existing)} output file(s) already exist ({names}); pass --overwrite true or choose another --output")
 
 
 def overlay_image(raw: np.ndarray, mask: np.ndarray, normalization: str = "auto") -> np.ndarray:
@@ -122,12 +131,21 @@ def _row(job: Job, status: str = "ok", reason: str = "", **values) -> dict:
     return row
 
 
-def _stats(job: Job, mask: np.ndarray, ml_per_voxel: float | None = None) -> dict:
+def _stats(job: Job, mask: np.ndarray, ml_per_voxel: float | None = None, lungs: np.ndarray | None = None) -> dict:
     n = int(mask.sum())
     stats = {"lesion_pixels": n, "lesion_fraction": n / max(mask.size, 1), "mask": str(job.outputs[0])}
     if ml_per_voxel is not None:
         stats["lesion_ml"] = n * ml_per_voxel
+    if lungs is not None:
+        inside, lung, percent = involvement(mask, lungs)
+        stats.update(lung_pixels=lung, lesion_in_lung_pixels=inside, involvement_percent=percent, severity=grade(percent), lungs=str(_lung_output(job)))
+        if ml_per_voxel is not None:
+            stats["lung_ml"] = lung * ml_per_voxel
     return stats
+
+
+def _lung_output(job: Job) -> Path | None:
+    return next((p for p in job.outputs if p.name.endswith(("_lungs.png", "_lungs.nii.gz"))), None)
 
 
 def _report(bar: tqdm, job: Job, reason: str) -> dict:
@@ -146,20 +164,24 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
             except _READ_ERRORS as err:
                 rows[i] = _report(bar, jobs[i], str(err).removeprefix(f"{jobs[i].path}: "))
                 bar.update()
-        probs = predictor.predict([raw for _, raw in loaded], batch_size)
-        for (i, raw), prob in zip(loaded, probs):
-            job, mask = jobs[i], prob >= predictor.settings.threshold
+        maps = predictor.predict_maps([raw for _, raw in loaded], batch_size)
+        for (i, raw), m in zip(loaded, maps):
+            job, prob = jobs[i], m[0]
+            mask = prob >= predictor.settings.threshold
+            lungs = m[1] >= LUNG_THRESHOLD if _lung_output(job) else None
             try:
                 write_mask(job.outputs[0], mask)
                 for out in job.outputs[1:]:
                     if out.suffix == ".npy":
                         np.save(out, prob.astype(np.float32))
+                    elif out == _lung_output(job):
+                        write_mask(out, lungs)
                     else:
                         write_image(out, overlay_image(raw, mask, predictor.settings.normalization))
             except OSError as err:
                 rows[i] = _report(bar, job, f"cannot write output ({err})")
             else:
-                rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, mask))
+                rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, mask, lungs=lungs))
             bar.update()
     return [rows[i] for i in range(len(jobs))]
 
@@ -171,20 +193,27 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
         bar.update()
         return _report(bar, job, str(err).removeprefix(f"{job.path}: "))
     bar.total += len(slices) - 1
-    masks, probs = [], []
-    for prob in predictor.predict(slices, batch_size):
-        masks.append(prob >= predictor.settings.threshold)
-        if len(job.outputs) > 1:
-            probs.append(prob.astype(np.float32))
+    lung_out = _lung_output(job)
+    prob_out = next((p for p in job.outputs if p.name.endswith("_prob.nii.gz")), None)
+    masks, probs, lungs = [], [], []
+    for m in predictor.predict_maps(slices, batch_size):
+        masks.append(m[0] >= predictor.settings.threshold)
+        if prob_out:
+            probs.append(m[0].astype(np.float32))
+        if lung_out:
+            lungs.append(m[1] >= LUNG_THRESHOLD)
         bar.update()
     mask = np.stack(masks).astype(np.uint8)
+    lung = np.stack(lungs).astype(np.uint8) if lung_out else None
     try:
         write_like(job.outputs[0], mask, ref)
-        if probs:
-            write_like(job.outputs[1], np.stack(probs), ref)
+        if prob_out:
+            write_like(prob_out, np.stack(probs), ref)
+        if lung_out:
+            write_like(lung_out, lung, ref)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
-    return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref)))
+    return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref), lung))
 
 
 def predict_paths(
@@ -197,6 +226,8 @@ def predict_paths(
     batch_size: int = 16,
     window: tuple[float, float] = LUNG_WINDOW,
     overwrite: bool = False,
+    lungs: bool = False,
+    case_regex: str | None = None,
 ) -> list[dict]:
     """Predicts every input, writes the outputs and ``summary.csv``, and returns its rows.
 
@@ -208,6 +239,9 @@ def predict_paths(
         batch_size: slices per forward pass.
         window: ``(center, width)`` in HU for NIfTI volumes.
         overwrite: replace existing outputs; otherwise refuse up front.
+        lungs: also write lung masks and the lesion burden (needs a model with a lung output).
+        case_regex: group image files into cases (first group of the regex on the file stem)
+            and write ``cases.csv`` with summed pixels, involvement and grade per case.
 
     Returns:
         One dict per input file, in input order, with the ``SUMMARY_FIELDS`` keys; ``status``
@@ -217,8 +251,10 @@ def predict_paths(
         CovidSegError: clashing or existing outputs, before anything is written.
     """
     output = Path(output)
-    jobs = plan(inputs, output, probabilities, overlay)
-    check_outputs(jobs, output, overwrite)
+    if lungs and not predictor.settings.lung_output:
+        raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
+    jobs = plan(inputs, output, probabilities, overlay, lungs)
+    check_outputs(jobs, output, overwrite, extra=[CASES] if case_regex else [])
     output.mkdir(parents=True, exist_ok=True)
     by_job: dict[int, dict] = {}
     with tqdm(total=len(jobs), unit="slice", desc="predict", disable=None) as bar:
@@ -233,10 +269,26 @@ def predict_paths(
                 by_job[i] = _predict_volume(predictor, job, batch_size, window, bar)
     rows = [by_job[i] for i in range(len(jobs))]
     with open(output / SUMMARY, "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer = csv.DictWriter(f, SUMMARY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    if case_regex:
+        write_cases(output / CASES, cases_of(rows, case_regex))
     return rows
+
+
+def cases_of(rows: list[dict], case_regex: str) -> list[dict]:
+    """Per-case sums of the successful image rows, grouped by ``case_regex`` on the file stem."""
+    slices = [
+        {"case_id": case_id_from_name(Path(r["input"]).stem, case_regex), "lesion_pixels": r["lesion_pixels"],
+         "lung_pixels": r.get("lung_pixels") or 0, "lesion_in_lung_pixels": r.get("lesion_in_lung_pixels") or 0}
+        for r in rows if r["status"] == "ok" and r["type"] == "image"
+    ]  # fmt: skip
+    cases = aggregate_cases(slices)
+    if not any(r.get("lungs") for r in rows):  # no lung output: the burden is unknown, not 0 %
+        for c in cases:
+            c["involvement_percent"] = c["severity"] = None
+    return cases
 
 
 def build_parser():
@@ -248,6 +300,8 @@ def build_parser():
     p.add_argument("--overlay", type=bool, default=False, help="also write NAME_overlay.png (images only)")
     options.add_inference(p)
     p.add_argument("--overwrite", type=bool, default=False, help="replace existing outputs")
+    p.add_argument("--lungs", type=bool, default=False, help="also write lung masks (NAME_lungs.png / _lungs.nii.gz) and the lesion burden: lung pixels, involvement %%, CT-0..CT-4 (a model with a lung output)")
+    p.add_argument("--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem; writes cases.csv (summed pixels, involvement, grade)")
     p.add_argument("--window", type=tuple[float, float], default=LUNG_WINDOW, help="HU window (center, width) for NIfTI volumes (default: lung, -600 1500)")
     return p
 
@@ -261,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
     output = Path(args.output)
     inputs = options.as_list(args.input)
-    check_outputs(plan(inputs, output, args.probabilities, args.overlay), output, args.overwrite)  # before loading models
+    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, [CASES] if args.case_regex else [])  # before loading models
     predictor = Predictor(options.as_list(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
@@ -272,10 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         window=tuple(args.window),
         overwrite=args.overwrite,
+        lungs=args.lungs,
+        case_regex=args.case_regex,
     )
     failed = sum(row["status"] != "ok" for row in rows)
     s = predictor.settings
     print(f"{len(rows) - failed} ok, {failed} failed (threshold {s.threshold:g}, tta {'on' if s.tta else 'off'}); summary: {output / SUMMARY}")
+    if args.case_regex:
+        print(f"cases: {output / CASES}")
     return 1 if failed else 0
 
 

@@ -47,6 +47,7 @@ class Sample:
     case_id: str
     source: str
     rel: str = ""
+    lungs: str | None = None  # lung mask, where the source has one (manifest lung_mask, lungs/ folder)
 
     @property
     def key(self) -> str:
@@ -68,7 +69,8 @@ class ScanReport:
         return (
             f"data: {len(self.samples)} pairs, {cases} cases from {roots}; "
             f"{self.empty} masks without lesion{' (dropped %d)' % self.dropped if self.dropped else ''}, "
-            f"{self.nonbinary} non-binary masks binarised, lesion fraction {100 * self.lesion_fraction:.2f}% of pixels"
+            f"{self.nonbinary} non-binary masks binarised, lesion fraction {100 * self.lesion_fraction:.2f}% of pixels; "
+            f"{sum(s.lungs is not None for s in self.samples)} with lung masks"
         )
 
 
@@ -161,8 +163,31 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
         if not pairs and not problems:
             problems.append(f"{root}: no image/mask pairs found ({layout} layout)")
         source = root.resolve().name
-        samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root)) for i, m, c in pairs]
+        lungs = lung_masks(root, layout, [i for i, _, _ in pairs])
+        samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root), lungs.get(i)) for i, m, c in pairs]
     return samples, layouts, problems
+
+
+def lung_masks(root: Path, layout: str, images: list[Path]) -> dict[Path, str]:
+    """Image -> lung mask path, where the source has them: the ``lung_mask`` column of a manifest
+    (empty cells: none) or a ``lungs/`` folder beside ``masks/`` (same file name, else same stem).
+    Images without one train the lesion output only (partial labels)."""
+    if layout == "manifest":
+        with (root / "manifest.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        by_image = {root / r["image"]: (r.get("lung_mask") or "").strip() for r in rows if "image" in r}
+        return {i: str(root / by_image[i]) for i in images if by_image.get(i)}
+    folder = root / "lungs"
+    if not folder.is_dir():
+        return {}
+    found = _images_in(folder)
+    by_name = {p.name: p for p in found.values()}
+    out = {}
+    for image in images:
+        match = by_name.get(image.name) or found.get(image.stem)
+        if match is not None:
+            out[image] = str(match)
+    return out
 
 
 def scan(
@@ -190,6 +215,15 @@ def scan(
         if image.shape != raw_mask.shape:
             problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but mask {s.mask} is {raw_mask.shape[1]}x{raw_mask.shape[0]}")
             continue
+        if s.lungs is not None:
+            try:
+                lung_shape = read_image(s.lungs).shape
+            except ImageReadError as err:
+                problems.append(str(err))
+                continue
+            if lung_shape != image.shape:
+                problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lungs} is {lung_shape[1]}x{lung_shape[0]}")
+                continue
         if len(np.unique(raw_mask)) > 2:
             nonbinary += 1
             if nonbinary_masks == "error":

@@ -3,7 +3,8 @@ lesion blobs (ground-glass-like) inside the lungs. Learnable, not noise; no pati
 
     python -m covidseg.synthetic OUT_DIR [--cases 30] [--slices 8] [--size 128]
 
-writes ``OUT_DIR/images/*.png``, ``OUT_DIR/masks/*.png`` and ``OUT_DIR/manifest.csv``.
+writes ``OUT_DIR/images/*.png``, ``OUT_DIR/masks/*.png`` (lesions), ``OUT_DIR/lungs/*.png`` (lung
+masks) and ``OUT_DIR/manifest.csv`` (``image,mask,lung_mask,case_id``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from covidseg.io import write_image, write_mask
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"  # v2: lung masks
 
 
 def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
@@ -28,8 +29,8 @@ def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
     return ((x * c + y * s) / rx) ** 2 + ((-x * s + y * c) / ry) ** 2 <= 1.0
 
 
-def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case_shape=None) -> tuple[np.ndarray, np.ndarray]:
-    """One ``uint8 [size, size]`` slice and its ``{0,1}`` lesion mask."""
+def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case_shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One ``uint8 [size, size]`` slice, its ``{0,1}`` lesion mask and its ``{0,1}`` lung mask."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     b = case_shape if case_shape is not None else rng.uniform(-1, 1, 4)
     img = np.full((size, size), 0.03, np.float32)
@@ -56,7 +57,7 @@ def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case
         img[lesion] = rng.uniform(0.3, 0.42) + 0.08 * rng.standard_normal(int(lesion.sum()))
         mask[lesion] = 1
     img = cv2.GaussianBlur(img, (3, 3), 0.8) + rng.normal(0, 0.025, img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8), mask
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8), mask, lungs.astype(np.uint8)
 
 
 def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 128, seed: int = 0) -> Path:
@@ -68,14 +69,15 @@ def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 
         shape = rng.uniform(-1, 1, 4)
         for k in range(slices):
             n_lesions = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2]))
-            image, mask = make_slice(rng, size, n_lesions, shape)
+            image, mask, lungs = make_slice(rng, size, n_lesions, shape)
             name = f"case{c:03d}_{k:02d}.png"
             write_image(out / "images" / name, image)
             write_mask(out / "masks" / name, mask)
-            rows.append((f"images/{name}", f"masks/{name}", f"case{c:03d}"))
+            write_mask(out / "lungs" / name, lungs)
+            rows.append((f"images/{name}", f"masks/{name}", f"lungs/{name}", f"case{c:03d}"))
     with (out / "manifest.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "mask", "case_id"])
+        w.writerow(["image", "mask", "lung_mask", "case_id"])
         w.writerows(rows)
     return out
 

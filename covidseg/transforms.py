@@ -49,4 +49,5 @@ def train_transforms(
         ops.append(A.RandomGamma(gamma_limit=(100 * (1 - gamma), 100 * (1 + gamma)), p=0.8))
     if blur:
         ops.append(A.GaussianBlur(blur_limit=(3, 5), p=blur))
-    return A.Compose(ops)
+    # lung masks (data.lung_masks) follow the lesion mask's geometry
+    return A.Compose(ops, additional_targets={"lungs": "mask"})

@@ -96,7 +96,7 @@ def test_demo_is_the_default(tmp_path, capsys):
     results = main(["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"] + TINY_MODEL + FAST_TRAINER)
     out = capsys.readouterr().out
     assert "Test metrics (best checkpoint; threshold 0.50, TTA off" in out
-    assert (Path(os.environ["COVIDSEG_CACHE"]) / "demo-v1" / "manifest.csv").is_file()
+    assert (Path(os.environ["COVIDSEG_CACHE"]) / "demo-v2" / "manifest.csv").is_file()
     assert "best checkpoint:" in out and "run directory:" in out
     assert 0.0 <= results["per_image_mean"]["dice"] <= 1.0
 

@@ -18,4 +18,4 @@ def test_demo_race_loser_leaves_no_temp_folder(monkeypatch, tmp_path):
     monkeypatch.setattr(synthetic, "generate", racing_generate)
     assert synthetic.ensure_demo() == out
     assert (out / "manifest.csv").is_file() and len(list((out / "images").glob("*.png"))) == 2
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no demo-v1.tmp<pid> left behind
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no demo-v2.tmp<pid> left behind
