@@ -219,7 +219,7 @@ class CTDataModule(pl.LightningDataModule):
         if world_size <= 1:
             return
         split = self.split or self.make_split()
-        counts = Counter(split.values())
+        counts = Counter(split[s.image] for s in self.scan().samples)  # slices: a volume is one split entry
         for name in ("train", "val", "test"):
             n = counts.get(name, 0)
             if 0 < n < world_size:
@@ -239,7 +239,7 @@ class CTDataModule(pl.LightningDataModule):
             return
         self.split = self.make_split()
         self.check_world_size(self.trainer.world_size if self.trainer is not None else 1)  # before any collective below
-        counts = Counter(self.split.values())
+        counts = Counter(self.split[s.image] for s in self.scan().samples)  # slices, not volumes
         cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
         rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
         # trainer.log_dir is a collective under DDP: every rank asks. Without a logger (e.g.

@@ -195,7 +195,7 @@ def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:
     img, data = load_volume(path)
     display = to_display(data, img.affine)
     del data
-    values = tuple(v.item() for v in np.unique(display)) if mask else None
+    values = tuple(v.item() for v in np.unique(np.concatenate([np.unique(x) for x in display]))) if mask else None  # per slice: no sort of the whole volume
     meta.parent.mkdir(parents=True, exist_ok=True)
     npy = meta.with_suffix(".npy")
     tmp = npy.with_name(f"{key}.{os.getpid()}.tmp.npy")
