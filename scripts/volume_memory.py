@@ -3,7 +3,7 @@ once into the slice cache), iterates the training DataLoader over every slice, a
 runs a short ``covidseg.fit`` on it.
 
     python scripts/volume_memory.py [--volumes 20] [--slices 300] [--size 512] [--workers 2]
-        [--fit-batches 20] [--out DIR] [--json OUT]
+        [--fit-batches 20] [--baseline] [--out DIR] [--json OUT]
 
 The default is the issue's requirement: 20 volumes of 512x512x300 int16 HU (.nii.gz, label
 maps), which must train under 4 GiB RSS. One volume is generated and copied (the content does
@@ -44,9 +44,11 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _memory(pids: list[int]) -> tuple[int, int]:
-    rss = pss = 0
+def _memory(pids: list[int]) -> tuple[int, int, int]:
+    """Summed RSS, summed PSS and the largest single RSS of ``pids``, in bytes."""
+    rss = pss = largest = 0
     for pid in pids:
+        before = rss
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):
@@ -55,7 +57,8 @@ def _memory(pids: list[int]) -> tuple[int, int]:
                     pss += int(line.split()[1]) * 1024
         except OSError:
             pass
-    return rss, pss
+        largest = max(largest, rss - before)
+    return rss, pss, largest
 
 
 class PeakMemory:
@@ -63,14 +66,14 @@ class PeakMemory:
 
     def __init__(self, pid: int | None = None, interval: float = 0.1):
         self.pid, self.interval = pid or os.getpid(), interval
-        self.rss = self.pss = 0
+        self.rss = self.pss = self.largest = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            rss, pss = _memory(_tree(self.pid))
-            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+            rss, pss, largest = _memory(_tree(self.pid))
+            self.rss, self.pss, self.largest = max(self.rss, rss), max(self.pss, pss), max(self.largest, largest)
             time.sleep(self.interval)
 
     def __enter__(self):
@@ -98,6 +101,26 @@ def make_set(out: Path, volumes: int, slices: int, size: int) -> Path:
     return out
 
 
+def _fit_memory(data: Path, extra: list[str], a: argparse.Namespace, runs: Path, name: str) -> dict:
+    """Peak memory of a short ``covidseg.fit`` subprocess (and its workers) on ``data``."""
+    cmd = [sys.executable, "-m", "covidseg.fit", "--data.root", str(data), *extra, "--data.num_workers", str(a.workers)]
+    cmd += ["--data.image_size", str(a.image_size), "--data.batch_size", str(a.batch_size), "--data.val_fraction", "0.1", "--data.test_fraction", "0.1"]
+    cmd += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(a.fit_batches), "--trainer.limit_val_batches", "2", "--test", "false"]
+    cmd += ["--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(runs)]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with PeakMemory(proc.pid) as mem:
+        _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"covidseg.fit failed:\n{err[-2000:]}")
+    return {
+        f"{name}_s": round(time.perf_counter() - t, 1),
+        f"{name}_peak_rss_mib": round(mem.rss / MIB),
+        f"{name}_peak_pss_mib": round(mem.pss / MIB),
+        f"{name}_largest_process_rss_mib": round(mem.largest / MIB),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python scripts/volume_memory.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--volumes", type=int, default=20)
@@ -107,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--fit-batches", type=int, default=20, help="training batches of the covidseg.fit run (0: no fit)")
-    p.add_argument("--out", default=None, help="folder for the set and its cache (default: a temporary one, deleted)")
+    p.add_argument("--baseline", action="store_true", help="also measure the same fit on a PNG slice set (--volumes cases x 8 slices, --size px)")
+    p.add_argument("--out", default=None, help="folder for the set and its cache, kept and reused (default: a temporary one, deleted)")
     p.add_argument("--json", default=None, help="write the figures here")
     a = p.parse_args(argv)
     work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="covidseg-volmem-"))
@@ -119,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"volumes": a.volumes, "shape": [a.size, a.size, a.slices], "workers": a.workers, "image_size": a.image_size, "batch_size": a.batch_size}
     try:
         t = time.perf_counter()
-        data = make_set(work / "data", a.volumes, a.slices, a.size)
+        data = work / "data"
+        if not (a.out and (data / "masks" / f"case{a.volumes - 1:03d}.nii.gz").is_file()):  # --out: reuse a set made before
+            make_set(data, a.volumes, a.slices, a.size)
         result["generate_s"] = round(time.perf_counter() - t, 1)
         result["volume_gz_mib"] = round((data / "images" / "case000.nii.gz").stat().st_size / MIB, 1)
         t = time.perf_counter()
@@ -149,22 +175,16 @@ def main(argv: list[str] | None = None) -> dict:
         result["loader_samples"] = n
         result["loader_peak_rss_mib"] = round(loader_mem.rss / MIB)
         result["loader_peak_pss_mib"] = round(loader_mem.pss / MIB)
+        result["loader_largest_process_rss_mib"] = round(loader_mem.largest / MIB)
         del loader
 
         if a.fit_batches:
-            cmd = [sys.executable, "-m", "covidseg.fit", "--data.root", str(data), "--data.lesion_labels", "[1, 2]", "--data.num_workers", str(a.workers)]
-            cmd += ["--data.image_size", str(a.image_size), "--data.batch_size", str(a.batch_size), "--data.val_fraction", "0.1", "--data.test_fraction", "0.1"]
-            cmd += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(a.fit_batches), "--trainer.limit_val_batches", "2", "--test", "false"]
-            cmd += ["--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(work / "runs")]
-            t = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            with PeakMemory(proc.pid) as fit_mem:
-                _, err = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(f"covidseg.fit failed:\n{err[-2000:]}")
-            result["fit_s"] = round(time.perf_counter() - t, 1)
-            result["fit_peak_rss_mib"] = round(fit_mem.rss / MIB)
-            result["fit_peak_pss_mib"] = round(fit_mem.pss / MIB)
+            result.update(_fit_memory(data, ["--data.lesion_labels", "[1, 2]"], a, work / "runs", "fit"))
+        if a.fit_batches and a.baseline:
+            from covidseg.synthetic import generate
+
+            png = generate(work / "png", cases=a.volumes, slices=8, size=a.size)
+            result.update(_fit_memory(png, [], a, work / "runs", "fit_png"))
     finally:
         if not a.out:
             shutil.rmtree(work, ignore_errors=True)

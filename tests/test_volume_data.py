@@ -163,3 +163,16 @@ def test_truncated_gzip_is_not_a_cache_hit(tmp_path):
 
     with pytest.raises(VolumeReadError, match="x.nii.gz: unreadable or corrupt NIfTI"):
         cache_volume(path)
+
+
+def test_volume_memory_script_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "volume_memory.py"
+    spec = importlib.util.spec_from_file_location("volume_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--volumes", "3", "--slices", "4", "--size", "32", "--workers", "0", "--fit-batches", "0", "--json", str(tmp_path / "m.json")])
+    assert out["loader_samples"] > 0 and out["loader_peak_rss_mib"] > 0 and out["scan_peak_rss_mib"] > 0
+    assert (tmp_path / "m.json").is_file()
