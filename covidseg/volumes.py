@@ -119,7 +119,10 @@ def load_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise VolumeReadError(f"{path}: file not found")
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        proxy = img.dataobj
+        scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+        # scaled data straight to float32 (nibabel's default would be float64, twice the memory)
+        data = img.get_fdata(dtype=np.float32, caching="unchanged") if scaled else np.asanyarray(proxy)
     except Exception as err:  # nibabel, gzip and zlib raise many unrelated types
         first = (str(err).strip().splitlines() or [err.__class__.__name__])[0][:120]
         raise VolumeReadError(f"{path}: unreadable or corrupt NIfTI ({first})") from None

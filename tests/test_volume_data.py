@@ -176,3 +176,16 @@ def test_volume_memory_script_smoke(tmp_path):
     out = module.main(["--volumes", "3", "--slices", "4", "--size", "32", "--workers", "0", "--fit-batches", "0", "--json", str(tmp_path / "m.json")])
     assert out["loader_samples"] > 0 and out["loader_peak_rss_mib"] > 0 and out["scan_peak_rss_mib"] > 0
     assert (tmp_path / "m.json").is_file()
+
+
+def test_load_volume_keeps_integer_hu_and_scales_to_float32(tmp_path):
+    from covidseg.volumes import load_volume
+
+    raw = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Image(raw, np.eye(4)), tmp_path / "plain.nii")
+    scaled = nib.Nifti1Image(raw, np.eye(4))
+    scaled.header.set_slope_inter(2.0, -1024.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    assert load_volume(tmp_path / "plain.nii")[1].dtype == np.int16
+    data = load_volume(tmp_path / "scaled.nii.gz")[1]
+    assert data.dtype == np.float32 and np.array_equal(data, raw * 2.0 - 1024)
