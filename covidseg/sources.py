@@ -10,7 +10,7 @@ Layouts detected from each root folder (slices are 2D image files, volumes NIfTI
    ``ct_01.nii.gz`` with ``ct_01.nii``); the case id is the stem unless ``case_regex`` says
    otherwise.
 3. A folder with ``manifest.csv`` (columns ``image,mask[,case_id]``, paths relative to it),
-   rows naming slices or volumes.
+   rows naming slices or volumes (NIfTI files, or DICOM series folders with NIfTI masks).
 4. nnU-Net / Medical Segmentation Decathlon: ``imagesTr/CASE_0000.nii.gz`` with
    ``labelsTr/CASE.nii.gz``; ``dataset.json`` label names, when present, name the labels in
    the error that asks for ``lesion_labels``.
@@ -114,7 +114,12 @@ def case_id_from_name(stem: str, regex: str | None = None) -> str:
 
 
 def _stem(path: Path) -> str:
-    return volume_stem(path) if is_volume(path) else path.stem
+    return volume_stem(path) if is_volume(path) else path.name if path.is_dir() else path.stem
+
+
+def _is_3d(path: str | Path) -> bool:
+    """A NIfTI file or a folder (a DICOM series, e.g. named in a manifest)."""
+    return is_volume(path) or Path(path).is_dir()
 
 
 def _files_in(folder: Path) -> dict[str, Path]:
@@ -234,7 +239,7 @@ def data_kind(roots: Iterable[str | Path]) -> str:
     kinds = set()
     for root in map(Path, roots):
         samples, _, _ = find_pairs([root])
-        kinds |= {"volume" if is_volume(s.image) else "image" for s in samples[:1]}
+        kinds |= {"volume" if _is_3d(s.image) else "image" for s in samples[:1]}
     if len(kinds) > 1:
         raise DataError("the data roots hold both 2D slices and volumes; their intensity protocols differ (8-bit image vs HU window): train on one kind")
     return kinds.pop() if kinds else "image"
@@ -257,7 +262,7 @@ def _check_volume(s: Sample, lesion_labels: list[int] | None, problems: list[str
     """Decodes (into the slice cache) and checks one volume pair. Returns its slice samples
     with their lesion pixel counts, the mask's values and the pixels per slice, or ``None``
     with the problem recorded."""
-    if not is_volume(s.mask) and not Path(s.mask).is_dir():
+    if not _is_3d(s.mask):
         problems.append(f"{s.mask}: the mask of volume {s.image} is not a volume")
         return None
     try:
@@ -299,7 +304,7 @@ def scan(
     labelled: list[tuple[str, list]] = []
     kept, empty, lesion_px, total_px, volumes, values, any_lesion = [], 0, 0, 0, 0, set(), False
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
-        if is_volume(s.image):
+        if _is_3d(s.image):
             checked = _check_volume(s, lesion_labels, problems, labelled)
             if checked is None:
                 continue

@@ -176,8 +176,10 @@ def cache_dir() -> Path:
 
 
 def _cache_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{CACHE_VERSION}".encode()).hexdigest()
+    """Path, modification time and size; for a DICOM folder, the newest file and total size."""
+    stats = [p.stat() for p in path.iterdir() if p.is_file()] if path.is_dir() else [path.stat()]
+    mtime, size = max((st.st_mtime_ns for st in stats), default=0), sum(st.st_size for st in stats)
+    return hashlib.sha1(f"{path.resolve()}|{mtime}|{size}|{len(stats)}|{CACHE_VERSION}".encode()).hexdigest()
 
 
 def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:

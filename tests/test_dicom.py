@@ -127,3 +127,19 @@ def test_predict_same_mask_from_nifti_and_dicom(tiny_ckpt, ct, tmp_path):
     assert float(rows["case000_dicom"]["lesion_ml"]) == pytest.approx(expected_ml)
     assert rows["gap"]["status"] == "failed" and "missing slices" in rows["gap"]["reason"]
     assert pydicom.__version__  # the reader the project depends on
+
+
+def test_manifest_trains_from_dicom_series_with_nifti_masks(ct, tmp_path):
+    """A manifest row may name a DICOM series folder: same slices as the NIfTI form."""
+    from covidseg.sources import load_image, load_mask, scan
+
+    root = tmp_path / "d"
+    write_series(nib.load(ct), root / "series" / "case000")
+    mask = ct.parents[1] / "masks" / "case000.nii.gz"
+    with (root / "manifest.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("image", "mask"), ("series/case000", str(mask))])
+    from_dicom = scan([root], lesion_labels=[1, 2])
+    from_nifti = scan([ct.parents[1]], lesion_labels=[1, 2])
+    assert [s.case_id for s in from_dicom.samples[:1]] == ["case000"] and len(from_dicom.samples) == len(from_nifti.samples) == 7
+    for a, b in zip(from_dicom.samples, from_nifti.samples):
+        assert np.array_equal(load_image(a), load_image(b)) and np.array_equal(load_mask(a, [1, 2]), load_mask(b, [1, 2]))
