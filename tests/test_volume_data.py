@@ -189,3 +189,11 @@ def test_load_volume_keeps_integer_hu_and_scales_to_float32(tmp_path):
     assert load_volume(tmp_path / "plain.nii")[1].dtype == np.int16
     data = load_volume(tmp_path / "scaled.nii.gz")[1]
     assert data.dtype == np.float32 and np.array_equal(data, raw * 2.0 - 1024)
+
+
+def test_split_sizes_count_slices_not_volumes(volume_sets):
+    dm = CTDataModule(str(volume_sets["nnunet"]), lesion_labels=[1, 2], num_workers=0)
+    dm.split = dm.make_split()
+    dm.check_world_size(6)  # 6 slices of one validation volume: enough for 6 processes
+    with pytest.raises(DataError, match=r"has 6 slice\(s\), fewer than the 7 processes"):
+        dm.check_world_size(7)
