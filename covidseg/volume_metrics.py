@@ -22,6 +22,14 @@ Empty masks (a case without lesion is common in evaluation and must stay in the 
 both empty -> ``dice = nsd = 1.0``, ``hd95_mm = 0.0`` (perfect agreement); exactly one empty
 -> ``dice = nsd = 0.0`` and ``hd95_mm = nan`` (no distance exists; leave it out of means and
 count such cases separately). Volumes are always defined.
+
+Per case in evaluate, with volume samples (``Sample.slice`` set) grouped by volume: stack the
+predicted slice masks in slice order (display order ``[Z, H, W]``, as predict and training
+read them), and compare with ``volumes.read_mask_volume(mask_path, lesion_labels)``, which
+returns the truth in the same order with its ``display_spacing``::
+
+    truth, spacing = read_mask_volume(sample.mask, lesion_labels)
+    row = case_metrics(np.stack(pred_slices), truth, spacing, tolerance_mm=1.0)
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from covidseg.io import MaskLabelError, is_binary, lesion_mask
+
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 Intensity = Literal["auto", "image", "hu_window"]
 CACHE_VERSION = "v1"
@@ -92,6 +94,17 @@ def to_display(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Voxel array ``[X, Y, Z]`` -> display slices ``[Z, H, W]`` (see the module docstring)."""
     out = apply_orientation(data, ornt_transform(_display_ornt(affine), axcodes2ornt(DISPLAY_AXCODES)))
     return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+
+
+def display_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the display axes ``[Z, H, W]`` of ``to_display``'s output
+    (slice, row, column), for ``volume_metrics.case_metrics`` on display-ordered masks."""
+    zooms = np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
+    ornt = ornt_transform(_display_ornt(affine), axcodes2ornt(DISPLAY_AXCODES))
+    out = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt):
+        out[int(target)] = float(zooms[axis]) if zooms[axis] > 0 else 1.0
+    return out[2], out[0], out[1]
 
 
 def from_display(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -230,11 +243,19 @@ def read_hu_slice(path: str | Path, index: int, window_: tuple[float, float] = L
     return window(read_slice(path, index), *window_)
 
 
+def read_mask_volume(path: str | Path, lesion_labels: list[int] | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A whole mask volume for per-case scoring: ``uint8 [Z, H, W]`` in {0, 1} in display
+    order (as ``read_mask_slice`` and predict's slices) through ``io.lesion_mask``, and its
+    ``display_spacing`` in mm."""
+    info = cache_volume(path, mask=True)
+    if lesion_labels is None and not is_binary(list(info.values), np.dtype(info.dtype)):
+        raise MaskLabelError(str(path), list(info.values))
+    return lesion_mask(np.load(info.cache, mmap_mode="r"), lesion_labels, str(path)), display_spacing(np.array(info.affine))
+
+
 def read_mask_slice(path: str | Path, index: int, lesion_labels: list[int] | None = None) -> np.ndarray:
     """Display slice ``index`` of a mask volume as ``uint8 [H, W]`` in {0, 1}, through the one
     label rule ``io.lesion_mask`` (the volume equivalent of ``io.read_mask``)."""
-    from covidseg.io import MaskLabelError, is_binary, lesion_mask
-
     info = cache_volume(path, mask=True)
     if lesion_labels is None and not is_binary(list(info.values), np.dtype(info.dtype)):
         raise MaskLabelError(str(path), list(info.values))  # judged on the volume, not the slice

@@ -197,3 +197,24 @@ def test_split_sizes_count_slices_not_volumes(volume_sets):
     dm.check_world_size(6)  # 6 slices of one validation volume: enough for 6 processes
     with pytest.raises(DataError, match=r"has 6 slice\(s\), fewer than the 7 processes"):
         dm.check_world_size(7)
+
+
+def test_whole_mask_volume_and_display_spacing_for_case_metrics(volume_sets):
+    """Per-case scoring reads the truth in display order with its spacing, whatever the
+    stored orientation: the SLP volume (slices along the first axis) gives (2.5, 0.7, 0.7)."""
+    from covidseg.volume_metrics import case_metrics
+    from covidseg.volumes import read_mask_volume
+
+    masks = {}
+    for layout, root in volume_sets.items():
+        report = scan([root], lesion_labels=[1, 2])
+        s = report.samples[0]
+        truth, spacing = read_mask_volume(s.mask, [1, 2])
+        assert truth.shape == (6, 48, 48) and spacing == pytest.approx((2.5, 0.7, 0.7))
+        assert all(np.array_equal(truth[k], load_mask(r, [1, 2])) for k, r in enumerate(report.samples[:6]))
+        masks[layout] = truth
+    assert all(np.array_equal(masks["nnunet"], m) for m in masks.values())
+    row = case_metrics(masks["nnunet"], masks["manifest"], spacing)
+    assert row["dice"] == 1.0 and row["truth_ml"] == pytest.approx(masks["nnunet"].sum() * 0.7 * 0.7 * 2.5 / 1000)
+    with pytest.raises(ValueError, match="mask has label values"):
+        read_mask_volume(s.mask)
