@@ -243,23 +243,30 @@ def read_hu_slice(path: str | Path, index: int, window_: tuple[float, float] = L
     return window(read_slice(path, index), *window_)
 
 
+def _mask_labels(path: str | Path, lesion_labels: list[int] | None) -> tuple[VolumeInfo, list]:
+    """The lesion values of a mask volume: ``lesion_labels``, or without them (a binary mask,
+    judged on the whole volume, not one slice) its non-zero value; ``MaskLabelError`` otherwise."""
+    info = cache_volume(path, mask=True)
+    if lesion_labels is not None:
+        return info, list(lesion_labels)
+    if not is_binary(list(info.values), np.dtype(info.dtype)):
+        raise MaskLabelError(str(path), list(info.values))
+    return info, [v for v in info.values if v != 0]
+
+
 def read_mask_volume(path: str | Path, lesion_labels: list[int] | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A whole mask volume for per-case scoring: ``uint8 [Z, H, W]`` in {0, 1} in display
     order (as ``read_mask_slice`` and predict's slices) through ``io.lesion_mask``, and its
     ``display_spacing`` in mm."""
-    info = cache_volume(path, mask=True)
-    if lesion_labels is None and not is_binary(list(info.values), np.dtype(info.dtype)):
-        raise MaskLabelError(str(path), list(info.values))
-    return lesion_mask(np.load(info.cache, mmap_mode="r"), lesion_labels, str(path)), display_spacing(np.array(info.affine))
+    info, labels = _mask_labels(path, lesion_labels)
+    return lesion_mask(np.load(info.cache, mmap_mode="r"), labels, str(path)), display_spacing(np.array(info.affine))
 
 
 def read_mask_slice(path: str | Path, index: int, lesion_labels: list[int] | None = None) -> np.ndarray:
     """Display slice ``index`` of a mask volume as ``uint8 [H, W]`` in {0, 1}, through the one
     label rule ``io.lesion_mask`` (the volume equivalent of ``io.read_mask``)."""
-    info = cache_volume(path, mask=True)
-    if lesion_labels is None and not is_binary(list(info.values), np.dtype(info.dtype)):
-        raise MaskLabelError(str(path), list(info.values))  # judged on the volume, not the slice
-    return lesion_mask(read_slice(path, index), lesion_labels, str(path))
+    _, labels = _mask_labels(path, lesion_labels)
+    return lesion_mask(read_slice(path, index), labels, str(path))
 
 
 def write_like(path: str | Path, slices: np.ndarray, ref: nib.Nifti1Image) -> None:

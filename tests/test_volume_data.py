@@ -218,3 +218,17 @@ def test_whole_mask_volume_and_display_spacing_for_case_metrics(volume_sets):
     assert row["dice"] == 1.0 and row["truth_ml"] == pytest.approx(masks["nnunet"].sum() * 0.7 * 0.7 * 2.5 / 1000)
     with pytest.raises(ValueError, match="mask has label values"):
         read_mask_volume(s.mask)
+
+
+def test_binary_mask_volumes_need_no_mapping(tmp_path):
+    from covidseg.volumes import read_mask_volume
+
+    root = generate_volumes(tmp_path / "d", cases=2, slices=4, size=16)
+    for path in (root / "masks").iterdir():
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8) * 255, img.affine), path)
+    report = scan([root])
+    assert report.mask_values == [0, 255] and report.lesion_labels is None and "binary masks" in report.summary()
+    truth, _ = read_mask_volume(report.samples[0].mask)
+    assert set(np.unique(truth)) <= {0, 1} and truth.any()
+    assert np.array_equal(truth[2], load_mask(report.samples[2]))
