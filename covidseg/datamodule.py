@@ -1,7 +1,9 @@
 """Dataset and LightningDataModule.
 
-Data flow: files -> pairs ``(image, mask, case_id)`` (``sources.scan``, validated) -> split by
-case (``splits``) -> per sample ``{"image": float32 [1,S,S] in [0,1], "mask": float32
+Data flow: files -> pairs ``(image, mask, case_id[, slice])`` (``sources.scan``, validated;
+a volume is one case and each of its axial slices a sample) -> split by case (``splits``) ->
+read (``sources.load_image``: the image file, or the volume slice through the HU window;
+``sources.load_mask``: the one label rule) -> per sample ``{"image": float32 [1,S,S] in [0,1], "mask": float32
 [1,S,S] in {0,1} (training: in [0,1] with soft_masks), "index": int}`` -> the model. Preprocessing is ``io.preprocess_image`` /
 ``io.preprocess_mask``, the same functions inference uses.
 """
@@ -19,11 +21,12 @@ import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from covidseg.io import Normalization, preprocess_image, preprocess_mask, read_image, read_mask
-from covidseg.sources import DataError, EmptyMaskPolicy, NonBinaryMaskPolicy, Sample, ScanReport, scan
+from covidseg.io import Normalization, preprocess_image, preprocess_mask, read_mask
+from covidseg.sources import DataError, EmptyMaskPolicy, Sample, ScanReport, data_kind, load_image, load_mask, scan
 from covidseg.splits import assign_splits, read_splits, write_splits
 from covidseg.synthetic import ensure_demo
 from covidseg.transforms import train_transforms
+from covidseg.volumes import LUNG_WINDOW, Intensity
 
 
 class SliceDataset(Dataset):
@@ -36,8 +39,20 @@ class SliceDataset(Dataset):
         has_lungs: ``bool`` (whether it has one: the lung loss skips the others).
     """
 
-    def __init__(self, samples: list[Sample], image_size: int, normalization: Normalization = "auto", transform=None, soft_masks: bool = False, lung_masks: bool = False):
+    def __init__(
+        self,
+        samples: list[Sample],
+        image_size: int,
+        normalization: Normalization = "auto",
+        transform=None,
+        soft_masks: bool = False,
+        lesion_labels: list[int] | None = None,
+        window: tuple[float, float] = LUNG_WINDOW,
+        lung_masks: bool = False,
+    ):
         self.samples = samples
+        self.lesion_labels = lesion_labels
+        self.window = tuple(window)
         self.lung_masks = lung_masks
         self.soft_masks = soft_masks
         self.image_size = image_size
@@ -49,8 +64,8 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
-        image = preprocess_image(read_image(s.image), self.image_size, self.normalization)
-        mask = preprocess_mask(read_mask(s.mask), self.image_size, self.soft_masks)
+        image = preprocess_image(load_image(s, self.window), self.image_size, self.normalization)
+        mask = preprocess_mask(load_mask(s, self.lesion_labels), self.image_size, self.soft_masks)
         targets = {"mask": mask}
         if self.lung_masks:
             has = s.lungs is not None
@@ -89,8 +104,9 @@ class CTDataModule(pl.LightningDataModule):
     """CT slices and lesion masks from one or several folders, split by patient.
 
     Args:
-        root: data folder(s): Kaggle ``frames/``+``masks/``, ``images/``+``masks/`` or a folder
-            with ``manifest.csv``. ``None`` uses the built-in synthetic demo set.
+        root: data folder(s): Kaggle ``frames/``+``masks/``, ``images/``+``masks/`` (slices or
+            NIfTI volumes), nnU-Net ``imagesTr/``+``labelsTr/`` or a folder with
+            ``manifest.csv``. ``None`` uses the built-in synthetic demo set.
         image_size: side of the square network input; masks are resized nearest-neighbour.
         normalization: intensity rule, see ``covidseg.io`` (``auto``: 8-bit /255, else min-max).
         batch_size: training and evaluation batch size (per device).
@@ -101,7 +117,13 @@ class CTDataModule(pl.LightningDataModule):
         split_file: reuse a ``splits.csv`` instead of splitting.
         case_regex: regex whose first group is the case id, applied to image file stems.
         empty_masks: slices without lesion: ``keep``, ``drop`` (counted) or ``error``.
-        nonbinary_masks: masks with more than two values: ``binarize`` (at half range) or ``error``.
+        lesion_labels: mask values that are lesion, e.g. ``[1, 2]`` (MedSeg ground-glass and
+            consolidation). ``None``: masks must be binary ({0, 1}, {0, 255}); a label map is
+            refused before training, naming the files and the values found.
+        intensity: the intensity protocol (see ``covidseg.volumes``): ``image`` (slice exports,
+            scaled by ``normalization``), ``hu_window`` (volumes in HU through ``window``) or
+            ``auto`` (from the data); the resolved value is kept in ``hparams`` and checkpoints.
+        window: ``(center, width)`` in HU for ``hu_window`` (default lung, -600/1500).
         rotate, zoom, shift, hflip, vflip: the seed's augmentation (degrees, fractions, probabilities).
         brightness, contrast, gamma, blur: intensity augmentation (0 disables).
         balance_sources: sample each source equally often in training (several roots).
@@ -128,7 +150,9 @@ class CTDataModule(pl.LightningDataModule):
         split_file: str | None = None,
         case_regex: str | None = None,
         empty_masks: EmptyMaskPolicy = "keep",
-        nonbinary_masks: NonBinaryMaskPolicy = "binarize",
+        lesion_labels: list[int] | None = None,
+        intensity: Intensity = "auto",
+        window: tuple[float, float] = LUNG_WINDOW,
         rotate: float = 10.0,
         zoom: float = 0.1,
         shift: float = 0.1,
@@ -149,17 +173,39 @@ class CTDataModule(pl.LightningDataModule):
         self.normalization = normalization
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.intensity = self._resolve_intensity()
         self.report: ScanReport | None = None
         self.split: dict[str, str] = {}
         self.datasets: dict[str, SliceDataset] = {}
 
     # -- discovery ---------------------------------------------------------------------------
+    def _resolve_intensity(self) -> str:
+        """``auto`` -> what the data holds; written back to ``hparams`` so that checkpoints
+        store the protocol used, never ``auto``. A missing root is left to ``scan`` to report."""
+        hp = self.hparams
+        if hp.window[1] <= 0:
+            raise DataError(f"data.window {list(hp.window)}: width must be positive")
+        try:
+            kind = data_kind(self.roots) if self.roots else "image"
+        except DataError:
+            if hp.intensity == "auto":
+                return "auto"
+            kind = None
+        wanted = {"volume": "hu_window", "image": "image"}.get(kind)
+        if hp.intensity == "auto":
+            hp.intensity = wanted
+        elif wanted and hp.intensity != wanted:
+            raise DataError(f"data.intensity={hp.intensity} but the data are {kind}s ({wanted}); use --data.intensity {wanted} or auto")
+        return hp.intensity
+
     def scan(self) -> ScanReport:
         """Finds and validates all pairs once (raises ``DataError``) and prints a summary."""
         if self.report is None:
             roots = self.roots or [str(ensure_demo())]
             hp = self.hparams
-            self.report = scan(roots, hp.case_regex, hp.empty_masks, hp.nonbinary_masks)
+            if self.intensity == "auto":
+                data_kind(roots)  # raises the DataError that left it unresolved
+            self.report = scan(roots, hp.case_regex, hp.empty_masks, hp.lesion_labels)
             if hp.lung_masks and not any(s.lungs for s in self.report.samples):
                 raise DataError(f"data.lung_masks: none of {', '.join(map(str, roots))} has lung masks (a manifest lung_mask column or a lungs/ folder beside masks/)")
             rank_zero_info(self.report.summary())
@@ -187,7 +233,7 @@ class CTDataModule(pl.LightningDataModule):
         if world_size <= 1:
             return
         split = self.split or self.make_split()
-        counts = Counter(split.values())
+        counts = Counter(split[s.image] for s in self.scan().samples)  # slices: a volume is one split entry
         for name in ("train", "val", "test"):
             n = counts.get(name, 0)
             if 0 < n < world_size:
@@ -207,7 +253,7 @@ class CTDataModule(pl.LightningDataModule):
             return
         self.split = self.make_split()
         self.check_world_size(self.trainer.world_size if self.trainer is not None else 1)  # before any collective below
-        counts = Counter(self.split.values())
+        counts = Counter(self.split[s.image] for s in self.scan().samples)  # slices, not volumes
         cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
         rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
         # trainer.log_dir is a collective under DDP: every rank asks. Without a logger (e.g.
@@ -219,7 +265,9 @@ class CTDataModule(pl.LightningDataModule):
         aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur, hp.soft_masks)
         for name in ("train", "val", "test"):
             train = name == "train"
-            self.datasets[name] = SliceDataset(self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lung_masks)
+            self.datasets[name] = SliceDataset(
+                self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lesion_labels, tuple(hp.window), hp.lung_masks
+            )
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")
 

@@ -13,9 +13,11 @@ Data contract (shared by training, evaluation, predict and export):
 
 * ``preprocess_image(raw, image_size, rule)`` -> ``float32 [S, S]``: normalise, then resize
   with area/linear interpolation. Every consumer calls this one function.
-* ``read_mask(path)`` -> ``uint8 [H, W]`` in ``{0, 1}`` (values above half the dtype's range
-  are lesion), and ``preprocess_mask`` resizes it with nearest-neighbour (or, for soft
-  training targets, by area).
+* ``read_mask(path, lesion_labels)`` -> ``uint8 [H, W]`` in ``{0, 1}`` through ``lesion_mask``
+  (the one label rule, shared with volumes): without ``lesion_labels`` a mask must be binary
+  (``{0, 1}``, ``{0, 255}``, ``{0, dtype max}`` or empty) and lesion is non-zero; with them,
+  lesion is a value in the list. ``preprocess_mask`` resizes it with nearest-neighbour (or,
+  for soft training targets, by area).
 """
 
 from __future__ import annotations
@@ -60,22 +62,54 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Reads a mask as ``uint8 [H, W]`` in {0, 1}: lesion where above half the dtype range."""
-    raw = read_image(path)
-    return binarize_mask(raw)
+class MaskLabelError(ValueError):
+    """A mask whose values are not binary and no ``lesion_labels`` say which are lesion."""
+
+    def __init__(self, source: str, values: list):
+        self.source, self.values = source, values
+        super().__init__(f"{source}: mask has label values {format_values(values)}; pass --data.lesion_labels to say which are lesion")
 
 
-def binarize_mask(raw: np.ndarray) -> np.ndarray:
-    if raw.dtype == np.uint8:
-        cut = 127
-    elif raw.dtype == np.uint16:
-        cut = 32767 if raw.max() > 1 else 0
-    else:
-        cut = 0.5
-    if raw.max() <= 1:  # masks stored as {0, 1}
-        cut = 0
-    return (raw > cut).astype(np.uint8)
+def format_values(values) -> str:
+    """``[0, 1, 2]`` -> ``{0, 1, 2}`` (integers without a trailing ``.0``)."""
+    return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "}"
+
+
+def mask_values(raw: np.ndarray) -> list:
+    """The distinct values of a mask as Python numbers, sorted."""
+    return [v.item() for v in np.unique(raw)]
+
+
+def is_binary(values: list, dtype: np.dtype) -> bool:
+    """Whether distinct ``values`` are a binary mask: ``{0}``, ``{0, 1}``, ``{0, 255}`` or ``{0, dtype max}``."""
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
+    return set(values) <= {0, 1} or set(values) <= {0, 255} or set(values) <= {0, top}
+
+
+def lesion_mask(raw: np.ndarray, lesion_labels: list[int] | None = None, source: str = "mask") -> np.ndarray:
+    """The one label rule: raw mask or label map (any shape) -> ``uint8`` {0, 1}, same shape.
+
+    Args:
+        raw: mask as stored (PNG values, NIfTI label map).
+        lesion_labels: label values that are lesion (``[1, 2]`` for MedSeg's ground-glass and
+            consolidation); ``None``: the mask must be binary and every non-zero value is lesion.
+        source: the file, for the error message.
+
+    Raises:
+        MaskLabelError: without ``lesion_labels``, a mask with other values (a label map, or
+            grey levels), naming the file and the values; never a silent binarisation.
+    """
+    if lesion_labels is None:
+        if not is_binary(values := mask_values(raw), raw.dtype):
+            raise MaskLabelError(source, values)
+        return (raw != 0).astype(np.uint8)
+    return np.isin(raw, np.asarray(lesion_labels)).astype(np.uint8)
+
+
+def read_mask(path: str | Path, lesion_labels: list[int] | None = None) -> np.ndarray:
+    """Reads a 2D mask as ``uint8 [H, W]`` in {0, 1} through ``lesion_mask`` (raises
+    ``MaskLabelError`` for a label map without ``lesion_labels``)."""
+    return lesion_mask(read_image(path), lesion_labels, str(path))
 
 
 def normalize_intensity(raw: np.ndarray, rule: Normalization = "auto") -> np.ndarray:

@@ -3,8 +3,9 @@
     covidseg predict --ckpt best.ckpt --input "[scans/, scan.nii.gz]" --output preds/
 
 Inputs are image files (png/jpg/tif/bmp, 8- or 16-bit, gray or RGB), folders of them
-(not recursive, sorted) and NIfTI volumes in HU (``.nii``/``.nii.gz``, windowed and sliced as
-described in ``covidseg.volumes``). Several ``--ckpt`` models are averaged (an ensemble).
+(not recursive, sorted), NIfTI volumes in HU (``.nii``/``.nii.gz``, windowed and sliced as
+described in ``covidseg.volumes``) and DICOM series (a folder of one series' files, or a
+folder of such folders; read by ``covidseg.dicom``, output named after the folder). Several ``--ckpt`` models are averaged (an ensemble).
 Preprocessing, threshold and TTA come with the model(s) through ``inference.Predictor``;
 ``--threshold`` and ``--tta true|false`` override them. A pixel is lesion where its probability
 is at or above the threshold (as in ``covidseg.evaluate``).
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from covidseg import options
+from covidseg.dicom import is_series
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.inference import Predictor
 from covidseg.io import IMAGE_SUFFIXES, normalize_intensity, read_image, write_image, write_mask
@@ -61,11 +63,12 @@ class Job:
 
 
 def list_inputs(paths: list[str | Path]) -> list[Path]:
-    """Expands folders into their image and NIfTI files (sorted, not recursive); files stay."""
+    """Expands folders into their image and NIfTI files and DICOM series subfolders (sorted,
+    not recursive); files and a folder that is itself a DICOM series stay."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p)))
+        if path.is_dir() and not is_series(path):
+            inside = sorted(p for p in path.iterdir() if (p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))) or is_series(p))
             found.extend(inside or [path])  # an empty folder stays, and is reported
         else:
             found.append(path)
@@ -76,10 +79,10 @@ def plan(paths: list[str | Path], output: Path, probabilities: bool = False, ove
     """One ``Job`` per input file, with its output paths under ``output``."""
     jobs = []
     for path in list_inputs(paths):
-        if path.is_dir():
-            jobs.append(Job(path, "", error="no images or NIfTI volumes in folder"))
-        elif is_volume(path):
-            name = volume_stem(path)
+        if path.is_dir() and not is_series(path):
+            jobs.append(Job(path, "", error="no images, NIfTI volumes or DICOM series in folder"))
+        elif is_volume(path) or path.is_dir():  # a DICOM series folder is a volume
+            name = path.name if path.is_dir() else volume_stem(path)
             outs = [output / f"{name}_mask.nii.gz"] + ([output / f"{name}_prob.nii.gz"] if probabilities else [])
             outs += [output / f"{name}_lungs.nii.gz"] if lungs else []
             jobs.append(Job(path, "volume", tuple(outs)))
@@ -294,7 +297,7 @@ def cases_of(rows: list[dict], case_regex: str) -> list[dict]:
 def build_parser():
     p = options.parser("covidseg predict", __doc__)
     options.add_model(p)
-    p.add_argument("--input", type=list[str] | str, required=True, help="image files, folders of images, .nii/.nii.gz volumes")
+    p.add_argument("--input", type=list[str] | str, required=True, help="image files, folders of images, .nii/.nii.gz volumes, DICOM series folders")
     p.add_argument("--output", type=str, required=True, help="output folder")
     p.add_argument("--probabilities", type=bool, default=False, help="also write probability maps (.npy / _prob.nii.gz)")
     p.add_argument("--overlay", type=bool, default=False, help="also write NAME_overlay.png (images only)")

@@ -1,21 +1,31 @@
 """Finding image/mask pairs on disk, their patient (case) ids, and validating them.
 
-Three layouts are detected from each root folder:
+Layouts detected from each root folder (slices are 2D image files, volumes NIfTI ``.nii(.gz)``):
 
 1. Kaggle "COVID-19 CT scan lesion segmentation": ``frames/`` and ``masks/`` with identical
    file names; the case id is parsed from the name (``Jun_coronacases_case10_100`` ->
    ``Jun_coronacases_case10``, ``Morozov_study_0255_12`` -> ``Morozov_study_0255``;
    ``bjorke_17`` has no patient id and stays one case per slice).
-2. ``images/`` and ``masks/`` matched by file stem (``12.jpg`` with ``12.png``); the case id
-   is the stem unless ``case_regex`` says otherwise.
-3. A folder with ``manifest.csv`` (columns ``image,mask[,case_id]``, paths relative to it).
+2. ``images/`` and ``masks/`` matched by file stem (``12.jpg`` with ``12.png``,
+   ``ct_01.nii.gz`` with ``ct_01.nii``); the case id is the stem unless ``case_regex`` says
+   otherwise.
+3. A folder with ``manifest.csv`` (columns ``image,mask[,case_id]``, paths relative to it),
+   rows naming slices or volumes (NIfTI files, or DICOM series folders with NIfTI masks).
+4. nnU-Net / Medical Segmentation Decathlon: ``imagesTr/CASE_0000.nii.gz`` with
+   ``labelsTr/CASE.nii.gz``; ``dataset.json`` label names, when present, name the labels in
+   the error that asks for ``lesion_labels``.
+
+A volume is one case; each of its axial slices (display order, see ``covidseg.volumes``) is a
+``Sample`` with ``slice`` set. Masks go through the one label rule ``io.lesion_mask``: binary
+masks need nothing, label maps need ``lesion_labels`` (never a silent binarisation).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -23,13 +33,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from covidseg.errors import CovidSegError
-from covidseg.io import IMAGE_SUFFIXES, ImageReadError, binarize_mask, read_image
+from covidseg.io import IMAGE_SUFFIXES, ImageReadError, format_values, is_binary, lesion_mask, mask_values, read_image, read_mask
+from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, is_volume, read_hu_slice, read_mask_slice, volume_stem
 
 # Kaggle names: the source prefix and patient, then the slice index.
 KAGGLE_CASE_REGEX = r"^((?:Jun|Morozov)_.+?)_\d+$"
+NNUNET_CHANNEL = "_0000"
 
 EmptyMaskPolicy = Literal["keep", "drop", "error"]
-NonBinaryMaskPolicy = Literal["binarize", "error"]
 
 
 class DataError(CovidSegError):
@@ -39,14 +50,17 @@ class DataError(CovidSegError):
 @dataclass(frozen=True)
 class Sample:
     """One image/mask pair: paths as found, its case (patient) id, its source folder's name and
-    ``rel``, the image path relative to that folder. ``key`` (``source/rel``) names the slice in
-    ``splits.csv`` and checkpoints, so a split survives moving the data or the run."""
+    ``rel``, the image path relative to that folder; for a volume, ``slice`` is the axial slice
+    (display order, see ``covidseg.volumes``) and the mask is a volume too. ``key``
+    (``source/rel``) names the slice, or the volume, in ``splits.csv`` and checkpoints, so a
+    split survives moving the data or the run (a volume is one case: all its slices share it)."""
 
     image: str
     mask: str
     case_id: str
     source: str
     rel: str = ""
+    slice: int | None = None
     lungs: str | None = None  # lung mask, where the source has one (manifest lung_mask, lungs/ folder)
 
     @property
@@ -60,18 +74,37 @@ class ScanReport:
     layouts: dict[str, str]
     empty: int
     lesion_fraction: float
-    nonbinary: int
     dropped: int
+    volumes: int = 0
+    mask_values: list = field(default_factory=list)
+    lesion_labels: list[int] | None = None
 
     def summary(self) -> str:
         cases = len({s.case_id for s in self.samples})
         roots = ", ".join(f"{root} ({layout})" for root, layout in self.layouts.items())
+        labels = f"lesion labels {self.lesion_labels} of {format_values(self.mask_values)}" if self.lesion_labels is not None else "binary masks"
         return (
-            f"data: {len(self.samples)} pairs, {cases} cases from {roots}; "
+            f"data: {len(self.samples)} {'slices' if self.volumes else 'pairs'}, {cases} cases{f' ({self.volumes} volumes)' if self.volumes else ''} from {roots}; "
             f"{self.empty} masks without lesion{' (dropped %d)' % self.dropped if self.dropped else ''}, "
-            f"{self.nonbinary} non-binary masks binarised, lesion fraction {100 * self.lesion_fraction:.2f}% of pixels; "
+            f"{labels}, lesion fraction {100 * self.lesion_fraction:.2f}% of pixels; "
             f"{sum(s.lungs is not None for s in self.samples)} with lung masks"
         )
+
+
+def load_image(sample: Sample, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+    """The raw input of a sample, ``[H, W]``: the image file's own dtype, or the volume slice
+    through the HU ``window`` (``uint8``, as predict windows volumes)."""
+    if sample.slice is None:
+        return read_image(sample.image)
+    return read_hu_slice(sample.image, sample.slice, window)
+
+
+def load_mask(sample: Sample, lesion_labels: list[int] | None = None) -> np.ndarray:
+    """The mask of a sample, ``uint8 [H, W]`` in {0, 1}: ``io.read_mask`` or its volume
+    equivalent, one label rule for training and evaluation."""
+    if sample.slice is None:
+        return read_mask(sample.mask, lesion_labels)
+    return read_mask_slice(sample.mask, sample.slice, lesion_labels)
 
 
 def case_id_from_name(stem: str, regex: str | None = None) -> str:
@@ -82,8 +115,18 @@ def case_id_from_name(stem: str, regex: str | None = None) -> str:
     return stem
 
 
-def _images_in(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+def _stem(path: Path) -> str:
+    return volume_stem(path) if is_volume(path) else path.name if path.is_dir() else path.stem
+
+
+def _is_3d(path: str | Path) -> bool:
+    """A NIfTI file or a folder (a DICOM series, e.g. named in a manifest)."""
+    return is_volume(path) or Path(path).is_dir()
+
+
+def _files_in(folder: Path) -> dict[str, Path]:
+    """Slices and volumes in ``folder`` by stem."""
+    return {_stem(p): p for p in sorted(folder.iterdir()) if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))}
 
 
 def detect_layout(root: Path) -> str:
@@ -93,25 +136,47 @@ def detect_layout(root: Path) -> str:
         raise DataError(f"{root}: not a folder")
     if (root / "manifest.csv").is_file():
         return "manifest"
+    if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        return "nnunet"
     if (root / "frames").is_dir() and (root / "masks").is_dir():
         return "kaggle"
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "images-masks"
     raise DataError(
-        f"{root}: no data layout found; expected manifest.csv, frames/+masks/ or images/+masks/"
+        f"{root}: no data layout found; expected manifest.csv, imagesTr/+labelsTr/, frames/+masks/ or images/+masks/"
     )
 
 
-def _pairs_from_folders(root: Path, image_dir: str, regex: str | None, exact_names: bool, problems: list[str]) -> list[tuple[Path, Path, str]]:
-    images, masks = _images_in(root / image_dir), _images_in(root / "masks")
+def label_names(root: str | Path) -> dict[int, str]:
+    """Label value -> name from an nnU-Net/MSD ``dataset.json`` (v1 ``{"1": "GGO"}`` or v2
+    ``{"GGO": 1}``); empty when there is none or it cannot be read."""
+    path = Path(root) / "dataset.json"
+    try:
+        labels = json.loads(path.read_text()).get("labels", {})
+        names = {}
+        for k, v in labels.items():
+            value, name = (int(k), str(v)) if str(k).lstrip("-").isdigit() else (int(v), str(k))
+            names[value] = name
+        return names
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _pairs_from_folders(root: Path, image_dir: str, regex: str | None, exact_names: bool, problems: list[str], mask_dir: str = "masks") -> list[tuple[Path, Path, str]]:
+    images, masks = _files_in(root / image_dir), _files_in(root / mask_dir)
+    if image_dir == "imagesTr":  # nnU-Net: CASE_0000.nii.gz is channel 0 of CASE
+        for key, path in images.items():
+            if not key.endswith(NNUNET_CHANNEL):
+                problems.append(f"{path}: not named CASE{NNUNET_CHANNEL}.nii.gz (covidseg reads one CT channel, _0000)")
+        images = {k.removesuffix(NNUNET_CHANNEL): p for k, p in images.items() if k.endswith(NNUNET_CHANNEL)}
     if exact_names:  # Kaggle: identical file names
         images = {p.name: p for p in images.values()}
         masks = {p.name: p for p in masks.values()}
     for key in sorted(images.keys() - masks.keys()):
-        problems.append(f"{images[key]}: image without mask (expected masks/{key}{'' if exact_names else '.*'})")
+        problems.append(f"{images[key]}: image without mask (expected {mask_dir}/{key}{'' if exact_names else '.*'})")
     for key in sorted(masks.keys() - images.keys()):
         problems.append(f"{masks[key]}: mask without image")
-    return [(images[k], masks[k], case_id_from_name(images[k].stem, regex)) for k in sorted(images.keys() & masks.keys())]
+    return [(images[k], masks[k], case_id_from_name(k if image_dir == "imagesTr" else _stem(images[k]), regex)) for k in sorted(images.keys() & masks.keys())]
 
 
 def _pairs_from_manifest(root: Path, problems: list[str]) -> list[tuple[Path, Path, str]]:
@@ -125,11 +190,11 @@ def _pairs_from_manifest(root: Path, problems: list[str]) -> list[tuple[Path, Pa
     pairs = []
     for i, row in enumerate(rows, start=2):
         image, mask = root / row["image"], root / row["mask"]
-        bad = [f"{p}: {kind} listed on line {i} does not exist" for p, kind in ((image, "image"), (mask, "mask")) if not p.is_file()]
+        bad = [f"{p}: {kind} listed on line {i} does not exist" for p, kind in ((image, "image"), (mask, "mask")) if not p.exists()]
         if bad:
             problems.extend(bad)
             continue
-        pairs.append((image, mask, (row.get("case_id") or "").strip() or image.stem))
+        pairs.append((image, mask, (row.get("case_id") or "").strip() or _stem(image)))
     return pairs
 
 
@@ -143,8 +208,9 @@ def _relative(path: Path, root: Path) -> str:
 def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tuple[list[Sample], dict[str, str], list[str]]:
     """Lists (image, mask, case_id) for every root, with the problems found on the way.
 
-    With several roots, case ids are prefixed with the root's folder name so that two
-    sources never share a patient id by accident.
+    A volume pair comes out as one ``Sample`` with ``slice=None``; ``scan`` checks it and
+    expands it into its slices. With several roots, case ids are prefixed with the root's
+    folder name so that two sources never share a patient id by accident.
     """
     roots = [Path(r) for r in roots]
     samples, layouts, problems = [], {}, []
@@ -155,23 +221,25 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
         if layout == "manifest":
             pairs = _pairs_from_manifest(root, problems)
             if case_regex:
-                pairs = [(i, m, case_id_from_name(i.stem, case_regex)) for i, m, _ in pairs]
+                pairs = [(i, m, case_id_from_name(_stem(i), case_regex)) for i, m, _ in pairs]
         elif layout == "kaggle":
             pairs = _pairs_from_folders(root, "frames", case_regex or KAGGLE_CASE_REGEX, True, problems)
+        elif layout == "nnunet":
+            pairs = _pairs_from_folders(root, "imagesTr", case_regex, False, problems, mask_dir="labelsTr")
         else:
             pairs = _pairs_from_folders(root, "images", case_regex, False, problems)
         if not pairs and not problems:
             problems.append(f"{root}: no image/mask pairs found ({layout} layout)")
         source = root.resolve().name
         lungs = lung_masks(root, layout, [i for i, _, _ in pairs])
-        samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root), lungs.get(i)) for i, m, c in pairs]
+        samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root), lungs=lungs.get(i)) for i, m, c in pairs]
     return samples, layouts, problems
 
 
 def lung_masks(root: Path, layout: str, images: list[Path]) -> dict[Path, str]:
-    """Image -> lung mask path, where the source has them: the ``lung_mask`` column of a manifest
-    (empty cells: none) or a ``lungs/`` folder beside ``masks/`` (same file name, else same stem).
-    Images without one train the lesion output only (partial labels)."""
+    """Image -> lung mask path, where the source has them (2D slices): the ``lung_mask`` column
+    of a manifest (empty cells: none) or a ``lungs/`` folder beside ``masks/`` (same file name,
+    else same stem). Images without one train the lesion output only (partial labels)."""
     if layout == "manifest":
         with (root / "manifest.csv").open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -180,7 +248,7 @@ def lung_masks(root: Path, layout: str, images: list[Path]) -> dict[Path, str]:
     folder = root / "lungs"
     if not folder.is_dir():
         return {}
-    found = _images_in(folder)
+    found = _files_in(folder)
     by_name = {p.name: p for p in found.values()}
     out = {}
     for image in images:
@@ -190,62 +258,137 @@ def lung_masks(root: Path, layout: str, images: list[Path]) -> dict[Path, str]:
     return out
 
 
+def data_kind(roots: Iterable[str | Path]) -> str:
+    """``volume`` or ``image``: what the roots hold, judged from their first pair (cheap, no
+    decoding). Raises ``DataError`` for a missing root or roots of both kinds."""
+    kinds = set()
+    for root in map(Path, roots):
+        samples, _, _ = find_pairs([root])
+        kinds |= {"volume" if _is_3d(s.image) else "image" for s in samples[:1]}
+    if len(kinds) > 1:
+        raise DataError("the data roots hold both 2D slices and volumes; their intensity protocols differ (8-bit image vs HU window): train on one kind")
+    return kinds.pop() if kinds else "image"
+
+
+def _label_problem(labelled: list[tuple[str, list]], names: dict[int, str]) -> str:
+    values = sorted({v for _, vs in labelled for v in vs})
+    files = ", ".join(f for f, _ in labelled[:3]) + (f" and {len(labelled) - 3} more" if len(labelled) > 3 else "")
+    nonzero = [v for v in values if v != 0]
+    named = [f"{v} {names[v]}" for v in nonzero if v in names]
+    hint = f" (dataset.json: {', '.join(named)})" if named else ""
+    example = "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in nonzero[:8]) + "]"
+    return (
+        f"{len(labelled)} mask(s) have label values {format_values(values)}{hint} ({files}); "
+        f'pass --data.lesion_labels to say which labels are lesion, e.g. "{example}" for every non-zero value'
+    )
+
+
+def _check_volume(s: Sample, lesion_labels: list[int] | None, problems: list[str], labelled: list) -> tuple[list[tuple[Sample, int]], list, int] | None:
+    """Decodes (into the slice cache) and checks one volume pair. Returns its slice samples
+    with their lesion pixel counts, the mask's values and the pixels per slice, or ``None``
+    with the problem recorded."""
+    if not _is_3d(s.mask):
+        problems.append(f"{s.mask}: the mask of volume {s.image} is not a volume")
+        return None
+    try:
+        image, mask = cache_volume(s.image), cache_volume(s.mask, mask=True)
+    except VolumeReadError as err:
+        problems.append(str(err))
+        return None
+    if image.shape != mask.shape or not np.allclose(image.affine, mask.affine, rtol=1e-4, atol=1e-3):
+        diff = float(np.abs(np.subtract(image.affine, mask.affine)).max()) if image.shape == mask.shape else None
+        what = f"affine differs by up to {diff:.3g} mm" if diff is not None else f"shape {'x'.join(map(str, mask.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
+        problems.append(f"{s.mask}: does not match its image {s.image}: {what}")
+        return None
+    values = list(mask.values)
+    if lesion_labels is None and not is_binary(values, np.dtype(mask.dtype)):
+        labelled.append((s.mask, values))
+        return None
+    arr = np.load(mask.cache, mmap_mode="r")
+    slices = [(Sample(s.image, s.mask, s.case_id, s.source, s.rel, k), int(lesion_mask(arr[k], lesion_labels, s.mask).sum())) for k in range(arr.shape[0])]
+    return slices, values, mask.shape[1] * mask.shape[2]
+
+
 def scan(
     roots: Iterable[str | Path],
     case_regex: str | None = None,
     empty_masks: EmptyMaskPolicy = "keep",
-    nonbinary_masks: NonBinaryMaskPolicy = "binarize",
+    lesion_labels: list[int] | None = None,
     progress: bool = True,
 ) -> ScanReport:
     """Finds and validates every pair; raises ``DataError`` listing every problem at once.
 
-    Checks: image and mask readable, same height and width, mask binary (or binarised by
-    policy), mask with lesion (or kept/dropped by policy). Nothing is dropped silently: the
-    report counts what was dropped.
+    Checks: image and mask readable, same height and width (volumes: 3D, same shape and
+    affine; truncated files are found here, before training), masks binary unless
+    ``lesion_labels`` map them, mask with lesion (or kept/dropped by policy). Nothing is
+    dropped silently: the report counts what was dropped. Volumes are decoded once into the
+    slice cache on the way (``volumes.cache_volume``).
     """
+    roots = list(roots)
     samples, layouts, problems = find_pairs(roots, case_regex)
-    kept, empty, nonbinary, lesion_px, total_px = [], 0, 0, 0, 0
+    labelled: list[tuple[str, list]] = []
+    kept, empty, lesion_px, total_px, volumes, values, any_lesion = [], 0, 0, 0, 0, set(), False
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
-        try:
-            image = read_image(s.image)
-            raw_mask = read_image(s.mask)
-        except ImageReadError as err:
-            problems.append(str(err))
-            continue
-        if image.shape != raw_mask.shape:
-            problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but mask {s.mask} is {raw_mask.shape[1]}x{raw_mask.shape[0]}")
-            continue
-        if s.lungs is not None:
+        if _is_3d(s.image):
+            checked = _check_volume(s, lesion_labels, problems, labelled)
+            if checked is None:
+                continue
+            pairs, found, pixels = checked
+            volumes += 1
+            values |= set(found)
+        else:
             try:
-                lung_shape = read_image(s.lungs).shape
+                image = read_image(s.image)
+                raw_mask = read_image(s.mask)
             except ImageReadError as err:
                 problems.append(str(err))
                 continue
-            if lung_shape != image.shape:
-                problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lungs} is {lung_shape[1]}x{lung_shape[0]}")
+            if image.shape != raw_mask.shape:
+                problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but mask {s.mask} is {raw_mask.shape[1]}x{raw_mask.shape[0]}")
                 continue
-        if len(np.unique(raw_mask)) > 2:
-            nonbinary += 1
-            if nonbinary_masks == "error":
-                problems.append(f"{s.mask}: mask is not binary ({len(np.unique(raw_mask))} distinct values)")
+            if s.lungs is not None:
+                try:
+                    lung_shape = read_image(s.lungs).shape
+                except ImageReadError as err:
+                    problems.append(str(err))
+                    continue
+                if lung_shape != image.shape:
+                    problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lungs} is {lung_shape[1]}x{lung_shape[0]}")
+                    continue
+            found = mask_values(raw_mask)
+            if lesion_labels is None and not is_binary(found, raw_mask.dtype):
+                labelled.append((s.mask, found))
                 continue
-        mask = binarize_mask(raw_mask)
-        lesion = int(mask.sum())
-        if lesion == 0:
-            empty += 1
-            if empty_masks == "error":
-                problems.append(f"{s.mask}: mask has no lesion (empty_masks=error)")
-                continue
-            if empty_masks == "drop":
-                continue
-        lesion_px += lesion
-        total_px += mask.size
-        kept.append(s)
+            values |= set(found)
+            pixels = raw_mask.size
+            pairs = [(s, int(lesion_mask(raw_mask, lesion_labels, s.mask).sum()))]
+        for sample, lesion in pairs:
+            any_lesion |= lesion > 0
+            if lesion == 0:
+                empty += 1
+                if empty_masks == "error":
+                    problems.append(f"{sample.mask}{'' if sample.slice is None else f' slice {sample.slice}'}: mask has no lesion (empty_masks=error)")
+                    continue
+                if empty_masks == "drop":
+                    continue
+            lesion_px += lesion
+            total_px += pixels
+            kept.append(sample)
+    if labelled:
+        names = {}
+        for root in roots:
+            names.update(label_names(root))
+        problems.insert(0, _label_problem(labelled, names))
+    if problems == problems[:1] and labelled:
+        raise DataError(problems[0])
     if problems:
         shown = problems[:50]
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         raise DataError(f"{len(problems)} problem(s) in the input data:\n  " + "\n  ".join(shown) + more)
+    if lesion_labels is not None and not any_lesion and any(v != 0 for v in values):
+        raise DataError(f"lesion_labels {list(lesion_labels)} match no mask value; the masks hold {format_values(sorted(values))}")
     if not kept:
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     dropped = empty if empty_masks == "drop" else 0
-    return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), nonbinary, dropped)
+    return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels))
+

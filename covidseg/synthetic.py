@@ -5,12 +5,14 @@ lesion blobs (ground-glass-like) inside the lungs. Learnable, not noise; no pati
 
 writes ``OUT_DIR/images/*.png``, ``OUT_DIR/masks/*.png`` (lesions), ``OUT_DIR/lungs/*.png`` (lung
 masks) and ``OUT_DIR/manifest.csv`` (``image,mask,lung_mask,case_id``).
+``generate_volumes`` writes the same anatomy as NIfTI volumes in HU with label-map masks.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -79,6 +81,92 @@ def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 
         w = csv.writer(f)
         w.writerow(["image", "mask", "lung_mask", "case_id"])
         w.writerows(rows)
+    return out
+
+
+# Stored orientations for generated volumes: voxel axes -> patient axes, spacing applied.
+AXES = {
+    "RAS": np.eye(3),
+    "LPS": np.diag([-1.0, -1.0, 1.0]),  # DICOM's patient frame, the usual scanner export
+    "SLP": np.array([[0, 0, -1.0], [0, -1.0, 0], [1.0, 0, 0]]),  # slices along the first axis
+}
+
+
+def volume_affine(orientation: str, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Affine of a generated volume: ``orientation`` (a key of ``AXES``) and display spacing
+    ``(row, column, slice)`` in mm, i.e. anterior-posterior, left-right and axial."""
+    axes = AXES[orientation]
+    ras_spacing = np.array([spacing[1], spacing[0], spacing[2]])  # R-L, A-P, S-I
+    affine = np.eye(4)
+    affine[:3, :3] = axes * ras_spacing[:, None]
+    affine[:3, 3] = (-100.0, -120.0, -300.0)
+    return affine
+
+
+def make_volume(rng: np.random.Generator, slices: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Display-ordered ``int16 [Z, H, W]`` HU and ``uint8`` label map {0, 1, 2, 3}: lesions
+    in the patient's right lung (image left) 1, left lung 2, a pleural-effusion-like band 3.
+
+    The HU inverts the lung window, so windowed slices are the demo's 8-bit slices."""
+    from covidseg.volumes import LUNG_WINDOW
+
+    center, width = LUNG_WINDOW
+    shape = rng.uniform(-1, 1, 4)
+    hu = np.empty((slices, size, size), np.int16)
+    labels = np.zeros((slices, size, size), np.uint8)
+    for k in range(slices):
+        image, mask, _ = make_slice(rng, size, int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2])), shape)
+        hu[k] = np.rint(center - width / 2 + image * (width / 255.0))
+        labels[k][mask > 0] = 1
+        labels[k][:, size // 2 :][mask[:, size // 2 :] > 0] = 2
+        if k % 3 == 0:
+            labels[k, int(0.78 * size) : int(0.8 * size), int(0.3 * size) : int(0.4 * size)] = 3
+    return hu, labels
+
+
+def generate_volumes(
+    out_dir: str | Path,
+    cases: int = 4,
+    slices: int = 6,
+    size: int = 64,
+    layout: str = "images-masks",
+    spacing: tuple[float, float, float] = (0.7, 0.7, 2.5),
+    orientation: str = "LPS",
+    seed: int = 0,
+) -> Path:
+    """Writes ``cases`` NIfTI CT volumes in HU with label-map masks and returns ``out_dir``.
+
+    Args:
+        layout: ``images-masks`` (``images/caseN.nii.gz`` + ``masks/caseN.nii.gz``), ``nnunet``
+            (``imagesTr/caseN_0000.nii.gz`` + ``labelsTr/caseN.nii.gz`` + ``dataset.json``) or
+            ``manifest`` (``volumes/`` and ``labels/`` listed in ``manifest.csv``).
+        spacing: display ``(row, column, slice)`` spacing in mm.
+        orientation: stored voxel orientation, ``RAS``, ``LPS`` or ``SLP`` (see ``AXES``).
+    """
+    import nibabel as nib
+
+    from covidseg.volumes import from_display
+
+    out = Path(out_dir)
+    image_dir, mask_dir = {"images-masks": ("images", "masks"), "nnunet": ("imagesTr", "labelsTr"), "manifest": ("volumes", "labels")}[layout]
+    affine = volume_affine(orientation, spacing)
+    rows = []
+    for c in range(cases):
+        hu, labels = make_volume(np.random.default_rng([seed, c]), slices, size)
+        name = f"case{c:03d}"
+        image_name = f"{name}_0000.nii.gz" if layout == "nnunet" else f"{name}.nii.gz"
+        for folder, file, data in ((image_dir, image_name, hu), (mask_dir, f"{name}.nii.gz", labels)):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            img = nib.Nifti1Image(from_display(data, affine), affine)
+            img.header.set_xyzt_units("mm")
+            nib.save(img, out / folder / file)
+        rows.append((f"{image_dir}/{image_name}", f"{mask_dir}/{name}.nii.gz", name))
+    if layout == "nnunet":
+        labels = {"background": 0, "ground-glass": 1, "consolidation": 2, "effusion": 3}
+        (out / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": cases, "file_ending": ".nii.gz"}, indent=2))
+    if layout == "manifest":
+        with (out / "manifest.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([("image", "mask", "case_id"), *rows])
     return out
 
 

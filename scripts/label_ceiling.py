@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from covidseg.io import binarize_mask, preprocess_mask, read_image, resize
+from covidseg.io import preprocess_mask, read_mask, resize
 from covidseg.metrics import image_dice
 from covidseg.sources import scan
 
@@ -27,7 +27,7 @@ def main() -> None:
     samples = scan(args.roots).samples
     scores: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     for s in samples:
-        mask = binarize_mask(read_image(s.mask))
+        mask = read_mask(s.mask)
         for size in args.sizes:
             for mode, soft in (("nearest", False), ("soft", True)):
                 back = resize(preprocess_mask(mask, size, soft=soft).astype(np.float32), mask.shape[:2])

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from covidseg.io import ImageReadError, normalize_intensity, preprocess_image, preprocess_mask, read_image, read_mask
+from covidseg.io import ImageReadError, MaskLabelError, lesion_mask, normalize_intensity, preprocess_image, preprocess_mask, read_image, read_mask
 
 
 def test_read_8bit_16bit_and_rgb(tmp_path):
@@ -38,17 +38,33 @@ def test_normalization_rules():
     assert normalize_intensity(np.full((2, 2), 7, np.uint16)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
 
 
-def test_masks_binarised_and_resized_nearest(tmp_path):
+def test_masks_binary_label_maps_need_lesion_labels(tmp_path):
     m = np.zeros((8, 8), np.uint8)
     m[2:6, 2:6] = 255
-    m[0, 0] = 100  # JPEG-like noise below half range is background
     cv2.imwrite(str(tmp_path / "m.png"), m)
     mask = read_mask(tmp_path / "m.png")
-    assert set(np.unique(mask)) == {0, 1} and mask.sum() == 16
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1} and mask.sum() == 16
     small = preprocess_mask(mask, 4)
     assert small.dtype == np.uint8 and set(np.unique(small)) <= {0, 1} and small.sum() == 4
     cv2.imwrite(str(tmp_path / "01.png"), (m > 127).astype(np.uint8))  # {0,1} masks
     assert read_mask(tmp_path / "01.png").sum() == 16
+    cv2.imwrite(str(tmp_path / "16.png"), (m > 127).astype(np.uint16) * 65535)  # {0, dtype max}
+    assert read_mask(tmp_path / "16.png").sum() == 16
+    assert read_mask(tmp_path / "01.png", lesion_labels=[2]).sum() == 0
+    # a MedSeg-like label map: the old cut at 127 made it all background
+    labels = np.zeros((8, 8), np.uint8)
+    labels[0:2, :] = 1  # ground-glass, 16 px
+    labels[2:3, :] = 2  # consolidation, 8 px
+    labels[7, :] = 3  # effusion, not lesion
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    with pytest.raises(MaskLabelError, match=r"labels.png: mask has label values \{0, 1, 2, 3\}"):
+        read_mask(tmp_path / "labels.png")
+    assert read_mask(tmp_path / "labels.png", [1, 2]).sum() == 24
+    assert np.array_equal(lesion_mask(labels, [3]), (labels == 3).astype(np.uint8))
+    noisy = m.copy()
+    noisy[0, 0] = 100  # JPEG-like grey levels are not guessed at either
+    with pytest.raises(MaskLabelError, match=r"\{0, 100, 255\}"):
+        lesion_mask(noisy)
 
 
 def test_preprocess_image_shape_and_range():

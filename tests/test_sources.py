@@ -88,14 +88,17 @@ def test_mask_policies(tmp_path):
     gray[8:10, 8:10] = 60
     _pair(root / "images", root / "masks", "gray.png")
     cv2.imwrite(str(root / "masks" / "gray.png"), gray)
-    report = scan([root])
-    assert len(report.samples) == 3 and report.empty == 1 and report.nonbinary == 1
+    # grey levels are never cut at a guessed threshold: refused, naming the file and values
+    with pytest.raises(DataError, match=r"1 mask\(s\) have label values \{0, 60, 200\} \(.*gray.png\)"):
+        scan([root])
+    report = scan([root], lesion_labels=[200])
+    assert len(report.samples) == 3 and report.empty == 2  # 255 is not in the list
+    assert report.lesion_fraction == pytest.approx(9 / (3 * 256))
+    cv2.imwrite(str(root / "masks" / "gray.png"), (gray > 0).astype(np.uint8) * 255)
     dropped = scan([root], empty_masks="drop")
     assert len(dropped.samples) == 2 and dropped.dropped == 1 and "dropped 1" in dropped.summary()
     with pytest.raises(DataError, match="empty.png: mask has no lesion"):
         scan([root], empty_masks="error")
-    with pytest.raises(DataError, match="gray.png: mask is not binary"):
-        scan([root], nonbinary_masks="error")
 
 
 def test_bad_roots(tmp_path):

@@ -1,0 +1,145 @@
+"""DICOM series: reading (order, rescale, geometry), refusals, and predict on the NIfTI and the
+DICOM form of the same volume. Series are written here with pydicom from generated volumes."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from covidseg.dicom import is_series, read_series
+from covidseg.inference import Predictor
+from covidseg.predict import list_inputs, main, predict_paths
+from covidseg.synthetic import generate_volumes
+from covidseg.volumes import VolumeReadError, read_volume
+
+
+def write_series(img: nib.Nifti1Image, folder: Path, slope: float = 0.5, intercept: float = -2048.0, series_uid: str | None = None, skip: tuple[int, ...] = ()) -> Path:
+    """Writes a NIfTI volume ``[X, Y, Z]`` as a CT series, one file per Z slice, in shuffled
+    file names (so only ImagePositionPatient can order them) with a non-trivial rescale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = np.asanyarray(img.dataobj).astype(np.float64)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    dx, dy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    study, series = generate_uid(), series_uid or generate_uid()
+    names = [f"IM{n:04d}" for n in random.Random(0).sample(range(1000), data.shape[2])]
+    for k in range(data.shape[2]):
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = CTImageStorage, generate_uid(), ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = study, series, "CT", k + 1
+        ds.ImageOrientationPatient = [*(lps[:3, 0] / dx), *(lps[:3, 1] / dy)]
+        ds.ImagePositionPatient = [*(lps @ [0, 0, k, 1])[:3]]
+        ds.PixelSpacing, ds.SliceThickness = [dy, dx], float(np.linalg.norm(lps[:3, 2]))
+        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.rint((data[:, :, k].T - intercept) / slope).astype(np.uint16).tobytes()
+        ds.save_as(folder / (names[k] + ("" if k % 2 else ".dcm")), enforce_file_format=True)  # with and without suffix
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory) -> Path:
+    """One generated volume, 0.7x0.7x2.5 mm, stored LPS."""
+    root = generate_volumes(tmp_path_factory.mktemp("ct"), cases=1, slices=7, size=40, orientation="LPS")
+    return root / "images" / "case000.nii.gz"
+
+
+def _rotated(img: nib.Nifti1Image, angle: float = 0.2) -> nib.Nifti1Image:
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), rot @ img.affine)
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_series_reads_back_as_the_volume(ct, tmp_path, rotate):
+    img = nib.load(ct)
+    img = _rotated(img) if rotate else img
+    folder = write_series(img, tmp_path / "series")
+    assert is_series(folder) and not is_series(tmp_path)
+    ref, hu = read_series(folder)
+    assert hu.dtype == np.float32 and hu.shape == img.shape == (40, 40, 7)
+    assert np.array_equal(hu, np.asanyarray(img.dataobj).astype(np.float32))  # order and rescale
+    assert np.allclose(ref.affine, img.affine, atol=1e-4)
+    assert np.allclose(ref.header.get_zooms(), (0.7, 0.7, 2.5))
+    assert np.array_equal(read_volume(folder)[1], read_volume(ct if not rotate else _save(img, tmp_path))[1])
+
+
+def _save(img, tmp_path) -> Path:
+    nib.save(img, tmp_path / "rot.nii.gz")
+    return tmp_path / "rot.nii.gz"
+
+
+def test_bad_series_are_refused_naming_the_folder(ct, tmp_path):
+    img = nib.load(ct)
+    mixed = write_series(img, tmp_path / "mixed", series_uid="1.2.3")
+    write_series(img, tmp_path / "other", series_uid="1.2.4")
+    for f in (tmp_path / "other").iterdir():
+        f.rename(mixed / ("b" + f.name))
+    with pytest.raises(VolumeReadError, match=r"mixed: 2 DICOM series in one folder \(SeriesInstanceUID 1.2.3, 1.2.4\)"):
+        read_series(mixed)
+    gap = write_series(img, tmp_path / "gap", skip=(3,))
+    with pytest.raises(VolumeReadError, match=r"gap: uneven slice spacing \(2.5 to 5 mm, median 2.5.*missing slices\?"):
+        read_series(gap)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VolumeReadError, match="empty: no DICOM files"):
+        read_series(tmp_path / "empty")
+    broken = write_series(img, tmp_path / "broken")
+    (broken / "junk.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(VolumeReadError, match="broken: junk.dcm is not readable DICOM"):
+        read_series(broken)
+
+
+def test_predict_same_mask_from_nifti_and_dicom(tiny_ckpt, ct, tmp_path):
+    """The same volume as .nii.gz and as a DICOM series (alone and in a folder of series):
+    same mask, written with the series' geometry; a broken series is reported, exit 1."""
+    img = nib.load(ct)
+    series = write_series(img, tmp_path / "all" / "case000_dicom")
+    write_series(img, tmp_path / "all" / "gap", skip=(2,))
+    predictor = Predictor(tiny_ckpt, device="cpu")
+    predict_paths(predictor, [ct], tmp_path / "nifti")
+    predict_paths(predictor, [series], tmp_path / "dicom")
+    from_nifti = nib.load(tmp_path / "nifti" / "case000_mask.nii.gz")
+    from_dicom = nib.load(tmp_path / "dicom" / "case000_dicom_mask.nii.gz")
+    assert np.array_equal(np.asanyarray(from_dicom.dataobj), np.asanyarray(from_nifti.dataobj))
+    assert np.allclose(from_dicom.affine, img.affine, atol=1e-4) and np.allclose(from_dicom.header.get_zooms(), (0.7, 0.7, 2.5))
+    assert np.asanyarray(from_nifti.dataobj).any()  # a real comparison, not two empty masks
+
+    assert list_inputs([tmp_path / "all"]) == [tmp_path / "all" / "case000_dicom", tmp_path / "all" / "gap"]
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(tmp_path / "all"), "--output", str(tmp_path / "cli"), "--device", "cpu"]) == 1
+    with open(tmp_path / "cli" / "summary.csv", newline="") as f:
+        rows = {Path(r["input"]).name: r for r in csv.DictReader(f)}
+    assert rows["case000_dicom"]["status"] == "ok" and rows["case000_dicom"]["type"] == "volume"
+    expected_ml = np.asanyarray(from_nifti.dataobj).sum() * 0.7 * 0.7 * 2.5 / 1000
+    assert float(rows["case000_dicom"]["lesion_ml"]) == pytest.approx(expected_ml)
+    assert rows["gap"]["status"] == "failed" and "missing slices" in rows["gap"]["reason"]
+    assert pydicom.__version__  # the reader the project depends on
+
+
+def test_manifest_trains_from_dicom_series_with_nifti_masks(ct, tmp_path):
+    """A manifest row may name a DICOM series folder: same slices as the NIfTI form."""
+    from covidseg.sources import load_image, load_mask, scan
+
+    root = tmp_path / "d"
+    write_series(nib.load(ct), root / "series" / "case000")
+    mask = ct.parents[1] / "masks" / "case000.nii.gz"
+    with (root / "manifest.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("image", "mask"), ("series/case000", str(mask))])
+    from_dicom = scan([root], lesion_labels=[1, 2])
+    from_nifti = scan([ct.parents[1]], lesion_labels=[1, 2])
+    assert [s.case_id for s in from_dicom.samples[:1]] == ["case000"] and len(from_dicom.samples) == len(from_nifti.samples) == 7
+    for a, b in zip(from_dicom.samples, from_nifti.samples):
+        assert np.array_equal(load_image(a), load_image(b)) and np.array_equal(load_mask(a, [1, 2]), load_mask(b, [1, 2]))
