@@ -194,6 +194,9 @@ class CTDataModule(pl.LightningDataModule):
         wanted = {"volume": "hu_window", "image": "image"}.get(kind)
         if hp.intensity == "auto":
             hp.intensity = wanted
+            # the logged copy too: Lightning merges it with the model's (linked) hparams
+            if getattr(self, "_hparams_initial", None) is not None:
+                self._hparams_initial.intensity = wanted
         elif wanted and hp.intensity != wanted:
             raise DataError(f"data.intensity={hp.intensity} but the data are {kind}s ({wanted}); use --data.intensity {wanted} or auto")
         return hp.intensity

@@ -34,14 +34,16 @@ from covidseg.splits import SPLITS
 PathLike = str | Path
 
 
-def tune_threshold(predictor: Predictor, ckpts: Sequence[PathLike], loaded: Sequence[dict], samples: list[Sample], batch_size: int = 8, progress: bool = True) -> tuple[float, float, list[Path]]:
+def tune_threshold(
+    predictor: Predictor, ckpts: Sequence[PathLike], loaded: Sequence[dict], samples: list[Sample], batch_size: int = 8, progress: bool = True, lesion_labels: list[int] | None = None
+) -> tuple[float, float, list[Path]]:
     """The threshold with the best mean per-image Dice on ``samples`` (the run's validation
     split), written into tuned copies of the checkpoints.
 
     Returns:
         ``(threshold, mean per-image Dice at it, tuned checkpoint paths)``.
     """
-    scores = score(predictor, samples, 0.5, batch_size, progress, desc="tuning threshold")
+    scores = score(predictor, samples, 0.5, batch_size, progress, desc="tuning threshold", lesion_labels=lesion_labels)
     t, dice = best_threshold(scores.dice_by_threshold())
     note = f"threshold {t:.2f}: best mean per-image Dice ({dice:.4f}) on {len(samples)} validation slices"
     return t, dice, [write_tuned(path, ckpt, t, note) for path, ckpt in zip(ckpts, loaded)]
@@ -59,6 +61,7 @@ def evaluate(
     tensorboard=None,
     step: int = 0,
     progress: bool = True,
+    lesion_labels: list[int] | None = None,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -71,6 +74,7 @@ def evaluate(
         threshold: a value, ``None`` (the model's) or ``"auto"`` (see the module docstring).
         tta: flip test-time augmentation; ``None`` uses the model's setting.
         tensorboard, step: optional log dir or writer for scalars and figures.
+        lesion_labels: label values that are lesion; default: the mapping the run trained with.
     """
     ckpts = [Path(ckpts)] if isinstance(ckpts, (str, Path)) else [Path(c) for c in ckpts]
     if split is not None and split not in SPLITS:
@@ -84,18 +88,21 @@ def evaluate(
     needs_run = bool(split) or threshold == "auto"
     if needs_run and any(p.suffix.lower() == ".onnx" for p in ckpts):
         raise CovidSegError("--split and --threshold auto need checkpoints (.ckpt): an ONNX file does not know its run")
-    loaded = [load_checkpoint(p) for p in ckpts] if needs_run else []
+    loaded = [load_checkpoint(p) for p in ckpts if p.suffix.lower() != ".onnx"]
     run_roots, settings = stored_data(loaded[0]) if loaded else (None, {})
+    if lesion_labels is not None:
+        settings["lesion_labels"] = list(lesion_labels)
     eval_roots = list(roots) if roots else run_roots
     if eval_roots is None:
         raise CovidSegError(f"{ckpts[0]}: no data settings stored in the checkpoint; pass --data.root")
-    samples = scan(eval_roots, **settings).samples
+    # the run's own data: its scan settings; other data: only the label mapping carries over
+    samples = scan(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k == "lesion_labels"})).samples
     chosen = select_split(ckpts, loaded, samples, split) if split else samples
 
     source = None
     if threshold == "auto":
         val = select_split(ckpts, loaded, samples, "val")
-        t, dice, tuned = tune_threshold(predictor, ckpts, loaded, val, batch_size, progress)
+        t, dice, tuned = tune_threshold(predictor, ckpts, loaded, val, batch_size, progress, settings.get("lesion_labels"))
         predictor = Predictor(tuned, device=device, tta=tta)
         source = f"auto: best mean per-image Dice on {len(val)} validation slices"
         print(f"threshold auto: {t:.2f} (mean per-image Dice {dice:.4f} on {len(val)} validation slices); wrote {', '.join(map(str, tuned))}")
@@ -104,6 +111,7 @@ def evaluate(
     return write_report(
         predictor, chosen, output, threshold_source=source, split=split, roots=eval_roots,
         run_dirs=None, tensorboard=tensorboard, step=step, batch_size=batch_size, progress=progress,
+        lesion_labels=settings.get("lesion_labels"),
     )  # fmt: skip
 
 
@@ -113,6 +121,7 @@ def build_parser():
     p.add_argument("--data.root", type=list[str] | str | None, default=None, help="data folder(s) as for fit; default with --split: the run's data")
     p.add_argument("--split", type=Literal["train", "val", "test"] | None, default=None, help="score this split of the checkpoint's run instead of every pair")
     p.add_argument("--output", type=str, required=True, help="report folder")
+    p.add_argument("--data.lesion_labels", type=list[int] | None, default=None, help="label values that are lesion in label-map masks (default: the mapping the run trained with)")
     options.add_inference(p, auto_threshold=True)
     p.add_argument("--tensorboard", type=str | None, default=None, help="also add scalars and figures to this TensorBoard log dir")
     return p
@@ -123,7 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; prints the metric table and the report folder."""
     a = build_parser().parse_args(argv)
     options.checked(a)
-    metrics = evaluate(options.as_list(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard)
+    metrics = evaluate(
+        options.as_list(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
+        lesion_labels=a.data.lesion_labels,
+    )  # fmt: skip
     print("\n" + metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")
     return metrics

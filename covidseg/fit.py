@@ -39,6 +39,9 @@ class CovidSegCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.normalization", "model.normalization")
         parser.link_arguments("data.lung_masks", "model.lung_output")
+        # resolved by the DataModule from the data (image exports or HU volumes), so linked after it exists
+        parser.link_arguments("data.intensity", "model.intensity", apply_on="instantiate")
+        parser.link_arguments("data.window", "model.window")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

@@ -24,6 +24,7 @@ import torch
 
 from covidseg.errors import CovidSegError
 from covidseg.io import preprocess_image, resize
+from covidseg.volumes import LUNG_WINDOW
 
 # Flip variants for test-time augmentation: (flip rows, flip columns); LitUNet.probabilities
 # (validation) and Predictor (evaluate, predict) average the same four views.
@@ -39,9 +40,13 @@ class Settings:
     threshold: float = 0.5
     tta: bool = False
     lung_output: bool = False  # a second output channel: lung probabilities
+    intensity: str = "image"  # the intensity protocol of training: "image" exports or "hu_window" volumes
+    window: tuple[float, float] = LUNG_WINDOW  # (center, width) in HU for volumes
 
     def to_metadata(self) -> dict[str, str]:
-        return {f"covidseg.{k}": str(v) for k, v in asdict(self).items()}
+        meta = {f"covidseg.{k}": str(v) for k, v in asdict(self).items()}
+        meta["covidseg.window"] = ",".join(f"{v:g}" for v in self.window)
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> "Settings":
@@ -52,6 +57,8 @@ class Settings:
                 threshold=float(meta.get("covidseg.threshold", 0.5)),
                 tta=meta.get("covidseg.tta", "False") == "True",
                 lung_output=meta.get("covidseg.lung_output", "False") == "True",
+                intensity=meta.get("covidseg.intensity", "image"),
+                window=tuple(float(v) for v in meta.get("covidseg.window", ",".join(map(str, LUNG_WINDOW))).split(",")),
             )
         except KeyError:
             raise CovidSegError(f"{source}: ONNX model has no covidseg metadata; export it with covidseg export") from None
@@ -87,6 +94,8 @@ def settings_from_checkpoint(ckpt: dict) -> Settings:
         threshold=float(hp.get("threshold", 0.5)),
         tta=bool(hp.get("tta", False)),
         lung_output=bool(hp.get("lung_output", False)),
+        intensity=str(hp.get("intensity", "image")),
+        window=tuple(float(v) for v in hp.get("window", LUNG_WINDOW)),
     )
 
 

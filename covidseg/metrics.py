@@ -278,3 +278,25 @@ def image_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     t = torch.from_numpy(np.asarray(truth, np.float32))[None]
     tp, fp, fn, tn = confusion_counts(p, t, 0.5)[0].tolist()
     return float(rates(tp, fp, fn, tn)["dice"])
+
+
+def case_summary(cases: list[dict]) -> dict:
+    """Summary of per-volume rows (``volume_metrics.case_metrics`` plus ``case_id``): means of
+    3D Dice, NSD, lesion mL error (signed and absolute) and HD95 over the cases where it is
+    defined (``hd95_undefined`` counts the others: lesion in only one of truth and prediction)."""
+    if not cases:
+        return {}
+    hd = [c["hd95_mm"] for c in cases if not math.isnan(c["hd95_mm"])]
+    return {
+        "cases": len(cases),
+        "tolerance_mm": cases[0]["tolerance_mm"],
+        "mean": {
+            "dice": float(np.mean([c["dice"] for c in cases])),
+            "nsd": float(np.mean([c["nsd"] for c in cases])),
+            "diff_ml": float(np.mean([c["diff_ml"] for c in cases])),
+            "abs_diff_ml": float(np.mean([abs(c["diff_ml"]) for c in cases])),
+            "hd95_mm": float(np.mean(hd)) if hd else None,
+        },
+        "hd95_undefined": len(cases) - len(hd),
+        "cases_table": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in c.items()} for c in cases],
+    }

@@ -18,6 +18,7 @@ from covidseg.io import Normalization
 from covidseg.lightning_metrics import SegmentationScores, loss_metric
 from covidseg.metrics import TRAIN_LOSS, VAL_DICE_IMAGE, VAL_LOSS
 from covidseg.inference import TTA_FLIPS
+from covidseg.volumes import LUNG_WINDOW
 from covidseg.options import check_threshold
 
 
@@ -95,7 +96,10 @@ class LitUNet(pl.LightningModule):
         optimizer: ``adamw``, ``adam`` or ``sgd`` (momentum 0.9).
         lr, weight_decay: optimizer settings.
         scheduler: ``cosine`` (to 1% of lr over max_epochs), ``plateau`` (on val/dice_image) or ``none``.
-        image_size, normalization: preprocessing, linked from ``data.*`` (do not set by hand).
+        image_size, normalization, intensity, window: preprocessing, linked from ``data.*`` by
+            ``covidseg fit`` (do not set by hand): the intensity protocol the model was trained
+            with (``image``: 8-bit/16-bit slice exports; ``hu_window``: HU volumes through
+            ``window`` = (center, width)) travels in every checkpoint and ONNX export.
         threshold, tta: the operating point stored with the model: lesion where the (flip-TTA
             averaged) probability is ``>= threshold``. Validation scores at this point, so
             checkpoint selection optimises what evaluate and predict deliver.
@@ -127,6 +131,8 @@ class LitUNet(pl.LightningModule):
         scheduler: Literal["cosine", "plateau", "none"] = "cosine",
         image_size: int = 128,
         normalization: Normalization = "auto",
+        intensity: Literal["image", "hu_window"] = "image",
+        window: tuple[float, float] = LUNG_WINDOW,
         threshold: float = 0.5,
         tta: bool = False,
         lung_output: bool = False,

@@ -8,7 +8,16 @@ described in ``covidseg.volumes``) and DICOM series (a folder of one series' fil
 folder of such folders; read by ``covidseg.dicom``, output named after the folder). Several ``--ckpt`` models are averaged (an ensemble).
 Preprocessing, threshold and TTA come with the model(s) through ``inference.Predictor``;
 ``--threshold`` and ``--tta true|false`` override them. A pixel is lesion where its probability
-is at or above the threshold (as in ``covidseg.evaluate``).
+is at or above the threshold (as in ``covidseg.evaluate``). Volumes go through the HU window the
+model was trained with (its intensity protocol; the lung window -600/1500 for a model trained on
+image exports); ``--window`` overrides it. An input of another kind than the model was trained
+on (a HU volume into a model trained on 8-bit exports, or the reverse) is predicted with one
+warning that names the mismatch.
+
+With ``--lungs`` (a model with a lung output), ``NAME_lungs.png`` / ``NAME_lungs.nii.gz`` and
+the lesion burden (lung pixels, lung mL, involvement % = lesion inside the lungs / lungs, the
+CT-0..CT-4 grade of ``covidseg.severity``) are written too; ``--case_regex`` groups image
+files into cases (patients) and writes ``cases.csv`` with per-case sums and grades.
 
 Outputs in ``--output`` for ``NAME.ext``: ``NAME.png`` (mask {0, 255} at the input's size),
 ``NAME.npy`` (``--probabilities``, float32 in [0, 1]), ``NAME_overlay.png`` (``--overlay``,
@@ -40,7 +49,7 @@ from covidseg.io import IMAGE_SUFFIXES, normalize_intensity, read_image, write_i
 from covidseg.overlay import overlay
 from covidseg.severity import aggregate_cases, grade, involvement, write_cases
 from covidseg.sources import case_id_from_name
-from covidseg.volumes import LUNG_WINDOW, is_volume, read_volume, volume_stem, voxel_ml, write_like
+from covidseg.volumes import is_volume, read_volume, volume_stem, voxel_ml, write_like
 
 SUMMARY = "summary.csv"
 SUMMARY_FIELDS = (
@@ -219,6 +228,20 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
     return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref), lung))
 
 
+def warn_kind_mismatch(settings, jobs: list[Job], window) -> None:
+    """One warning when inputs are of another kind than the model's training data."""
+    kinds = {job.kind for job in jobs}
+    if settings.intensity == "image" and "volume" in kinds and window is None:
+        center, width = settings.window
+        print(f"warning: the model was trained on 2D image exports (intensity 'image'), not on HU volumes; volumes are windowed "
+              f"to 8-bit with center {center:g} / width {width:g} HU, which its training data may not match. Pass --window "
+              f"\"[CENTER, WIDTH]\" to choose the window, or train on volumes for a model that knows them.", file=sys.stderr)  # fmt: skip
+    elif settings.intensity == "hu_window" and "image" in kinds:
+        print("warning: the model was trained on HU volumes (intensity 'hu_window'), not on 2D image exports; image files are "
+              "scaled by their own range, which its training never saw. Predict volumes (NIfTI/DICOM) with it, or train on image exports.",
+              file=sys.stderr)  # fmt: skip
+
+
 def predict_paths(
     predictor: Predictor,
     inputs: list[str | Path],
@@ -227,7 +250,7 @@ def predict_paths(
     probabilities: bool = False,
     overlay: bool = False,
     batch_size: int = 16,
-    window: tuple[float, float] = LUNG_WINDOW,
+    window: tuple[float, float] | None = None,
     overwrite: bool = False,
     lungs: bool = False,
     case_regex: str | None = None,
@@ -240,7 +263,7 @@ def predict_paths(
         output: folder for the results (created).
         probabilities, overlay: also write probability maps / overlay images.
         batch_size: slices per forward pass.
-        window: ``(center, width)`` in HU for NIfTI volumes.
+        window: ``(center, width)`` in HU for volumes; ``None``: the model's.
         overwrite: replace existing outputs; otherwise refuse up front.
         lungs: also write lung masks and the lesion burden (needs a model with a lung output).
         case_regex: group image files into cases (first group of the regex on the file stem)
@@ -258,6 +281,8 @@ def predict_paths(
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
     jobs = plan(inputs, output, probabilities, overlay, lungs)
     check_outputs(jobs, output, overwrite, extra=[CASES] if case_regex else [])
+    warn_kind_mismatch(predictor.settings, jobs, window)
+    window = tuple(window) if window is not None else predictor.settings.window
     output.mkdir(parents=True, exist_ok=True)
     by_job: dict[int, dict] = {}
     with tqdm(total=len(jobs), unit="slice", desc="predict", disable=None) as bar:
@@ -305,7 +330,7 @@ def build_parser():
     p.add_argument("--overwrite", type=bool, default=False, help="replace existing outputs")
     p.add_argument("--lungs", type=bool, default=False, help="also write lung masks (NAME_lungs.png / _lungs.nii.gz) and the lesion burden: lung pixels, involvement %%, CT-0..CT-4 (a model with a lung output)")
     p.add_argument("--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem; writes cases.csv (summed pixels, involvement, grade)")
-    p.add_argument("--window", type=tuple[float, float], default=LUNG_WINDOW, help="HU window (center, width) for NIfTI volumes (default: lung, -600 1500)")
+    p.add_argument("--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
     return p
 
 
@@ -314,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 when an input failed)."""
     args = build_parser().parse_args(argv)
     options.checked(args)
-    if args.window[1] <= 0:
+    if args.window is not None and args.window[1] <= 0:
         raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
     output = Path(args.output)
     inputs = options.as_list(args.input)
@@ -327,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         probabilities=args.probabilities,
         overlay=args.overlay,
         batch_size=args.batch_size,
-        window=tuple(args.window),
+        window=args.window,
         overwrite=args.overwrite,
         lungs=args.lungs,
         case_regex=args.case_regex,

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 from covidseg import metrics
 from covidseg.errors import CovidSegError
 from covidseg.inference import Predictor
-from covidseg.io import read_image, read_mask
-from covidseg.sources import Sample
+from covidseg.sources import Sample, load_image, load_mask
 
 
 @dataclass
@@ -28,10 +27,12 @@ class Scores:
     """What streaming the slices leaves behind.
 
     Shapes: ``rows``, ``counts`` (tp, fp, fn, tn), ``auroc`` one entry per slice ``[N]``;
-    ``hists`` per-slice ``[N, 2, BINS]`` background/lesion histograms (int32).
+    ``hists`` per-slice ``[N, 2, BINS]`` background/lesion histograms (int32); ``cases`` one
+    ``volume_metrics.case_metrics`` row per volume (volume sources only).
     """
 
     rows: list[dict] = field(default_factory=list)
+    cases: list[dict] = field(default_factory=list)
     counts: list[tuple[int, int, int, int]] = field(default_factory=list)
     auroc: list[float] = field(default_factory=list)
     hists: list[np.ndarray] = field(default_factory=list)
@@ -50,17 +51,33 @@ class Scores:
         return metrics.dice_by_threshold(h[:, 1], h[:, 0], thresholds)
 
 
-def score(predictor: Predictor, samples: Sequence[Sample], threshold: float, batch_size: int = 8, progress: bool = True, desc: str = "evaluating") -> Scores:
-    """Predicts every slice of ``samples`` and scores it at ``threshold``."""
+def score(
+    predictor: Predictor,
+    samples: Sequence[Sample],
+    threshold: float,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "evaluating",
+    lesion_labels: list[int] | None = None,
+    tolerance_mm: float = 1.0,
+) -> Scores:
+    """Predicts every slice of ``samples`` and scores it at ``threshold``; slices of volumes are
+    also gathered per volume and scored in 3D (``volume_metrics.case_metrics``).
+
+    Args:
+        lesion_labels: the label values that are lesion (label-map masks), as in training.
+        tolerance_mm: surface distance that counts as agreement for the volumes' NSD.
+    """
     out = Scores()
-    probs = predictor.predict((read_image(s.image) for s in samples), batch_size)
+    volume: _Volume | None = None
+    probs = predictor.predict((load_image(s, predictor.settings.window) for s in samples), batch_size)
     for s in tqdm(samples, desc=desc, unit="img", disable=not progress):
         try:
             prob = next(probs)
         except RuntimeError as err:  # shape/channel mismatch inside the network
             names = ", ".join(str(p) for p in predictor.paths)
             raise CovidSegError(f"{names}: the model cannot take these slices ({str(err).splitlines()[0][:160]})") from None
-        p, gt = torch.from_numpy(prob)[None], torch.from_numpy(read_mask(s.mask))[None]
+        p, gt = torch.from_numpy(prob)[None], torch.from_numpy(load_mask(s, lesion_labels))[None]
         tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(p, gt, threshold)[0])
         hist = metrics.histograms(p, gt).numpy().astype(np.int32)
         auc = metrics.roc_from_histograms(hist[1], hist[0])[2]
@@ -69,9 +86,35 @@ def score(predictor: Predictor, samples: Sequence[Sample], threshold: float, bat
         out.auroc.append(np.nan if auc is None else auc)
         r = metrics.rates(tp, fp, fn, tn)
         out.rows.append(
-            {"file": s.image, "case_id": s.case_id, "source": s.source, "dice": float(r["dice"]), "iou": float(r["iou"]), "gt_pixels": tp + fn, "pred_pixels": tp + fp}
-        )
+            {"file": s.image if s.slice is None else f"{s.image}#{s.slice}", "case_id": s.case_id, "source": s.source,
+             "dice": float(r["dice"]), "iou": float(r["iou"]), "gt_pixels": tp + fn, "pred_pixels": tp + fp}
+        )  # fmt: skip
+        if s.slice is not None:
+            if volume is not None and volume.sample.image != s.image:
+                out.cases.append(volume.finish(lesion_labels, tolerance_mm))
+                volume = None
+            volume = volume or _Volume(s)
+            volume.slices[s.slice] = prob >= threshold
+    if volume is not None:
+        out.cases.append(volume.finish(lesion_labels, tolerance_mm))
     return out
+
+
+class _Volume:
+    """The predicted slices of one volume, scored in 3D against its whole mask once complete."""
+
+    def __init__(self, sample: Sample):
+        self.sample, self.slices = sample, {}
+
+    def finish(self, lesion_labels: list[int] | None, tolerance_mm: float) -> dict:
+        from covidseg.volume_metrics import case_metrics
+        from covidseg.volumes import read_mask_volume
+
+        truth, spacing = read_mask_volume(self.sample.mask, lesion_labels)
+        pred = np.zeros(truth.shape, bool)  # slices left out of the split (e.g. empty_masks=drop) predict nothing
+        for k, mask in self.slices.items():
+            pred[k] = mask
+        return {"case_id": self.sample.case_id, "file": self.sample.image, "slices": len(self.slices), **case_metrics(pred, truth, spacing, tolerance_mm)}
 
 
 def tuned_path(ckpt: str | Path) -> Path:

@@ -20,6 +20,7 @@ from covidseg.inference import Predictor, load_checkpoint, model_from_checkpoint
 from covidseg.io import preprocess_image, read_image, resize, write_image
 from covidseg.predict import main, predict_paths
 from covidseg.volumes import to_display
+from conftest import FAST_TRAINER, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,3 +192,55 @@ def test_refuses_foreign_files(kind, tiny_data, tmp_path, capsys):
     assert exc.value.code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "model.ckpt" in err
     assert not sentinel.exists()
+
+
+def test_volume_into_an_image_trained_model_warns_once(predictor, tmp_path, capsys):
+    data = np.full((40, 40, 3), -800, np.int16)
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / f"{name}.nii.gz")
+    predict_paths(predictor, [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "out")
+    err = capsys.readouterr().err
+    assert err.count("warning: the model was trained on 2D image exports") == 1 and "--window" in err
+    predict_paths(predictor, [tmp_path / "a.nii.gz"], tmp_path / "out2", window=(-600.0, 1500.0))
+    assert "warning" not in capsys.readouterr().err  # an explicit window is the user's choice
+
+
+@pytest.fixture(scope="module")
+def lung_ckpt(tiny_data, tmp_path_factory) -> Path:
+    from covidseg.fit import main as fit
+
+    out = tmp_path_factory.mktemp("lungrun")
+    fit(["--data.root", str(tiny_data), "--data.lung_masks", "true", "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(out), "--test", "false"]
+        + TINY_MODEL + FAST_TRAINER)  # fmt: skip
+    return out / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"
+
+
+def test_lungs_write_masks_burden_and_cases(lung_ckpt, tiny_data, tmp_path, capsys):
+    from covidseg.severity import GRADES
+
+    images = sorted((tiny_data / "images").glob("*.png"))[:8]  # cases 000 and 001, 4 slices each
+    assert main(["--ckpt", str(lung_ckpt), "--input", "[" + ", ".join(map(str, images)) + "]", "--output", str(tmp_path / "out"),
+                 "--lungs", "true", "--case_regex", r"^(case\d+)_"]) == 0  # fmt: skip
+    rows = _rows(tmp_path / "out")
+    first = rows[images[0].name]
+    lungs = read_image(tmp_path / "out" / f"{images[0].stem}_lungs.png")
+    assert lungs.shape == (80, 80) and set(np.unique(lungs)) <= {0, 255}
+    assert int(first["lung_pixels"]) == int((lungs > 0).sum()) and first["severity"] in GRADES
+    with open(tmp_path / "out" / "cases.csv", newline="") as f:
+        cases = list(csv.DictReader(f))
+    assert [c["case_id"] for c in cases] == ["case000", "case001"] and all(c["slices"] == "4" for c in cases)
+    lung_sum = sum(int(rows[p.name]["lung_pixels"]) for p in images[:4])
+    assert int(cases[0]["lung_pixels"]) == lung_sum
+    assert "cases: " in capsys.readouterr().out
+
+
+def test_lungs_need_a_model_with_a_lung_output(tiny_ckpt, tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ckpt", str(tiny_ckpt), "--input", str(_slice_path(tiny_data)), "--output", str(tmp_path / "o"), "--lungs", "true"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no lung output" in err[0] and "--data.lung_masks true" in err[0]
+
+
+def _slice_path(tiny_data: Path) -> Path:
+    return sorted((tiny_data / "images").glob("*.png"))[0]

@@ -128,17 +128,23 @@ def test_intensity_protocol_is_resolved_and_checked(volume_sets, tiny_data):
 def _fit(root, tmp_path, *extra):
     from covidseg.fit import main
 
-    # --test false: evaluate's report does not read volumes yet (lead's integration)
-    return main(["--data.root", str(root), "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path), "--test", "false"] + TINY_MODEL + FAST_TRAINER + list(extra))
+    return main(["--data.root", str(root), "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path)] + TINY_MODEL + FAST_TRAINER + list(extra))
 
 
 @pytest.mark.parametrize("layout", ["images-masks", "nnunet", "manifest"])
 def test_fit_trains_on_volumes(volume_sets, tmp_path, layout):
-    _fit(volume_sets[layout], tmp_path, "--data.lesion_labels", "[1, 2]")
+    results = _fit(volume_sets[layout], tmp_path, "--data.lesion_labels", "[1, 2]")
     (run,) = (tmp_path / "covidseg").glob("version_*")
     ckpt = __import__("torch").load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["datamodule_hyper_parameters"]
     assert hp["lesion_labels"] == [1, 2] and hp["intensity"] == "hu_window" and tuple(hp["window"]) == (-600.0, 1500.0)
+    assert ckpt["hyper_parameters"]["intensity"] == "hu_window"  # the model carries its protocol
+    # the report scores the test volume per slice and per case (3D Dice, mL, HD95, NSD)
+    per_case = results["per_case"]
+    assert per_case["cases"] == results["counts"]["cases"] >= 1
+    row = per_case["cases_table"][0]
+    assert {"dice", "truth_ml", "pred_ml", "diff_ml", "hd95_mm", "nsd"} <= row.keys() and row["tolerance_mm"] == 1.0
+    assert (run / "report" / "per_case.csv").is_file() and "## Per case (3D" in (run / "report" / "metrics.md").read_text()
     with open(run / "splits.csv", newline="") as f:
         by_case = {}
         for row in csv.DictReader(f):

@@ -1,7 +1,7 @@
 """The evaluation report of a model on a set of slices, scored at the model's operating point.
 
 ``write_report`` scores the slices (``covidseg.scoring``), then writes ``metrics.json``,
-``metrics.md``, ``per_image.csv`` (``writers``), ``roc_curve.png``, ``pr_curve.png``,
+``metrics.md``, ``per_image.csv`` and, for volumes, ``per_case.csv`` (``writers``), ``roc_curve.png``, ``pr_curve.png``,
 ``confusion_matrix.png``, ``prediction_samples.png`` (``figures``) and, when the run's TensorBoard
 events are found, ``learning_curves.png`` (``curves``). Metric rules: ``covidseg.metrics``.
 """
@@ -15,11 +15,11 @@ import numpy as np
 
 from covidseg import metrics as M
 from covidseg.inference import Predictor
-from covidseg.io import normalize_intensity, read_image, read_mask
+from covidseg.io import normalize_intensity
 from covidseg.report import curves, figures, writers
 from covidseg.runs import run_dir_of
 from covidseg.scoring import score
-from covidseg.sources import DataError, Sample
+from covidseg.sources import DataError, Sample, load_image, load_mask
 
 PathLike = str | Path
 
@@ -75,6 +75,7 @@ def write_report(
     step: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    lesion_labels: list[int] | None = None,
 ) -> dict:
     """Scores ``samples`` at the predictor's operating point and writes every report file into
     ``output``; returns the content of ``metrics.json``.
@@ -91,6 +92,7 @@ def write_report(
         tensorboard: a log dir or a ``SummaryWriter``: headline scalars and figures are added
             under ``{split or 'test'}/``.
         step: TensorBoard global step of those.
+        lesion_labels: label values that are lesion (label-map masks), as the model was trained.
     """
     if not samples:
         raise DataError("no slices to evaluate")
@@ -99,7 +101,7 @@ def write_report(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
 
-    scores = score(predictor, samples, t, batch_size, progress)
+    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels)
     counts = np.asarray(scores.counts, dtype=np.int64)
     pos, neg = scores.pos, scores.neg
     metrics = {
@@ -110,6 +112,9 @@ def write_report(
         "tta": s.tta,
         **M.summarize(counts, np.asarray(scores.auroc), pos, neg, [x.case_id for x in samples], [x.source for x in samples], t),
     }
+    if scores.cases:
+        metrics["per_case"] = M.case_summary(scores.cases)
+        writers.write_per_case(out / "per_case.csv", scores.cases)
     writers.write_json(out / "metrics.json", metrics)
     (out / "metrics.md").write_text(writers.markdown(metrics))
     writers.write_per_image(out / "per_image.csv", scores.rows)
@@ -117,9 +122,9 @@ def write_report(
     tp, fp, fn, tn = (int(v) for v in counts.sum(0))
     g = metrics["global"]
     picks = pick_samples(scores.rows)
-    raws = [read_image(samples[i].image) for _, i in picks]
+    raws = [load_image(samples[i], s.window) for _, i in picks]
     rows = [
-        (f"{name}: {Path(samples[i].image).name}\nDice {scores.rows[i]['dice']:.3f}", normalize_intensity(raw, s.normalization), read_mask(samples[i].mask), prob)
+        (f"{name}: {Path(samples[i].image).name}\nDice {scores.rows[i]['dice']:.3f}", normalize_intensity(raw, s.normalization), load_mask(samples[i], lesion_labels), prob)
         for (name, i), raw, prob in zip(picks, raws, predictor.predict(raws, batch_size))
     ]
     figs = {

@@ -53,12 +53,28 @@ def markdown(metrics: dict) -> str:
     if "per_source" in metrics:
         lines += ["", "## Per source", "", "| source | images | cases | per-image Dice | global Dice |", "|---|---|---|---|---|"]
         lines += [f"| {s} | {v['images']} | {v['cases']} | {v['dice_image']:.4f} | {v['dice_global']:.4f} |" for s, v in metrics["per_source"].items()]
+    if metrics.get("per_case"):
+        pc = metrics["per_case"]
+        m = pc["mean"]
+        lines += ["", f"## Per case (3D, {pc['cases']} volumes)", "", "| 3D Dice | NSD @ {:g} mm | HD95 (mm) | lesion mL error (mean / mean abs) |".format(pc["tolerance_mm"]), "|---|---|---|---|",
+                  f"| {m['dice']:.4f} | {m['nsd']:.4f} | {_fmt(m['hd95_mm'])} ({pc['hd95_undefined']} undefined) | {m['diff_ml']:+.2f} / {m['abs_diff_ml']:.2f} |"]  # fmt: skip
     lines += ["", "## Rules", ""] + [f"- {k}: {v}" for k, v in metrics["policy"].items()]
     return "\n".join(lines) + "\n"
 
 
 def write_json(path: Path, metrics: dict) -> None:
     path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+
+def write_per_case(path: Path, cases: list[dict]) -> None:
+    """``per_case.csv``: one row per volume: 3D Dice, truth/predicted lesion mL and difference,
+    HD95 (mm, empty where undefined) and NSD at the stated tolerance."""
+    fields = ["case_id", "file", "slices", "dice", "truth_ml", "pred_ml", "diff_ml", "hd95_mm", "nsd", "tolerance_mm"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fields, extrasaction="ignore")
+        w.writeheader()
+        for c in cases:
+            w.writerow({k: ("" if isinstance(v, float) and v != v else v) for k, v in c.items()})
 
 
 def write_per_image(path: Path, rows: list[dict]) -> None:
