@@ -300,3 +300,24 @@ def case_summary(cases: list[dict]) -> dict:
         "hd95_undefined": len(cases) - len(hd),
         "cases_table": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in c.items()} for c in cases],
     }
+
+
+def lung_summary(rows: list[dict]) -> dict:
+    """Lung segmentation and lesion-burden agreement from per-slice rows (``scoring._lung_row``):
+    per-image and global lung Dice, and per case the true and predicted involvement and grade
+    (``severity.compare_cases``: summed pixels per case, never a mean of slice percentages)."""
+    from covidseg.severity import aggregate_cases, compare_cases
+
+    if not rows:
+        return {}
+    counts = np.array([r["counts"] for r in rows], dtype=np.int64)
+
+    def cases(which: str) -> list[dict]:
+        return aggregate_cases({"case_id": r["case_id"], "lesion_pixels": r["lesion"][which == "true"], "lesion_in_lung_pixels": r[which][0], "lung_pixels": r[which][1]} for r in rows)
+
+    return {
+        "slices": len(rows),
+        "lung_dice_image": float(rates(*counts.T)["dice"].mean()),
+        "lung_dice_global": float(rates(*counts.sum(0))["dice"]),
+        "severity": compare_cases(cases("true"), cases("pred")),
+    }

@@ -47,7 +47,7 @@ from covidseg.errors import CovidSegError, user_errors
 from covidseg.inference import Predictor
 from covidseg.io import IMAGE_SUFFIXES, normalize_intensity, read_image, write_image, write_mask
 from covidseg.overlay import overlay
-from covidseg.severity import aggregate_cases, grade, involvement, write_cases
+from covidseg.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
 from covidseg.sources import case_id_from_name
 from covidseg.volumes import is_volume, read_volume, volume_stem, voxel_ml, write_like
 
@@ -57,7 +57,6 @@ SUMMARY_FIELDS = (
     "lung_pixels", "lung_ml", "involvement_percent", "severity", "mask", "lungs",
 )  # fmt: skip
 CASES = "cases.csv"
-LUNG_THRESHOLD = 0.5  # lung probabilities: lungs are large and clear; the operating point is the lesion's
 _READ_ERRORS = (ValueError, OSError, cv2.error)
 
 

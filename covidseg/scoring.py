@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from covidseg import metrics
 from covidseg.errors import CovidSegError
 from covidseg.inference import Predictor
+from covidseg.io import read_mask
+from covidseg.severity import LUNG_THRESHOLD, involvement
 from covidseg.sources import Sample, load_image, load_mask
 
 
@@ -33,6 +35,7 @@ class Scores:
 
     rows: list[dict] = field(default_factory=list)
     cases: list[dict] = field(default_factory=list)
+    lungs: list[dict] = field(default_factory=list)  # per slice with a true lung mask (lung-output models)
     counts: list[tuple[int, int, int, int]] = field(default_factory=list)
     auroc: list[float] = field(default_factory=list)
     hists: list[np.ndarray] = field(default_factory=list)
@@ -70,14 +73,17 @@ def score(
     """
     out = Scores()
     volume: _Volume | None = None
-    probs = predictor.predict((load_image(s, predictor.settings.window) for s in samples), batch_size)
+    maps = predictor.predict_maps((load_image(s, predictor.settings.window) for s in samples), batch_size)
     for s in tqdm(samples, desc=desc, unit="img", disable=not progress):
         try:
-            prob = next(probs)
+            m = next(maps)
         except RuntimeError as err:  # shape/channel mismatch inside the network
             names = ", ".join(str(p) for p in predictor.paths)
             raise CovidSegError(f"{names}: the model cannot take these slices ({str(err).splitlines()[0][:160]})") from None
-        p, gt = torch.from_numpy(prob)[None], torch.from_numpy(load_mask(s, lesion_labels))[None]
+        prob, truth = m[0], load_mask(s, lesion_labels)
+        if predictor.settings.lung_output and s.lungs is not None:
+            out.lungs.append(_lung_row(s, prob >= threshold, truth, m[1] >= LUNG_THRESHOLD, read_mask(s.lungs)))
+        p, gt = torch.from_numpy(prob)[None], torch.from_numpy(truth)[None]
         tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(p, gt, threshold)[0])
         hist = metrics.histograms(p, gt).numpy().astype(np.int32)
         auc = metrics.roc_from_histograms(hist[1], hist[0])[2]
@@ -98,6 +104,15 @@ def score(
     if volume is not None:
         out.cases.append(volume.finish(lesion_labels, tolerance_mm))
     return out
+
+
+def _lung_row(s: Sample, lesion: np.ndarray, truth: np.ndarray, lungs: np.ndarray, true_lungs: np.ndarray) -> dict:
+    """Lung agreement and lesion burden of one slice, predicted and true."""
+    tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(torch.from_numpy(lungs.astype(np.float32))[None], torch.from_numpy(true_lungs)[None], 0.5)[0])
+    pred_inside, pred_lung, _ = involvement(lesion, lungs)
+    true_inside, true_lung, _ = involvement(truth, true_lungs)
+    return {"case_id": s.case_id, "counts": (tp, fp, fn, tn), "pred": (pred_inside, pred_lung), "true": (true_inside, true_lung),
+            "lesion": (int(lesion.sum()), int(truth.sum()))}  # fmt: skip
 
 
 class _Volume:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+LUNG_THRESHOLD = 0.5  # lung probabilities -> lung mask (lungs are large and clear-cut; the lesion has its own threshold)
 EDGES = (25.0, 50.0, 75.0)  # percent of lung involved: upper edges of CT-1, CT-2, CT-3 (exclusive)
 CASE_FIELDS = ("case_id", "slices", "lesion_pixels", "lung_pixels", "lesion_in_lung_pixels", "involvement_percent", "severity")
 
@@ -74,3 +75,29 @@ def write_cases(path: str | Path, cases: list[dict]) -> None:
         w.writeheader()
         for c in cases:
             w.writerow({**c, "involvement_percent": "" if c["involvement_percent"] is None else f"{c['involvement_percent']:.3f}", "severity": c["severity"] or ""})
+
+
+def compare_cases(truth: list[dict], pred: list[dict]) -> dict:
+    """Per-case agreement of predicted and true burden (rows of ``aggregate_cases`` for the same
+    cases): each case's true and predicted involvement and grade with the absolute error in
+    percentage points, their means, and the grade confusion table ``{true: {predicted: n}}``."""
+    by_case = {c["case_id"]: c for c in pred}
+    rows, confusion = [], {g: dict.fromkeys(GRADES, 0) for g in GRADES}
+    for t in truth:
+        p = by_case[t["case_id"]]
+        if t["involvement_percent"] is None or p["involvement_percent"] is None:
+            continue
+        error = abs(p["involvement_percent"] - t["involvement_percent"])
+        rows.append({"case_id": t["case_id"], "true_percent": t["involvement_percent"], "pred_percent": p["involvement_percent"],
+                     "abs_error_pp": error, "true_grade": t["severity"], "pred_grade": p["severity"]})  # fmt: skip
+        confusion[t["severity"]][p["severity"]] += 1
+    if not rows:
+        return {}
+    return {
+        "cases": len(rows),
+        "mean_abs_error_pp": float(np.mean([r["abs_error_pp"] for r in rows])),
+        "max_abs_error_pp": float(np.max([r["abs_error_pp"] for r in rows])),
+        "grade_accuracy": float(np.mean([r["true_grade"] == r["pred_grade"] for r in rows])),
+        "confusion": confusion,
+        "cases_table": rows,
+    }

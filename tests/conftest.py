@@ -49,3 +49,14 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_run) -> Path:
     return tiny_run / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="session")
+def lung_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """A 2-epoch model with a lung output trained on ``tiny_data`` (which has lung masks)."""
+    from covidseg.fit import main
+
+    out = tmp_path_factory.mktemp("lungrun")
+    main(["--data.root", str(tiny_data), "--data.lung_masks", "true", "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(out)]
+         + TINY_MODEL + FAST_TRAINER)  # fmt: skip
+    return out / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"

@@ -115,7 +115,6 @@ def test_ensemble_of_two_checkpoints(tiny_ckpt, tiny_run, tmp_path):
 
 def test_threshold_auto_writes_a_tuned_copy_and_leaves_the_input_alone(tiny_run, tmp_path, capsys):
     from covidseg.runs import split_samples
-    from covidseg.scoring import score
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     ckpt = run / "checkpoints" / "best.ckpt"
@@ -228,3 +227,28 @@ def test_write_report_for_fit(tiny_ckpt, tiny_data, tmp_path):
     _check_report(tmp_path / "report", 5)
     assert m["roots"] == [str(tiny_data)]
     assert pickle.dumps(m)  # plain data
+
+
+def test_lung_dice_and_burden_per_case(lung_ckpt, tiny_data, tmp_path):
+    """A lung-output model: lung Dice and per-case involvement/grade against the true masks."""
+    from covidseg.io import read_mask
+    from covidseg.severity import GRADES, aggregate_cases, involvement
+
+    m = main(["--ckpt", str(lung_ckpt), "--data.root", str(tiny_data), "--output", str(tmp_path / "r")])
+    lungs = m["lungs"]
+    n = len(_rows(tiny_data / "manifest.csv"))
+    assert lungs["slices"] == n and 0 <= lungs["lung_dice_image"] <= 1
+    sev = lungs["severity"]
+    assert sev["cases"] == 8 and sum(sum(row.values()) for row in sev["confusion"].values()) == 8
+    assert all(c["true_grade"] in GRADES and c["pred_grade"] in GRADES for c in sev["cases_table"])
+    # the true involvement is the summed truth of each case, by hand
+    samples = scan([tiny_data], progress=False).samples
+    rows = []
+    for s in samples:
+        inside, lung, _ = involvement(read_mask(s.mask), read_mask(s.lungs))
+        rows.append({"case_id": s.case_id, "lesion_pixels": 0, "lesion_in_lung_pixels": inside, "lung_pixels": lung})
+    truth = {c["case_id"]: c["involvement_percent"] for c in aggregate_cases(rows)}
+    for c in sev["cases_table"]:
+        assert c["true_percent"] == pytest.approx(truth[c["case_id"]])
+        assert c["abs_error_pp"] == pytest.approx(abs(c["pred_percent"] - c["true_percent"]))
+    assert (tmp_path / "r" / "involvement.png").is_file() and "Grade confusion" in (tmp_path / "r" / "metrics.md").read_text()

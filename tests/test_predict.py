@@ -205,16 +205,6 @@ def test_volume_into_an_image_trained_model_warns_once(predictor, tmp_path, caps
     assert "warning" not in capsys.readouterr().err  # an explicit window is the user's choice
 
 
-@pytest.fixture(scope="module")
-def lung_ckpt(tiny_data, tmp_path_factory) -> Path:
-    from covidseg.fit import main as fit
-
-    out = tmp_path_factory.mktemp("lungrun")
-    fit(["--data.root", str(tiny_data), "--data.lung_masks", "true", "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(out), "--test", "false"]
-        + TINY_MODEL + FAST_TRAINER)  # fmt: skip
-    return out / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"
-
-
 def test_lungs_write_masks_burden_and_cases(lung_ckpt, tiny_data, tmp_path, capsys):
     from covidseg.severity import GRADES
 

@@ -115,6 +115,8 @@ def write_report(
     if scores.cases:
         metrics["per_case"] = M.case_summary(scores.cases)
         writers.write_per_case(out / "per_case.csv", scores.cases)
+    if scores.lungs:
+        metrics["lungs"] = M.lung_summary(scores.lungs)
     writers.write_json(out / "metrics.json", metrics)
     (out / "metrics.md").write_text(writers.markdown(metrics))
     writers.write_per_image(out / "per_image.csv", scores.rows)
@@ -133,6 +135,8 @@ def write_report(
         "confusion_matrix": figures.confusion_figure(tp, fp, fn, tn, t),
         "prediction_samples": figures.samples_figure(rows, t, "slices with lesion" if any(r["gt_pixels"] for r in scores.rows) else "all slices"),
     }
+    if metrics.get("lungs", {}).get("severity"):
+        figs["involvement"] = figures.involvement_figure(metrics["lungs"]["severity"]["cases_table"])
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else list(dict.fromkeys(run_dir_of(p) for p in predictor.paths))
     found = _learning_curves(dirs)
     if found:

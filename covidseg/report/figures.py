@@ -96,3 +96,25 @@ def samples_figure(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], t
         axes[r, 0].set_ylabel(title, fontsize=9)
     fig.suptitle(f"Prediction samples: best, median and worst by per-image Dice ({among})")
     return fig
+
+
+def involvement_figure(cases: list[dict]) -> Figure:
+    """Predicted vs true lesion burden (% of lung) per case, with the CT grade edges."""
+    from covidseg.severity import EDGES
+
+    fig = new_figure(5, 5)
+    ax = fig.add_subplot()
+    true = [c["true_percent"] for c in cases]
+    pred = [c["pred_percent"] for c in cases]
+    top = max([*true, *pred, 10.0]) * 1.1
+    ax.plot([0, top], [0, top], ls=":", c="grey", label="agreement")
+    for edge in EDGES:
+        if edge < top:
+            ax.axvline(edge, c="lightgrey", lw=0.8)
+            ax.axhline(edge, c="lightgrey", lw=0.8)
+    ax.plot(true, pred, "o", c="C0", label=f"{len(cases)} cases")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="true involvement (% of lung)", ylabel="predicted involvement (% of lung)")
+    ax.set_title("Lesion burden per case\n(grey lines: CT-1/2/3/4 edges at 25/50/75 %)")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig

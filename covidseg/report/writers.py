@@ -58,6 +58,19 @@ def markdown(metrics: dict) -> str:
         m = pc["mean"]
         lines += ["", f"## Per case (3D, {pc['cases']} volumes)", "", "| 3D Dice | NSD @ {:g} mm | HD95 (mm) | lesion mL error (mean / mean abs) |".format(pc["tolerance_mm"]), "|---|---|---|---|",
                   f"| {m['dice']:.4f} | {m['nsd']:.4f} | {_fmt(m['hd95_mm'])} ({pc['hd95_undefined']} undefined) | {m['diff_ml']:+.2f} / {m['abs_diff_ml']:.2f} |"]  # fmt: skip
+    if metrics.get("lungs"):
+        lungs = metrics["lungs"]
+        lines += ["", f"## Lungs and severity ({lungs['slices']} slices with lung masks)", "",
+                  f"- lung Dice: per-image mean {lungs['lung_dice_image']:.4f}, global {lungs['lung_dice_global']:.4f}"]  # fmt: skip
+        sev = lungs.get("severity")
+        if sev:
+            lines += [f"- involvement (lesion inside the lungs / lungs, per case): mean absolute error {sev['mean_abs_error_pp']:.2f} "
+                      f"percentage points (max {sev['max_abs_error_pp']:.2f}) over {sev['cases']} cases; grade correct in {100 * sev['grade_accuracy']:.0f}%",
+                      "", "| case | true % | predicted % | error (pp) | true grade | predicted grade |", "|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [f"| {c['case_id']} | {c['true_percent']:.2f} | {c['pred_percent']:.2f} | {c['abs_error_pp']:.2f} | {c['true_grade']} | {c['pred_grade']} |" for c in sev["cases_table"]]
+            grades = list(sev["confusion"])
+            lines += ["", "Grade confusion (rows: true, columns: predicted):", "", "| | " + " | ".join(grades) + " |", "|---" * (len(grades) + 1) + "|"]
+            lines += [f"| {t} | " + " | ".join(str(sev["confusion"][t][p]) for p in grades) + " |" for t in grades]
     lines += ["", "## Rules", ""] + [f"- {k}: {v}" for k, v in metrics["policy"].items()]
     return "\n".join(lines) + "\n"
 
