@@ -181,7 +181,7 @@ class CTDataModule(pl.LightningDataModule):
     # -- discovery ---------------------------------------------------------------------------
     def _resolve_intensity(self) -> str:
         """``auto`` -> what the data holds; written back to ``hparams`` so that checkpoints
-        store the protocol used, never ``auto``. A missing root is left to ``scan`` to report."""
+        store the protocol used, never ``auto``."""
         hp = self.hparams
         if hp.window[1] <= 0:
             raise DataError(f"data.window {list(hp.window)}: width must be positive")
@@ -189,7 +189,7 @@ class CTDataModule(pl.LightningDataModule):
             kind = data_kind(self.roots) if self.roots else "image"
         except DataError:
             if hp.intensity == "auto":
-                return "auto"
+                raise  # e.g. a missing folder: the same one-line error scan() would give
             kind = None
         wanted = {"volume": "hu_window", "image": "image"}.get(kind)
         if hp.intensity == "auto":

@@ -73,11 +73,21 @@ def test_tiny_benchmark_writes_all_figures(tmp_path):
 
 @pytest.fixture
 def bench(monkeypatch):
+    """The benchmark modules, in-process; the logging levels and warning filters its
+    ``quiet_lightning`` sets for a script run are restored afterwards."""
+    import logging
+    import warnings
+
     monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: scripts/ first
     import benchmark
     from bench import gpu
 
-    return benchmark, gpu
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "covidseg")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        yield benchmark, gpu
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_failed_section_is_recorded_and_the_rest_still_runs(bench, monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
 """End-to-end: the CLI in-process on tiny generated data (CPU, 64 px, a few batches)."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def test_one_test_score_equal_to_evaluate_from_anywhere(tiny_data, tmp_path, mon
 
 
 def test_final_model_on_every_case_trains_without_validation(tiny_data, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="pytorch_lightning")  # another test may have quietened it
     results = _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--data.val_fraction", "0", "--data.test_fraction", "0",
                    "--model.threshold", "0.4", "--model.tta", "true")
     assert results == {}  # nothing held out, so nothing to test on
