@@ -1,5 +1,8 @@
 """Finding image/mask pairs on disk, their patient (case) ids, and validating them.
 
+(About 390 lines, past the ~300 of the house style on purpose: every layout's discovery and
+its validation are one contract, kept in one place.)
+
 Layouts detected from each root folder (slices are 2D image files, volumes NIfTI ``.nii(.gz)``):
 
 1. Kaggle "COVID-19 CT scan lesion segmentation": ``frames/`` and ``masks/`` with identical

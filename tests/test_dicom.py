@@ -16,7 +16,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from covidseg.dicom import is_series, read_series
 from covidseg.inference import Predictor
-from covidseg.predict import list_inputs, main, predict_paths
+from covidseg.predict import main, predict_paths
+from covidseg.predict_jobs import list_inputs
 from covidseg.synthetic import generate_volumes
 from covidseg.volumes import VolumeReadError, read_volume
 

@@ -115,6 +115,7 @@ def test_ensemble_of_two_checkpoints(tiny_ckpt, tiny_run, tmp_path):
 
 def test_threshold_auto_writes_a_tuned_copy_and_leaves_the_input_alone(tiny_run, tmp_path, capsys):
     from covidseg.runs import split_samples
+    from covidseg.scoring import score
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     ckpt = run / "checkpoints" / "best.ckpt"

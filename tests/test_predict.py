@@ -20,7 +20,6 @@ from covidseg.inference import Predictor, load_checkpoint, model_from_checkpoint
 from covidseg.io import preprocess_image, read_image, resize, write_image
 from covidseg.predict import main, predict_paths
 from covidseg.volumes import to_display
-from conftest import FAST_TRAINER, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
