@@ -101,3 +101,19 @@ def compare_cases(truth: list[dict], pred: list[dict]) -> dict:
         "confusion": confusion,
         "cases_table": rows,
     }
+
+
+def restrict_to_lungs(lesion: np.ndarray, lungs: np.ndarray, dilate_px: int = 0) -> np.ndarray:
+    """Lesion pixels inside the (dilated) lung mask: lung gating of a lesion prediction.
+
+    Shape:
+        lesion, lungs: ``[H, W]`` bool; ``dilate_px`` grows the lungs by a disc of that radius
+        first (lesions at the pleura sit on the lung border); returns ``[H, W]`` bool.
+    """
+    import cv2
+
+    lungs = np.asarray(lungs, bool)
+    if dilate_px > 0:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
+        lungs = cv2.dilate(lungs.astype(np.uint8), disc) > 0
+    return np.asarray(lesion, bool) & lungs

@@ -50,3 +50,31 @@ def test_unequal_lungs_are_not_averaged_per_slice():
     ]
     (case,) = aggregate_cases(rows)
     assert case["involvement_percent"] == pytest.approx(5.0) and case["severity"] == "CT-1"  # not (100 + 0) / 2
+
+
+def test_restrict_to_lungs_with_dilation():
+    from covidseg.severity import restrict_to_lungs
+
+    lungs = np.zeros((9, 9), bool)
+    lungs[2:7, 2:7] = True
+    lesion = np.zeros((9, 9), bool)
+    lesion[4, 1] = lesion[4, 4] = lesion[0, 0] = True  # just outside, inside, far outside
+    assert restrict_to_lungs(lesion, lungs).sum() == 1
+    gated = restrict_to_lungs(lesion, lungs, dilate_px=1)
+    assert gated[4, 1] and gated[4, 4] and not gated[0, 0]
+
+
+def test_lung_gate_script_runs_on_a_lung_model_run(lung_ckpt, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "lung_gate.py"
+    spec = importlib.util.spec_from_file_location("lung_gate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = lung_ckpt.parents[1]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    module.main([str(run)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| lung gate")]
+    assert [r.split(" | ")[0].lstrip("| ") for r in rows] == ["None", "0", "3", "7"] and "best: gate=" in out
