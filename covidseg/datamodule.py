@@ -5,7 +5,9 @@ a volume is one case and each of its axial slices a sample) -> split by case (``
 read (``sources.load_image``: the image file, or the volume slice through the HU window;
 ``sources.load_mask``: the one label rule) -> per sample ``{"image": float32 [1,S,S] in [0,1], "mask": float32
 [1,S,S] in {0,1} (training: in [0,1] with soft_masks), "index": int}`` -> the model. Preprocessing is ``io.preprocess_image`` /
-``io.preprocess_mask``, the same functions inference uses.
+``io.preprocess_mask``, the same functions inference uses. ``S`` is ``image_size`` (the whole
+slice at the target size); with ``patch_size`` training samples are random ``[1,P,P]`` patches of
+it (``covidseg.patches``, drawn after augmentation), while validation and test stay whole slices.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from covidseg.io import Normalization, preprocess_image, preprocess_mask, read_mask
+from covidseg.patches import patch_window
 from covidseg.sources import DataError, EmptyMaskPolicy, Sample, ScanReport, data_kind, load_image, load_mask, scan
 from covidseg.splits import assign_splits, read_splits, write_splits
 from covidseg.synthetic import ensure_demo
@@ -36,7 +39,9 @@ class SliceDataset(Dataset):
         image: ``float32 [1, S, S]`` in [0, 1]; mask: ``float32 [1, S, S]`` in {0, 1}, or the
         lesion fraction of each pixel in [0, 1] with ``soft_masks``. With ``lung_masks`` also
         lungs: ``float32 [1, S, S]`` in {0, 1} (zeros where the source has none) and
-        has_lungs: ``bool`` (whether it has one: the lung loss skips the others).
+        has_lungs: ``bool`` (whether it has one: the lung loss skips the others). With
+        ``patch_size`` ``P``: one random ``[1, P, P]`` window of the image and every target
+        (forced onto lesion with probability ``foreground_fraction``).
     """
 
     def __init__(
@@ -49,6 +54,8 @@ class SliceDataset(Dataset):
         lesion_labels: list[int] | None = None,
         window: tuple[float, float] = LUNG_WINDOW,
         lung_masks: bool = False,
+        patch_size: int | None = None,
+        foreground_fraction: float = 0.0,
     ):
         self.samples = samples
         self.lesion_labels = lesion_labels
@@ -58,6 +65,8 @@ class SliceDataset(Dataset):
         self.image_size = image_size
         self.normalization = normalization
         self.transform = transform
+        self.patch_size = patch_size
+        self.foreground_fraction = foreground_fraction
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -73,11 +82,26 @@ class SliceDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, **targets)
             image, targets = out["image"], {k: out[k] for k in targets}
+        if self.patch_size is not None and self.patch_size < self.image_size:
+            window = patch_window(targets["mask"], self.patch_size, self.foreground_fraction)
+            image, targets = image[window], {k: v[window] for k, v in targets.items()}
         item = {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], "index": index}
         item.update({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None] for k, v in targets.items()})
         if self.lung_masks:
             item["has_lungs"] = s.lungs is not None
         return item
+
+
+def check_resolution(image_size: int, patch_size: int | None, foreground_fraction: float) -> None:
+    """Raises ``DataError`` (one line, naming the flag) for an impossible resolution setting."""
+    if image_size < 1:
+        raise DataError(f"data.image_size {image_size}: must be positive")
+    if patch_size is not None and not 1 <= patch_size <= image_size:
+        raise DataError(f"data.patch_size {patch_size}: must be between 1 and data.image_size ({image_size}), or null for whole slices")
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise DataError(f"data.foreground_fraction {foreground_fraction}: expected a share in [0, 1]")
+    if foreground_fraction and patch_size is None:
+        raise DataError("data.foreground_fraction needs data.patch_size (whole slices always contain their lesion)")
 
 
 def default_num_workers() -> int:
@@ -107,7 +131,12 @@ class CTDataModule(pl.LightningDataModule):
         root: data folder(s): Kaggle ``frames/``+``masks/``, ``images/``+``masks/`` (slices or
             NIfTI volumes), nnU-Net ``imagesTr/``+``labelsTr/`` or a folder with
             ``manifest.csv``. ``None`` uses the built-in synthetic demo set.
-        image_size: side of the square network input; masks are resized nearest-neighbour.
+        image_size: target size: every slice is resized to ``image_size`` x ``image_size``
+            (masks nearest-neighbour); validation, evaluate, predict and export run on the
+            whole slice at this size and give masks back at the slice's original size.
+        patch_size: train on random ``patch_size`` patches of the resized slice (``None``: on
+            the whole slice). A multiple of ``2 ** model.encoder_depth``, at most ``image_size``.
+        foreground_fraction: share of training patches forced to contain lesion (nnU-Net: 1/3).
         normalization: intensity rule, see ``covidseg.io`` (``auto``: 8-bit /255, else min-max).
         batch_size: training and evaluation batch size (per device).
         num_workers: DataLoader workers; ``None`` picks half the cores.
@@ -139,6 +168,8 @@ class CTDataModule(pl.LightningDataModule):
         self,
         root: str | list[str] | None = None,
         image_size: int = 128,
+        patch_size: int | None = None,
+        foreground_fraction: float = 0.0,
         normalization: Normalization = "auto",
         batch_size: int = 16,
         num_workers: int | None = None,
@@ -167,6 +198,7 @@ class CTDataModule(pl.LightningDataModule):
         lung_masks: bool = False,
     ):
         super().__init__()
+        check_resolution(image_size, patch_size, foreground_fraction)
         self.save_hyperparameters()
         self.roots = [root] if isinstance(root, str) else list(root) if root else None
         self.image_size = image_size
@@ -268,8 +300,10 @@ class CTDataModule(pl.LightningDataModule):
         aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur, hp.soft_masks)
         for name in ("train", "val", "test"):
             train = name == "train"
+            patches = dict(patch_size=hp.patch_size, foreground_fraction=hp.foreground_fraction) if train else {}
             self.datasets[name] = SliceDataset(
-                self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lesion_labels, tuple(hp.window), hp.lung_masks
+                self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lesion_labels, tuple(hp.window), hp.lung_masks,
+                **patches,
             )
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")

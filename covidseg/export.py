@@ -2,13 +2,15 @@
 
     covidseg export --ckpt best.ckpt --output model.onnx [--opset 18]
 
-The ONNX model maps input ``image`` (float32 ``[batch, 1, S, S]``, preprocessed by
-``io.preprocess_image``, dynamic batch) to output ``probability`` (sigmoid included, same
-shape) and carries the preprocessing and inference settings as metadata (``covidseg.*``
+The ONNX model maps input ``image`` (float32 ``[batch, 1, H, W]``, preprocessed by
+``io.preprocess_image``: ``H = W = S``, the model's ``image_size``) to output ``probability``
+(sigmoid included, same shape). Batch, height and width are dynamic (height and width
+multiples of ``2 ** encoder_depth``): the model is fully convolutional, so one file serves any
+target size. It carries the preprocessing and inference settings as metadata (``covidseg.*``
 keys of ``Settings.to_metadata``), so ``covidseg predict --ckpt model.onnx`` and
 ``inference.Predictor`` treat it exactly like the checkpoint. The export uses the
 ``torch.export``-based (dynamo) exporter. Before the file is put in place, onnxruntime runs it
-on random inputs of several batch sizes; if any output differs from PyTorch by more than
+on random inputs of several batch sizes at ``S`` (and one at another size); if any output differs from PyTorch by more than
 ``1e-3`` nothing is written and the command exits with status 2.
 """
 
@@ -34,7 +36,7 @@ class ProbabilityModel(nn.Module):
     """A covidseg network with the sigmoid included.
 
     Shape:
-        image: ``float32 [B, 1, S, S]`` in [0, 1] -> probabilities ``float32 [B, 1, S, S]``.
+        image: ``float32 [B, 1, H, W]`` in [0, 1] -> probabilities ``float32 [B, 1, H, W]``.
     """
 
     def __init__(self, model: nn.Module):
@@ -45,15 +47,18 @@ class ProbabilityModel(nn.Module):
         return self.model(image).sigmoid()
 
 
-def max_abs_diff(model: nn.Module, onnx_path: str | Path, image_size: int, batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES) -> float:
-    """Largest ``|onnxruntime - PyTorch|`` over random inputs ``[B, 1, S, S]`` for each batch size."""
+def max_abs_diff(model: nn.Module, onnx_path: str | Path, image_size: int, batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES, other_size: int | None = None) -> float:
+    """Largest ``|onnxruntime - PyTorch|`` over random inputs ``[B, 1, S, S]`` for each batch
+    size, and ``[1, 1, S, other_size]`` when given (the dynamic height and width)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     worst = 0.0
-    for b in batch_sizes:
-        x = rng.random((b, 1, image_size, image_size), dtype=np.float32)
+    shapes = [(b, 1, image_size, image_size) for b in batch_sizes] + ([(1, 1, image_size, other_size)] if other_size else [])
+    for shape in shapes:
+        b = shape[0]
+        x = rng.random(shape, dtype=np.float32)
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
         got = session.run(None, {"image": x})[0]
@@ -81,6 +86,8 @@ def export_onnx(ckpt: str | Path, output: str | Path, opset: int = DEFAULT_OPSET
     settings = settings_from_checkpoint(loaded)
     model = ProbabilityModel(model_from_checkpoint(loaded)).eval()
     size = settings.image_size
+    stride = 2 ** int(loaded["hyper_parameters"].get("encoder_depth", 5))
+    example = max(size, 2 * stride)  # a side of one stride would be specialised to a constant
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:
@@ -88,11 +95,11 @@ def export_onnx(ckpt: str | Path, output: str | Path, opset: int = DEFAULT_OPSET
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (torch.rand(2, 1, size, size),),
+                (torch.rand(2, 1, example, example),),
                 str(tmp),
                 input_names=["image"],
                 output_names=["probability"],
-                dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                dynamic_shapes={"image": {0: torch.export.Dim("batch"), 2: stride * torch.export.Dim("h"), 3: stride * torch.export.Dim("w")}},
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -103,7 +110,7 @@ def export_onnx(ckpt: str | Path, output: str | Path, opset: int = DEFAULT_OPSET
             proto.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        diff = max_abs_diff(model, tmp, size)
+        diff = max_abs_diff(model, tmp, size, other_size=size + stride)
         if not diff <= tolerance:  # also catches NaN
             raise CovidSegError(f"{output}: ONNX probabilities differ from PyTorch by {diff:.3g} (> {tolerance:g}); nothing written")
         tmp.replace(output)

@@ -42,6 +42,8 @@ class CovidSegCLI(LightningCLI):
         # resolved by the DataModule from the data (image exports or HU volumes), so linked after it exists
         parser.link_arguments("data.intensity", "model.intensity", apply_on="instantiate")
         parser.link_arguments("data.window", "model.window")
+        parser.link_arguments("data.patch_size", "model.patch_size")
+        parser.link_arguments("data.foreground_fraction", "model.foreground_fraction")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

@@ -7,6 +7,9 @@ size to lesion probability maps at the slice's own size:
 
     raw [H, W] -> io.preprocess_image -> [B, 1, S, S] -> model(s) (+ flip TTA) -> sigmoid
     -> resize back to [H, W] (bilinear on probabilities; the ground truth is never resized)
+
+``S`` is the model's target size (``image_size``): always the whole slice, also for a model
+trained on patches (``patch_size``; the U-Net is fully convolutional).
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything inference needs besides the weights; travels in checkpoints and ONNX metadata."""
+    """Everything inference needs besides the weights; travels in checkpoints and ONNX metadata.
+
+    ``patch_size`` records how the model was trained (``None``: whole slices; models saved
+    before patches existed have none); inference always runs on the whole ``image_size`` slice.
+    """
 
     image_size: int
     normalization: str = "auto"
@@ -42,6 +49,7 @@ class Settings:
     lung_output: bool = False  # a second output channel: lung probabilities
     intensity: str = "image"  # the intensity protocol of training: "image" exports or "hu_window" volumes
     window: tuple[float, float] = LUNG_WINDOW  # (center, width) in HU for volumes
+    patch_size: int | None = None  # training patch side, for the record (None: whole slices)
 
     def to_metadata(self) -> dict[str, str]:
         meta = {f"covidseg.{k}": str(v) for k, v in asdict(self).items()}
@@ -59,9 +67,14 @@ class Settings:
                 lung_output=meta.get("covidseg.lung_output", "False") == "True",
                 intensity=meta.get("covidseg.intensity", "image"),
                 window=tuple(float(v) for v in meta.get("covidseg.window", ",".join(map(str, LUNG_WINDOW))).split(",")),
+                patch_size=_optional_int(meta.get("covidseg.patch_size", "None")),
             )
         except KeyError:
             raise CovidSegError(f"{source}: ONNX model has no covidseg metadata; export it with covidseg export") from None
+
+
+def _optional_int(value) -> int | None:
+    return None if value in (None, "None") else int(value)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -96,6 +109,7 @@ def settings_from_checkpoint(ckpt: dict) -> Settings:
         lung_output=bool(hp.get("lung_output", False)),
         intensity=str(hp.get("intensity", "image")),
         window=tuple(float(v) for v in hp.get("window", LUNG_WINDOW)),
+        patch_size=_optional_int(hp.get("patch_size")),
     )
 
 
@@ -199,7 +213,8 @@ class Predictor:
             self.backends.append(backend)
         first = settings[0]
         for path, s in zip(paths, settings):
-            if replace(s, threshold=first.threshold, tta=first.tta) != first:
+            # the operating point is averaged and the training patch size is only a record
+            if replace(s, threshold=first.threshold, tta=first.tta, patch_size=first.patch_size) != first:
                 raise CovidSegError(f"{path}: preprocessing or outputs ({s}) differ from {paths[0]}; cannot ensemble")
         self.paths = paths
         self.settings = replace(

@@ -33,6 +33,7 @@ RESAMPLES = 1000
 SEED = 0
 METRICS = ("dice", "iou", "recall", "specificity", "precision", "accuracy", "auroc")
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 .. 0.95
+LESION_SIZE_EDGES = (500, 2000)  # lesion pixels per slice at its original resolution
 
 # Logged names, shared with callbacks' ``monitor`` and the reports. The headline is per-image Dice.
 VAL_DICE_IMAGE = "val/dice_image"
@@ -49,6 +50,10 @@ POLICY = {
     ),
     "global": "global metrics pool the pixels of all slices; Dice/IoU are 1 when there is no lesion and no prediction at all; other undefined values are null",
     "auroc": f"pixel ROC, PR and AUROC from {BINS}-bin probability histograms (trapezoidal area, average precision as a step sum)",
+    "lesion_size": (
+        f"by_lesion_size bins slices by their ground-truth lesion pixels at the original resolution (edges {list(LESION_SIZE_EDGES)}: "
+        "a bin holds low <= pixels < high); slices without lesion form the bin 'none'; each bin has its mean per-image Dice and slice count"
+    ),
     "bootstrap": f"95% interval of the mean per-image Dice, resampling cases (patients) with replacement, {RESAMPLES} resamples, seed {SEED}",
 }
 
@@ -194,6 +199,47 @@ def _number(x) -> float | None:
     return None if math.isnan(x) else x
 
 
+def lesion_size_labels(edges=LESION_SIZE_EDGES) -> list[str]:
+    """Bin names: ``none`` (no lesion), then ``<e0``, ``e0-e1`` ..., ``>=eK`` for ``edges``."""
+    edges = list(edges)
+    inner = [f"{a}-{b}" for a, b in zip(edges, edges[1:])]
+    return ["none", f"<{edges[0]}", *inner, f">={edges[-1]}"]
+
+
+def by_lesion_size(counts: np.ndarray, edges=LESION_SIZE_EDGES) -> dict[str, dict]:
+    """Per-image Dice by ground-truth lesion size.
+
+    Args:
+        counts: ``int [N, 4]`` per-slice ``(tp, fp, fn, tn)`` at the slice's own resolution; a
+            slice's lesion size is ``tp + fn`` pixels.
+        edges: increasing bin edges in pixels: slices with ``0 < size < edges[0]``, then
+            ``edges[i] <= size < edges[i + 1]``, then ``size >= edges[-1]``; ``size == 0`` is
+            ``none``.
+
+    Returns:
+        ``{label: {"images", "dice_image", "dice_global", "min_px", "max_px"}}`` in bin order
+        (``lesion_size_labels``); ``dice_image`` is the mean per-image Dice of the bin's slices
+        and ``dice_global`` their pooled Dice (``None`` for an empty bin); ``min_px`` and
+        ``max_px`` bound the bin (``max_px`` exclusive, ``None`` when open).
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
+    size = counts[:, 0] + counts[:, 2]
+    dice = rates(*counts.T)["dice"]
+    bounds = [(0, 1), (1, edges[0]), *zip(edges, edges[1:]), (edges[-1], None)]
+    out = {}
+    for label, (low, high) in zip(lesion_size_labels(edges), bounds):
+        sel = (size >= low) & (size < high if high is not None else True)
+        n = int(sel.sum())
+        out[label] = {
+            "images": n,
+            "dice_image": float(dice[sel].mean()) if n else None,
+            "dice_global": float(rates(*counts[sel].sum(0))["dice"]) if n else None,
+            "min_px": int(low),
+            "max_px": None if high is None else int(high),
+        }
+    return out
+
+
 def epoch_scores(counts: np.ndarray, pos: np.ndarray | None = None, neg: np.ndarray | None = None) -> dict[str, float]:
     """The training-log metrics: global pixel rates, per-image Dice and (with histograms) AUROC.
 
@@ -244,6 +290,7 @@ def summarize(counts: np.ndarray, image_auroc: np.ndarray, pos: np.ndarray, neg:
         "per_image_mean": {k: _number(per_image[k][defined[k]].mean()) if defined[k].any() else None for k in METRICS},
         "per_image_n": {k: int(defined[k].sum()) for k in METRICS},
         "global": {k: pooled[k] for k in (*METRICS, "average_precision")},
+        "by_lesion_size": by_lesion_size(counts),
     }
     low, high = bootstrap_ci(per_image["dice"], cases)
     out["dice_ci95"] = {"mean": out["per_image_mean"]["dice"], "low": low, "high": high, "cases": len(set(cases)), "resamples": RESAMPLES, "seed": SEED}
@@ -257,6 +304,7 @@ def summarize(counts: np.ndarray, image_auroc: np.ndarray, pos: np.ndarray, neg:
                 "cases": len({cases[i] for i in idx}),
                 "dice_image": float(per_image["dice"][idx].mean()),
                 "dice_global": float(rates(*counts[idx].sum(0))["dice"]),
+                "by_lesion_size": by_lesion_size(counts[idx]),
             }
             for s, idx in sorted(by_source.items())
         }

@@ -1,7 +1,7 @@
 """The LightningModule: ``smp.Unet`` (1 input channel, 1 logit), Dice + BCE loss, torchmetrics,
 optimizer and LR schedule. It never builds datasets; the preprocessing settings it carries
-(``image_size``, ``normalization``) are linked from the DataModule by the CLI so that they
-travel in every checkpoint, together with the inference settings (``threshold``, ``tta``).
+(``image_size``, ``normalization``, and the training ``patch_size`` and ``foreground_fraction``)
+are linked from the DataModule by the CLI so that they travel in every checkpoint, together with the inference settings (``threshold``, ``tta``).
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ class LitUNet(pl.LightningModule):
             ``covidseg fit`` (do not set by hand): the intensity protocol the model was trained
             with (``image``: 8-bit/16-bit slice exports; ``hu_window``: HU volumes through
             ``window`` = (center, width)) travels in every checkpoint and ONNX export.
+        patch_size, foreground_fraction: how training sampled the slices, linked from
+            ``data.*`` and stored for the record (inference always runs on the whole slice
+            at ``image_size``). Checkpoints without them trained on whole slices.
         threshold, tta: the operating point stored with the model: lesion where the (flip-TTA
             averaged) probability is ``>= threshold``. Validation scores at this point, so
             checkpoint selection optimises what evaluate and predict deliver.
@@ -111,8 +114,9 @@ class LitUNet(pl.LightningModule):
         num_val_samples: validation slices drawn to TensorBoard each epoch.
 
     Shape:
-        forward: ``[B, 1, S, S]`` float in [0, 1] -> logits ``[B, C, S, S]``: channel 0 lesion,
-        channel 1 lungs (``lung_output``).
+        forward: ``[B, 1, H, W]`` float in [0, 1] -> logits ``[B, C, H, W]``: channel 0 lesion,
+        channel 1 lungs (``lung_output``); ``H`` and ``W`` multiples of ``2 ** encoder_depth``
+        (whole slices ``S = image_size``, or training patches).
     """
 
     def __init__(
@@ -133,6 +137,8 @@ class LitUNet(pl.LightningModule):
         normalization: Normalization = "auto",
         intensity: Literal["image", "hu_window"] = "image",
         window: tuple[float, float] = LUNG_WINDOW,
+        patch_size: int | None = None,
+        foreground_fraction: float = 0.0,
         threshold: float = 0.5,
         tta: bool = False,
         lung_output: bool = False,
@@ -144,6 +150,10 @@ class LitUNet(pl.LightningModule):
         check_threshold(threshold, "model.threshold")
         if len(decoder_channels) != encoder_depth:
             raise CovidSegError(f"model: decoder_channels has {len(decoder_channels)} entries, encoder_depth is {encoder_depth}")
+        stride = 2**encoder_depth  # the U-Net halves the input encoder_depth times
+        for name, side in (("data.image_size", image_size), ("data.patch_size", patch_size)):
+            if side is not None and side % stride:
+                raise CovidSegError(f"{name} {side}: must be a multiple of {stride} (2 ** model.encoder_depth {encoder_depth})")
         self.save_hyperparameters()
         self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels, 1 + int(lung_output))
         freeze_unused(self.net, in_channels, encoder_depth)

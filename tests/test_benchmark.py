@@ -111,3 +111,17 @@ def test_failed_ddp_probe_is_an_ordinary_exception(bench, monkeypatch, tmp_path)
     monkeypatch.setattr(gpu.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "Traceback ...\nNCCL error: boom"))
     with pytest.raises(RuntimeError, match=r"(?s)DDP probe on 2 device.*exit 1.*NCCL error: boom"):
         gpu.run_ddp_probe(benchmark.parse_args(["--tiny"]), 2, tmp_path)
+
+
+def test_predict_speed_fast_mode(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_speed", SCRIPT.parent / "predict_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--fast", "--workdir", str(tmp_path), "--json", str(tmp_path / "speed.json")])
+    assert json.loads((tmp_path / "speed.json").read_text()) == json.loads(json.dumps(out))
+    runs = out["runs"]
+    assert [(r["image_size"], r["tta"]) for r in runs] == [(32, False), (32, True), (64, False), (64, True)]
+    assert all(r["seconds"] > 0 and r["slices_per_s"] > 0 for r in runs)
+    assert "| 64 | on |" in module.table(out)

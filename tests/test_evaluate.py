@@ -19,8 +19,8 @@ from covidseg.report import write_report
 from covidseg.inference import Predictor
 from covidseg.sources import scan
 
-FILES = ("metrics.json", "metrics.md", "per_image.csv", "roc_curve.png", "pr_curve.png", "confusion_matrix.png", "prediction_samples.png")
-KEYS = {"checkpoints", "roots", "split", "threshold", "threshold_source", "tta", "counts", "per_image_mean", "per_image_n", "global", "dice_ci95", "policy"}
+FILES = ("metrics.json", "metrics.md", "per_image.csv", "roc_curve.png", "pr_curve.png", "confusion_matrix.png", "dice_by_lesion_size.png", "prediction_samples.png")
+KEYS = {"checkpoints", "roots", "split", "threshold", "threshold_source", "tta", "counts", "per_image_mean", "per_image_n", "global", "dice_ci95", "by_lesion_size", "policy"}
 METRICS = {"dice", "iou", "recall", "specificity", "precision", "accuracy", "auroc"}
 
 
@@ -57,6 +57,11 @@ def _check_report(out: Path, n_images: int) -> dict:
     assert m["counts"]["images_without_lesion"] == sum(r["gt_pixels"] == "0" for r in rows)
     assert m["counts"]["cases"] == len({r["case_id"] for r in rows})
     assert m["dice_ci95"]["low"] <= m["per_image_mean"]["dice"] <= m["dice_ci95"]["high"]
+    for label, b in m["by_lesion_size"].items():  # bins of the ground truth at the original size
+        inside = [float(r["dice"]) for r in rows if b["min_px"] <= int(r["gt_pixels"]) < (b["max_px"] or 10**9)]
+        assert b["images"] == len(inside) and (b["dice_image"] is None or b["dice_image"] == pytest.approx(np.mean(inside), abs=1e-5)), label
+    assert sum(b["images"] for b in m["by_lesion_size"].values()) == n_images
+    assert "## By lesion size" in (out / "metrics.md").read_text()
     return m
 
 

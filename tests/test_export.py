@@ -31,7 +31,7 @@ def test_onnx_contract(onnx_path, tiny_ckpt):
     assert not list(onnx_path.parent.glob("*.data")) and not list(onnx_path.parent.glob("*.tmp"))  # one self-contained file
     (inp,) = proto.graph.input
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
-    assert inp.name == "image" and isinstance(dims[0], str) and dims[1:] == [1, size, size]
+    assert inp.name == "image" and dims[1] == 1 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))  # dynamic batch, H, W
     meta = {p.key: p.value for p in proto.metadata_props}
     assert Settings.from_metadata(meta, "x") == settings_from_checkpoint(ckpt)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

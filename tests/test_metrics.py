@@ -189,12 +189,46 @@ def test_summarize_every_number():
     assert ci["mean"] == pytest.approx(0.45) and ci["low"] <= 0.45 <= ci["high"]
     assert (ci["cases"], ci["resamples"]) == (3, 1000)
     assert m["per_source"].keys() == {"s1", "s2"}
-    assert m["per_source"]["s1"] == pytest.approx({"images": 2, "cases": 1, "dice_image": 0.9, "dice_global": 0.8})
-    assert m["per_source"]["s2"] == pytest.approx({"images": 2, "cases": 2, "dice_image": 0.0, "dice_global": 0.0})
+    per_source = {s: {k: v for k, v in m["per_source"][s].items() if k != "by_lesion_size"} for s in ("s1", "s2")}
+    assert per_source["s1"] == pytest.approx({"images": 2, "cases": 1, "dice_image": 0.9, "dice_global": 0.8})
+    assert per_source["s2"] == pytest.approx({"images": 2, "cases": 2, "dice_image": 0.0, "dice_global": 0.0})
+    assert m["per_source"]["s1"]["by_lesion_size"] == M.by_lesion_size(COUNTS[:2])
+    assert m["by_lesion_size"] == M.by_lesion_size(COUNTS)
     assert "scores 1" in m["policy"]["dice_iou_empty"]
     json.dumps(m, allow_nan=False)  # undefined values are null, never NaN
     table = writers.metric_table(m)
     assert "| Dice | 0.4500 | 0.4000 |" in table and "| AUROC | 0.6250 | 0.7500 |" in table
+
+
+def test_dice_by_lesion_size_by_hand():
+    counts = np.array(
+        [
+            (0, 0, 0, 100),  # no lesion, nothing predicted: Dice 1, bin none
+            (0, 5, 0, 95),  # no lesion, 5 px predicted: Dice 0, bin none
+            (100, 0, 100, 800),  # 200 px lesion: Dice 2/3
+            (499, 0, 0, 501),  # 499 px (< 500): Dice 1
+            (250, 250, 250, 250),  # 500 px: first pixel of 500-2000, Dice 1/2
+            (1000, 0, 999, 1),  # 1999 px: last pixel of 500-2000, Dice 2000/2999
+            (2000, 0, 0, 0),  # 2000 px: >= 2000, Dice 1
+        ]
+    )
+    bins = M.by_lesion_size(counts)
+    assert list(bins) == ["none", "<500", "500-2000", ">=2000"] == M.lesion_size_labels()
+    assert [b["images"] for b in bins.values()] == [2, 2, 2, 1]
+    assert bins["none"]["dice_image"] == 0.5 and bins["none"]["dice_global"] == 0.0
+    assert bins["<500"]["dice_image"] == pytest.approx((2 / 3 + 1) / 2)
+    assert bins["<500"]["dice_global"] == pytest.approx(2 * 599 / (2 * 599 + 100))  # pooled tp 599, fn 100
+    assert bins["500-2000"]["dice_image"] == pytest.approx((0.5 + 2000 / 2999) / 2)
+    assert bins[">=2000"]["dice_image"] == 1.0
+    assert (bins["<500"]["min_px"], bins["<500"]["max_px"], bins[">=2000"]["max_px"]) == (1, 500, None)
+    # an empty bin is null, and other edges name the bins after them
+    few = M.by_lesion_size(counts[:3], edges=(100, 1000, 5000))
+    assert list(few) == ["none", "<100", "100-1000", "1000-5000", ">=5000"]
+    assert few["<100"] == {"images": 0, "dice_image": None, "dice_global": None, "min_px": 1, "max_px": 100}
+    assert few["100-1000"]["dice_image"] == pytest.approx(2 / 3)
+    table = writers.lesion_size_table(bins)
+    assert "| none (no lesion) | 2 | 0.5000 | 0.0000 |" in table and "| >=2000 | 1 | 1.0000 | 1.0000 |" in table
+    assert "| <100 | 0 | n/a | n/a |" in writers.lesion_size_table(few)
 
 
 def test_summarize_all_empty():
@@ -216,6 +250,7 @@ def test_figures_render(tmp_path):
         figures.pr_figure(pos, neg, (0.5, 1.0), 0.4),
         figures.pr_figure(empty_pos, empty_neg, (None, None), 0.5),
         figures.confusion_figure(2, 2, 4, 8, 0.4),
+        figures.lesion_size_figure(M.by_lesion_size(COUNTS)),
         figures.samples_figure([("a", image, image > 0.5, image), ("b", image[:4], image[:4] > 2, image[:4])], 0.5),
         curves.learning_curves_figure({"v0": {"train/loss": {0: 1.0, 1: 0.5}, "val/dice_image": {0: 0.2, 1: 0.4}}}),
     ]

@@ -2,7 +2,7 @@
 
 ``write_report`` scores the slices (``covidseg.scoring``), then writes ``metrics.json``,
 ``metrics.md``, ``per_image.csv`` and, for volumes, ``per_case.csv`` (``writers``), ``roc_curve.png``, ``pr_curve.png``,
-``confusion_matrix.png``, ``prediction_samples.png`` (``figures``) and, when the run's TensorBoard
+``confusion_matrix.png``, ``dice_by_lesion_size.png``, ``prediction_samples.png`` (``figures``) and, when the run's TensorBoard
 events are found, ``learning_curves.png`` (``curves``). Metric rules: ``covidseg.metrics``.
 """
 
@@ -54,7 +54,7 @@ def log_to_tensorboard(tensorboard, metrics: dict, figs: dict, prefix: str, step
     writer = tensorboard if isinstance(tensorboard, SummaryWriter) else SummaryWriter(str(tensorboard))
     for name, value in M.headline(metrics).items():
         writer.add_scalar(f"{prefix}/{name}", value, global_step=step)
-    for name in ("roc_curve", "pr_curve", "confusion_matrix", "prediction_samples"):
+    for name in ("roc_curve", "pr_curve", "confusion_matrix", "dice_by_lesion_size", "prediction_samples"):
         writer.add_figure(f"{prefix}/{name}", figs[name], global_step=step, close=False)
     if writer is tensorboard:
         writer.flush()
@@ -133,6 +133,7 @@ def write_report(
         "roc_curve": figures.roc_figure(pos, neg, (1 - g["specificity"], g["recall"]) if None not in (g["specificity"], g["recall"]) else None, t),
         "pr_curve": figures.pr_figure(pos, neg, (g["recall"], g["precision"]), t),
         "confusion_matrix": figures.confusion_figure(tp, fp, fn, tn, t),
+        "dice_by_lesion_size": figures.lesion_size_figure(metrics["by_lesion_size"]),
         "prediction_samples": figures.samples_figure(rows, t, "slices with lesion" if any(r["gt_pixels"] for r in scores.rows) else "all slices"),
     }
     if metrics.get("lungs", {}).get("severity"):

@@ -1,5 +1,5 @@
-"""The report's figures: pixel ROC and PR curves, the confusion matrix and prediction samples
-(matplotlib, no metric maths: curves come from ``covidseg.metrics``)."""
+"""The report's figures: pixel ROC and PR curves, the confusion matrix, Dice by lesion size and
+prediction samples (matplotlib, no metric maths: curves and bins come from ``covidseg.metrics``)."""
 
 from __future__ import annotations
 
@@ -117,4 +117,23 @@ def involvement_figure(cases: list[dict]) -> Figure:
     ax.set_title("Lesion burden per case\n(grey lines: CT-1/2/3/4 edges at 25/50/75 %)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def lesion_size_figure(by_size: dict) -> Figure:
+    """Mean per-image Dice per lesion-size bin (``metrics.by_lesion_size``), slice count on each bar."""
+    labels = list(by_size)
+    values = [by_size[k]["dice_image"] for k in labels]
+    fig = new_figure(5.5, 3.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(labels))
+    bars = ax.bar(x, [0.0 if v is None else v for v in values], color=["0.6"] + ["tab:blue"] * (len(labels) - 1))
+    for bar, label, v in zip(bars, labels, values):
+        n = by_size[label]["images"]
+        text = f"n={n}" if v is None else f"{v:.3f}\nn={n}"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02, text, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, ["no lesion" if k == "none" else k for k in labels])
+    ax.set(ylim=(0, 1.18), xlabel="ground-truth lesion pixels per slice (original resolution)", ylabel="mean per-image Dice")
+    ax.set_title("Per-image Dice by lesion size")
+    ax.grid(axis="y", alpha=0.3)
     return fig

@@ -34,6 +34,16 @@ def metric_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def lesion_size_table(by_size: dict) -> str:
+    """The markdown table ``lesion size | images | per-image Dice | global Dice`` of a
+    ``metrics.by_lesion_size`` result (an empty bin shows ``n/a``)."""
+    lines = ["| lesion size (px, original resolution) | images | per-image Dice | global Dice |", "|---|---|---|---|"]
+    for label, v in by_size.items():
+        name = "none (no lesion)" if label == "none" else label
+        lines.append(f"| {name} | {v['images']} | {_fmt(v['dice_image'])} | {_fmt(v['dice_global'])} |")
+    return "\n".join(lines)
+
+
 def markdown(metrics: dict) -> str:
     """The whole ``metrics.md``: run description, metric table, counts, sources and rules."""
     c = metrics["counts"]
@@ -50,6 +60,8 @@ def markdown(metrics: dict) -> str:
         "",
         metric_table(metrics),
     ]
+    if "by_lesion_size" in metrics:
+        lines += ["", "## By lesion size", "", lesion_size_table(metrics["by_lesion_size"])]
     if "per_source" in metrics:
         lines += ["", "## Per source", "", "| source | images | cases | per-image Dice | global Dice |", "|---|---|---|---|---|"]
         lines += [f"| {s} | {v['images']} | {v['cases']} | {v['dice_image']:.4f} | {v['dice_global']:.4f} |" for s, v in metrics["per_source"].items()]
