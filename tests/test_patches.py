@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from covidseg.datamodule import CTDataModule
+from covidseg.datamodule import CTDataModule, SliceDataset
 from covidseg.errors import CovidSegError
 from covidseg.export import main as export_main
 from covidseg.fit import main as fit_main
@@ -18,6 +18,7 @@ from covidseg.io import read_image, read_mask, write_image
 from covidseg.model import LitUNet
 from covidseg.patches import random_patch
 from covidseg.predict import predict_paths
+from covidseg.sources import Sample
 from covidseg.sources import DataError
 from conftest import FAST_TRAINER, TINY_MODEL
 
@@ -73,6 +74,25 @@ def test_datamodule_trains_on_patches_and_validates_on_whole_slices(tiny_data):
     ds = dm.datasets["train"]
     with_lesion = [i for i, s in enumerate(ds.samples) if read_mask(s.mask).any()]
     assert with_lesion and all(ds[i]["mask"].sum() > 0 for i in with_lesion)  # foreground_fraction 1: always on lesion
+
+
+def test_one_window_for_the_image_and_every_target(tmp_path):
+    # image bright on the lungs, lesion a stripe of them: every patch must crop all three alike
+    img = np.zeros((64, 64), np.uint8)
+    img[8:56, 6:30] = img[8:56, 34:58] = 255
+    lesion = np.zeros_like(img)
+    lesion[20:24, :] = img[20:24, :]
+    write_image(tmp_path / "i.png", img)
+    write_image(tmp_path / "m.png", lesion)
+    write_image(tmp_path / "l.png", img)
+    sample = Sample(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "c", "s", lungs=str(tmp_path / "l.png"))
+    ds = SliceDataset([sample], 64, lung_masks=True, patch_size=32, foreground_fraction=0.5)
+    torch.manual_seed(0)
+    for _ in range(10):
+        item = ds[0]
+        assert item["image"].shape == item["mask"].shape == item["lungs"].shape == (1, 32, 32)
+        assert torch.equal(item["lungs"], (item["image"] > 0.5).float())
+        assert torch.equal(item["mask"], item["mask"] * item["lungs"])  # lesion stays inside the lungs
 
 
 @pytest.mark.parametrize(
