@@ -59,8 +59,8 @@ def test_crossval_counts_each_fold_once_and_summarises(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "cv-t-fold1" / "version_1" / "cv_eval_tta" / "metrics.json").is_file()
     assert "folds: 1," in proc.stdout or "folds: 1\n" in proc.stdout
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| plain") or line.startswith("| TTA")]
-    assert len(rows) == 4 and all(" | 1 | " in r for r in rows)  # 2 sources x (plain, TTA), one fold each
+    rows = [line for line in proc.stdout.splitlines() if (line.startswith("| plain") or line.startswith("| TTA")) and line.count("|") == 7]
+    assert len(rows) == 4 and all(r.split(" | ")[2] == "1" for r in rows)  # 2 sources x (plain, TTA), one fold each
 
 
 def test_crossval_stops_on_a_failed_fold(tmp_path):
