@@ -16,80 +16,19 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from covidseg.io import Normalization, preprocess_image, preprocess_mask, read_mask
-from covidseg.patches import patch_window
-from covidseg.sources import DataError, EmptyMaskPolicy, Sample, ScanReport, data_kind, load_image, load_mask, scan
+from covidseg.dataset import SliceDataset
+from covidseg.io import Normalization
+from covidseg.sources import DataError, EmptyMaskPolicy, Sample, ScanReport, data_kind, scan
 from covidseg.splits import assign_splits, read_splits, write_splits
 from covidseg.synthetic import ensure_demo
 from covidseg.transforms import train_transforms
 from covidseg.volumes import LUNG_WINDOW, Intensity
-
-
-class SliceDataset(Dataset):
-    """Image/mask pairs, preprocessed, optionally augmented.
-
-    Shape:
-        image: ``float32 [1, S, S]`` in [0, 1]; mask: ``float32 [1, S, S]`` in {0, 1}, or the
-        lesion fraction of each pixel in [0, 1] with ``soft_masks``. With ``lung_masks`` also
-        lungs: ``float32 [1, S, S]`` in {0, 1} (zeros where the source has none) and
-        has_lungs: ``bool`` (whether it has one: the lung loss skips the others). With
-        ``patch_size`` ``P``: one random ``[1, P, P]`` window of the image and every target
-        (forced onto lesion with probability ``foreground_fraction``).
-    """
-
-    def __init__(
-        self,
-        samples: list[Sample],
-        image_size: int,
-        normalization: Normalization = "auto",
-        transform=None,
-        soft_masks: bool = False,
-        lesion_labels: list[int] | None = None,
-        window: tuple[float, float] = LUNG_WINDOW,
-        lung_masks: bool = False,
-        patch_size: int | None = None,
-        foreground_fraction: float = 0.0,
-    ):
-        self.samples = samples
-        self.lesion_labels = lesion_labels
-        self.window = tuple(window)
-        self.lung_masks = lung_masks
-        self.soft_masks = soft_masks
-        self.image_size = image_size
-        self.normalization = normalization
-        self.transform = transform
-        self.patch_size = patch_size
-        self.foreground_fraction = foreground_fraction
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict:
-        s = self.samples[index]
-        image = preprocess_image(load_image(s, self.window), self.image_size, self.normalization)
-        mask = preprocess_mask(load_mask(s, self.lesion_labels), self.image_size, self.soft_masks)
-        targets = {"mask": mask}
-        if self.lung_masks:
-            has = s.lungs is not None
-            targets["lungs"] = preprocess_mask(read_mask(s.lungs), self.image_size) if has else np.zeros_like(mask, dtype=np.uint8)
-        if self.transform is not None:
-            out = self.transform(image=image, **targets)
-            image, targets = out["image"], {k: out[k] for k in targets}
-        if self.patch_size is not None and self.patch_size < self.image_size:
-            window = patch_window(targets["mask"], self.patch_size, self.foreground_fraction)
-            image, targets = image[window], {k: v[window] for k, v in targets.items()}
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], "index": index}
-        item.update({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None] for k, v in targets.items()})
-        if self.lung_masks:
-            item["has_lungs"] = s.lungs is not None
-        return item
 
 
 def check_resolution(image_size: int, patch_size: int | None, foreground_fraction: float) -> None:
