@@ -114,7 +114,8 @@ def involvement_figure(cases: list[dict]) -> Figure:
             ax.axhline(edge, c="lightgrey", lw=0.8)
     ax.plot(true, pred, "o", c="C0", label=f"{len(cases)} cases")
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="true involvement (% of lung)", ylabel="predicted involvement (% of lung)")
-    ax.set_title("Lesion burden per case\n(grey lines: CT-1/2/3/4 edges at 25/50/75 %)")
+    shown = [f"{e:g} %" for e in EDGES if e < top]
+    ax.set_title("Lesion burden per case\n" + (f"(grey lines: grade edges at {', '.join(shown)})" if shown else "(all below 25 %: CT-1 or CT-0)"))
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     return fig
