@@ -1,8 +1,10 @@
-"""Callbacks: validation slices to TensorBoard, and one progress line per epoch for logs."""
+"""Callbacks: validation slices to TensorBoard, one progress line per epoch for logs, and
+``last.ckpt`` written after every epoch."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,3 +62,21 @@ class EpochLine(Callback):
         keys = [k for k in ("train/loss", "val/loss", "val/dice_image", "val/dice") if k in m]
         values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  {time.monotonic() - self._start:.0f}s", flush=True)
+
+
+class LastEpochCheckpoint(Callback):
+    """Writes ``CHECKPOINT_DIR/last.ckpt`` at the end of every training epoch (after that epoch's
+    validation), so it always holds the latest epoch: the weights cross-validation scores and
+    ``--ckpt_path last`` resumes. Lightning 2.6's ``ModelCheckpoint(save_last=True)`` rewrites
+    ``last.ckpt`` only when it also saves a new top-k checkpoint, i.e. it left ``last.ckpt`` at
+    the best validation epoch."""
+
+    FILENAME = "last.ckpt"
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        cb = trainer.checkpoint_callback
+        if cb is None or cb.dirpath is None:  # checkpointing disabled
+            return
+        trainer.save_checkpoint(Path(cb.dirpath) / self.FILENAME)  # every rank calls; rank 0 writes

@@ -17,7 +17,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from covidseg.callbacks import EpochLine, ValidationSamples
+from covidseg.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
 from covidseg.datamodule import CTDataModule
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.evaluate import evaluate
@@ -50,8 +50,11 @@ class CovidSegCLI(LightningCLI):
                 "checkpoint.monitor": VAL_DICE_IMAGE,
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
+                # last.ckpt is LastEpochCheckpoint's (every epoch); Lightning's save_last is not
+                "checkpoint.save_last": False,
                 "checkpoint.auto_insert_metric_name": False,
+                # a resumed run overwrites its own best.ckpt instead of writing best-v1.ckpt beside it
+                "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -77,17 +80,19 @@ class CovidSegCLI(LightningCLI):
         cfg.ckpt_path = str(ckpt)
 
 
-def train_on_everything(trainer, model: LitUNet) -> None:
+def train_without_validation(trainer, model: LitUNet, reason: str) -> None:
     """No validation split (e.g. ``--data.val_fraction 0 --data.test_fraction 0`` for a final
-    model on all cases): nothing to select a checkpoint or stop early on, so validation is
-    off, early stopping is dropped and ``best.ckpt`` holds the latest weights, as ``last.ckpt``."""
+    model on all cases) or validation turned off (``--trainer.limit_val_batches 0``, e.g. a
+    cross-validation fold scored afterwards): nothing to select a checkpoint or stop early on, so
+    validation is off, early stopping is dropped and ``best.ckpt`` holds the latest weights, as
+    ``last.ckpt``."""
     if model.hparams.scheduler == "plateau":
         raise CovidSegError("model.scheduler=plateau follows val/dice_image, but there is no validation split; use cosine or none")
     trainer.limit_val_batches = 0
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, EarlyStopping)]
     for cb in trainer.checkpoint_callbacks:
         cb.monitor = None
-    rank_zero_info("no validation split: training on every case; no early stopping, checkpoints keep the latest weights")
+    rank_zero_info(f"{reason}; no early stopping, checkpoints keep the latest weights")
 
 
 def build_cli(args: list[str] | None = None) -> CovidSegCLI:
@@ -105,7 +110,7 @@ def build_cli(args: list[str] | None = None) -> CovidSegCLI:
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "covidseg", "default_hp_metric": False},
             },
-            "callbacks": [LearningRateMonitor(logging_interval="epoch"), ValidationSamples(), EpochLine()],
+            "callbacks": [LearningRateMonitor(logging_interval="epoch"), ValidationSamples(), EpochLine(), LastEpochCheckpoint()],
         },
         parser_kwargs={"prog": "covidseg fit", "description": __doc__.split("\n\n")[0]},
     )
@@ -136,7 +141,9 @@ def main(args: list[str] | None = None) -> dict:
     validated = "val" in dm.make_split().values()
     dm.check_world_size(trainer.world_size)  # before any process starts: one error line, exit 2
     if not validated:
-        train_on_everything(trainer, model)
+        train_without_validation(trainer, model, "no validation split: training on every case")
+    elif trainer.limit_val_batches == 0:
+        train_without_validation(trainer, model, "validation off (--trainer.limit_val_batches 0)")
     trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""

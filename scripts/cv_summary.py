@@ -1,49 +1,118 @@
-"""Summarise cross-validation runs: per-source mean per-image Dice over folds (mean and spread),
-then per source and lesion-size bin the per-image Dice over all folds' held-out slices (reports
-with ``by_lesion_size``, i.e. evaluated since issue 17).
+"""The paired cross-validation table, from the fold result files of ``scripts/crossval.sh``.
 
-    python scripts/cv_summary.py runs/cv-NAME-fold*/version_*
+    python scripts/cv_summary.py                       # every experiment in docs/experiments, paired with 'reference'
+    python scripts/cv_summary.py NAME [REFERENCE]      # one experiment (paired with REFERENCE, default 'reference')
+    python scripts/cv_summary.py NAME --results DIR    # result files elsewhere
+
+Each experiment is scored at its own best operating point (TTA mode and threshold with the best
+mean over sources of the fold-averaged per-image Dice, chosen over the folds it has, as the
+stored operating point is chosen), and also at threshold 0.5 with flip TTA. The paired table
+lists, per fold both experiments finished, the per-source per-image Dice of each and the
+difference, then mean and sd of the differences; then Dice by lesion size pooled over the
+folds' held-out slices, and the lung figures of lung-output models.
 """
 
-import json
+from __future__ import annotations
+
+import argparse
 import statistics
-import sys
 from pathlib import Path
 
+from covidseg.crossval import best_setting, read_records, sd, setting_scores, source_means
 
-def main(run_dirs: list[str]) -> None:
-    rows: dict[str, dict[str, list[float]]] = {}
-    bins: dict[tuple[str, str, str], list[float]] = {}  # (kind, source, bin) -> [dice sum, slices]
-    seconds = []
-    for run in map(Path, run_dirs):
-        if (run / "train_seconds.txt").is_file():
-            seconds.append(int((run / "train_seconds.txt").read_text()))
-        for kind in ("cv_eval", "cv_eval_tta"):
-            path = run / kind / "metrics.json"
-            if not path.is_file():
-                continue
-            metrics = json.loads(path.read_text())
-            for source, values in metrics.get("per_source", {}).items():
-                rows.setdefault(f"{kind}:{source}", {}).setdefault("dice", []).append(values["dice_image"])
-                for label, b in values.get("by_lesion_size", {}).items():
-                    acc = bins.setdefault((kind, source, label), [0.0, 0])
-                    acc[0] += (b["dice_image"] or 0.0) * b["images"]
-                    acc[1] += b["images"]
-    print(f"folds: {len(run_dirs)}, training time per fold: {statistics.mean(seconds) / 60:.1f} min" if seconds else f"folds: {len(run_dirs)}")
-    print("| eval | source | folds | mean per-image Dice | sd | per fold |")
-    print("|---|---|---|---|---|---|")
-    for key, values in sorted(rows.items()):
-        kind, source = key.split(":", 1)
-        d = values["dice"]
-        sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-        print(f"| {'TTA' if kind.endswith('tta') else 'plain'} | {source} | {len(d)} | {statistics.mean(d):.3f} | {sd:.3f} | {', '.join(f'{x:.3f}' for x in d)} |")
-    if bins:
-        print("\n| eval | source | lesion size (px, original resolution) | slices (all folds) | per-image Dice |")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def describe(name: str, records: dict[int, dict]) -> tuple[str, str]:
+    """Prints one experiment's per-fold scores; returns its best setting."""
+    tta, t, overall = best_setting(records)
+    first = next(iter(records.values()))
+    minutes = statistics.mean(r["train_seconds"] for r in records.values()) / 60
+    print(f"\n## {name}: folds {sorted(records)} of {first['num_folds']}, {first['epochs']} epochs, {minutes:.1f} min training per fold (commit {first['commit']})")
+    print(f"best setting over these folds: {'flip TTA' if tta == 'tta' else 'no TTA'}, threshold {t} (mean of sources {overall:.4f})\n")
+    print("| setting | source | mean | sd | per fold |")
+    print("|---|---|---|---|---|")
+    for label, (m, th) in (("best", (tta, t)), ("TTA, 0.5", ("tta", "0.5")), ("no TTA, 0.5", ("plain", "0.5"))):
+        for source in sorted(setting_scores(first, m, th)):
+            values = [setting_scores(r, m, th)[source] for _, r in sorted(records.items())]
+            print(f"| {label} | {source} | {statistics.mean(values):.3f} | {_fmt(sd(values))} | {', '.join(f'{v:.3f}' for v in values)} |")
+    return tta, t
+
+
+def paired(name: str, records: dict[int, dict], ref_name: str, refs: dict[int, dict]) -> None:
+    """Per fold both have: each experiment at its own best setting (chosen over the common folds) and the difference."""
+    common = sorted(set(records) & set(refs))
+    if not common:
+        print(f"\n{name} and {ref_name} share no finished fold yet")
+        return
+    mine, theirs = {k: records[k] for k in common}, {k: refs[k] for k in common}
+    a, b = best_setting(mine)[:2], best_setting(theirs)[:2]
+    sources = sorted(setting_scores(mine[common[0]], *a))
+    print(f"\n## paired: {name} ({'TTA' if a[0] == 'tta' else 'no TTA'} {a[1]}) against {ref_name} ({'TTA' if b[0] == 'tta' else 'no TTA'} {b[1]}), folds {common}\n")
+    print("| fold | " + " | ".join(f"{s}: {name} / {ref_name} / diff" for s in sources) + " | mean of sources diff |")
+    print("|---|" + "---|" * (len(sources) + 1))
+    diffs: dict[str, list[float]] = {s: [] for s in sources}
+    for k in common:
+        x, y = setting_scores(mine[k], *a), setting_scores(theirs[k], *b)
+        cells = []
+        for s in sources:
+            diffs[s].append(x[s] - y[s])
+            cells.append(f"{x[s]:.3f} / {y[s]:.3f} / {x[s] - y[s]:+.3f}")
+        print(f"| {k} | " + " | ".join(cells) + f" | {statistics.mean(x[s] - y[s] for s in sources):+.3f} |")
+    ma, mb = source_means(mine, *a), source_means(theirs, *b)
+    cells = [f"{ma[s]:.3f} / {mb[s]:.3f} / {statistics.mean(diffs[s]):+.3f} (sd {_fmt(sd(diffs[s]))})" for s in sources]
+    total = statistics.mean(statistics.mean(d) for d in diffs.values())
+    print("| mean | " + " | ".join(cells) + f" | {total:+.4f} |")
+
+
+def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> None:
+    """Dice by lesion size pooled over all folds' held-out slices, and lung figures (threshold 0.5)."""
+    bins: dict[tuple[str, str], list[float]] = {}
+    for r in records.values():
+        for source, v in r["scores"][mode]["at_0.5"].items():
+            for label, b in v["by_lesion_size"].items():
+                acc = bins.setdefault((source, label), [0.0, 0])
+                acc[0] += (b["dice_image"] or 0.0) * b["images"]
+                acc[1] += b["images"]
+    print(f"\n{name}, {'flip TTA' if mode == 'tta' else 'no TTA'}, threshold 0.5, by lesion size (px at the original resolution; all folds' held-out slices):\n")
+    print("| source | lesion size | slices | per-image Dice |")
+    print("|---|---|---|---|")
+    for (source, label), (total, n) in bins.items():
+        if n:
+            print(f"| {source} | {label} | {n} | {total / n:.3f} |")
+    lungs = {k: r["scores"][mode].get("lungs") for k, r in sorted(records.items()) if r["scores"][mode].get("lungs")}
+    if lungs:
+        print("\n| fold | lung Dice (per image / global) | involvement error, mean / max (pp) | grades right | cases |")
         print("|---|---|---|---|---|")
-        for (kind, source, label), (total, n) in bins.items():
-            dice = f"{total / n:.3f}" if n else "n/a"
-            print(f"| {'TTA' if kind.endswith('tta') else 'plain'} | {source} | {label} | {n} | {dice} |")
+        for k, v in lungs.items():
+            print(f"| {k} | {v['lung_dice_image']:.3f} / {v['lung_dice_global']:.3f} | {_fmt(v['mean_abs_error_pp'], 2)} / {_fmt(v['max_abs_error_pp'], 2)} | "
+                  f"{_fmt(v['grade_accuracy'], 2)} | {len(v['cases'] or [])} |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("name", nargs="?", help="experiment (default: all)")
+    p.add_argument("reference", nargs="?", default="reference", help="experiment to pair with (default: reference)")
+    p.add_argument("--results", default=str(REPO / "docs" / "experiments"), help="folder of NAME/fold-K.json")
+    a = p.parse_args(argv)
+    root = Path(a.results)
+    names = [a.name] if a.name else sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("fold-*.json")))
+    if not names:
+        raise SystemExit(f"cv_summary: no fold results under {root}")
+    ref = read_records(root / a.reference) if (root / a.reference).is_dir() else {}
+    for name in names:
+        records = read_records(root / name)
+        if not records:
+            raise SystemExit(f"cv_summary: no {root / name}/fold-*.json")
+        describe(name, records)
+        size_and_lungs(name, records)
+        if ref and name != a.reference:
+            paired(name, records, a.reference, ref)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -175,3 +175,29 @@ def test_2d_label_maps_are_refused_without_a_mapping_and_train_with_one(tmp_path
     assert "have label values {0, 1, 2}" in err and "--data.lesion_labels" in err and "Traceback" not in err
     results = _fit(data, tmp_path / "runs", "--trainer.max_epochs", "1", "--data.lesion_labels", "[1, 2]")
     assert results["counts"]["lesion_pixels"] > 0  # both labels count as lesion in the report
+
+
+def test_last_checkpoint_is_the_final_epoch_not_the_best(tiny_data, tmp_path):
+    """``last.ckpt`` holds the last epoch even when an earlier epoch was the best (cross-validation
+    scores it as "no selection on the validation fold"). The monitor ``epoch`` in ``min`` mode
+    makes epoch 0 the best for sure; Lightning 2.6's ``save_last`` left ``last.ckpt`` there."""
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min", "--early_stopping.patience", "9", "--test", "false")
+    run = tmp_path / "covidseg" / "version_0"
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # resuming continues the run's own files: no best-v1.ckpt / last-v1.ckpt beside them
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "4", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min", "--early_stopping.patience", "9",
+         "--test", "false", "--ckpt_path", "last")  # fmt: skip
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+def test_validation_off_trains_to_the_end_without_monitor(tiny_data, tmp_path):
+    """``--trainer.limit_val_batches 0`` (cross-validation folds, scored afterwards): no early
+    stopping on a metric that never comes, and the checkpoints are the final epoch's."""
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0", "--test", "false")
+    run = tmp_path / "covidseg" / "version_0"
+    for name in ("best.ckpt", "last.ckpt"):
+        assert torch.load(run / "checkpoints" / name, weights_only=True)["epoch"] == 1
