@@ -1,32 +1,59 @@
-"""scripts/cv_summary.py: per-source means over folds and Dice by lesion size pooled over folds."""
+"""scripts/cv_summary.py and covidseg.crossval: each experiment at its own best operating point,
+the paired per-fold table against the reference, lesion-size bins pooled over folds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from covidseg import metrics as M
+from covidseg.crossval import best_setting, read_records
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cv_summary.py"
 
 
-def test_lesion_size_bins_pool_the_slices_of_all_folds(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("cv_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folds = [np.array([(100, 0, 100, 800), (0, 0, 0, 9)]), np.array([(400, 0, 0, 600)])]  # <500: Dice 2/3 and 1; none: 1
-    runs = []
-    for k, counts in enumerate(folds):
-        run = tmp_path / f"fold{k}"
-        (run / "cv_eval").mkdir(parents=True)
-        per_source = {"zenodo20": {"dice_image": float(M.rates(*counts.T)["dice"].mean()), "by_lesion_size": M.by_lesion_size(counts)}}
-        (run / "cv_eval" / "metrics.json").write_text(json.dumps({"per_source": per_source}))
-        runs.append(str(run))
-    module.main(runs)
-    out = capsys.readouterr().out
-    assert "| plain | zenodo20 | 2 | 0.917 |" in out  # fold means 5/6 and 1
-    assert "| plain | zenodo20 | <500 | 2 | 0.833 |" in out and "| plain | zenodo20 | none | 1 | 1.000 |" in out
-    assert "| plain | zenodo20 | >=2000 | 0 | n/a |" in out
+def _record(name: str, fold: int, plain: dict, tta: dict, counts: np.ndarray) -> dict:
+    """A fold file with per-image Dice per threshold (same for each threshold except 0.4 and 0.5)."""
+    def mode(values):
+        by_t = {t: {"medseg50": values[0] - 0.05, "zenodo20": values[1] - 0.05} for t in ("0.3", "0.6", "0.7")}
+        by_t["0.4"] = {"medseg50": values[0] - 0.01, "zenodo20": values[1]}
+        by_t["0.5"] = {"medseg50": values[0], "zenodo20": values[1]}
+        at = {s: {"images": len(counts), "cases": 1, "dice_image": 0.5, "dice_global": 0.5, "by_lesion_size": M.by_lesion_size(counts)} for s in ("medseg50", "zenodo20")}
+        return {"by_threshold": by_t, "at_0.5": at}
+    return {"version": 1, "name": name, "fold": fold, "num_folds": 5, "command": "x", "commit": "abc", "epochs": 20, "train_seconds": 600,
+            "scores": {"plain": mode(plain), "tta": mode(tta)}}  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    counts = np.array([(100, 0, 100, 800), (0, 0, 0, 9)])  # <500: Dice 2/3; none: 1
+    for fold in range(3):
+        for name, plain, tta in (("reference", (0.70, 0.60), (0.72, 0.61)), ("cand", (0.74, 0.64), (0.73, 0.62))):
+            d = tmp_path / name
+            d.mkdir(exist_ok=True)
+            if name == "cand" and fold == 2:
+                continue  # the candidate has folds 0 and 1 only: pairs on those
+            (d / f"fold-{fold}.json").write_text(json.dumps(_record(name, fold, plain, tta, counts)))
+    return tmp_path
+
+
+def test_best_setting_is_chosen_over_all_folds(results):
+    assert best_setting(read_records(results / "reference"))[:2] == ("tta", "0.5")
+    tta, t, value = best_setting(read_records(results / "cand"))
+    assert (tta, t) == ("plain", "0.5") and value == pytest.approx(0.69)
+
+
+def test_paired_table_on_common_folds(results):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--results", str(results)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "## paired: cand (no TTA 0.5) against reference (TTA 0.5), folds [0, 1]" in out
+    assert "| 0 | 0.740 / 0.720 / +0.020 | 0.640 / 0.610 / +0.030 | +0.025 |" in out
+    assert "| mean | 0.740 / 0.720 / +0.020 (sd 0.000) | 0.640 / 0.610 / +0.030 (sd 0.000) | +0.0250 |" in out
+    assert "| medseg50 | <500 | 3 | 0.667 |" in out  # reference: one such slice in each of 3 folds, pooled
+    assert "| medseg50 | none | 3 | 1.000 |" in out

@@ -1,5 +1,6 @@
 """The committed configs parse, and scripts/reproduce.sh runs end to end on generated data."""
 
+import json
 import os
 import subprocess
 import sys
@@ -50,17 +51,29 @@ def _two_sources(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_crossval_counts_each_fold_once_and_summarises(tmp_path):
+def test_crossval_writes_one_result_file_per_fold_and_skips_finished_folds(tmp_path):
     data = _two_sources(tmp_path / "data")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    flags = ["--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *TINY_MODEL, *FAST_TRAINER]
-    for _ in range(2):  # a re-run of the fold makes version_1; only it is summarised
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "crossval.sh"), "t", str(data), "2", "1", *flags], capture_output=True, text=True, env=env, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "runs" / "cv-t-fold1" / "version_1" / "cv_eval_tta" / "metrics.json").is_file()
-    assert "folds: 1," in proc.stdout or "folds: 1\n" in proc.stdout
-    rows = [line for line in proc.stdout.splitlines() if (line.startswith("| plain") or line.startswith("| TTA")) and line.count("|") == 7]
-    assert len(rows) == 4 and all(r.split(" | ")[2] == "1" for r in rows)  # 2 sources x (plain, TTA), one fold each
+    results = tmp_path / "experiments"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CV_RESULTS": str(results)}
+    flags = ["--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *TINY_MODEL, *FAST_TRAINER]
+    cv = lambda folds: subprocess.run(["bash", str(REPO / "scripts" / "crossval.sh"), "t", str(data), "2", folds, *flags],  # noqa: E731
+                                      capture_output=True, text=True, env=env, cwd=REPO)  # fmt: skip
+    proc = cv("1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((results / "t" / "fold-1.json").read_text())
+    assert record["fold"] == 1 and record["num_folds"] == 2 and record["epochs"] == 2  # the final epoch, not a selected one
+    assert record["command"].startswith("bash scripts/crossval.sh t DATA_DIR 2 1 --trainer.max_epochs 2")
+    for mode in ("plain", "tta"):
+        assert set(record["scores"][mode]["by_threshold"]) == {"0.3", "0.4", "0.5", "0.6", "0.7"}
+        assert set(record["scores"][mode]["at_0.5"]) == {"medseg50", "zenodo20"}
+    assert not (tmp_path / "runs" / "cv-t-fold0").exists()
+    proc = cv("0 1")  # fold 1 is finished: only fold 0 trains
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fold-1.json exists, fold 1 skipped" in proc.stdout
+    assert not (tmp_path / "runs" / "cv-t-fold1" / "version_1").exists() and (results / "t" / "fold-0.json").is_file()
+    summary = subprocess.run([sys.executable, str(REPO / "scripts" / "cv_summary.py"), "t", "--results", str(results)], capture_output=True, text=True, env=env)
+    assert summary.returncode == 0, summary.stderr
+    assert "## t: folds [0, 1] of 2, 2 epochs" in summary.stdout
 
 
 def test_crossval_stops_on_a_failed_fold(tmp_path):
