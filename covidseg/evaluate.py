@@ -12,6 +12,10 @@ and TTA; ``--threshold``/``--tta`` override them), at each slice's original reso
 ``--threshold auto`` picks the threshold with the best mean per-image Dice (grid 0.05..0.95) on
 the run's validation split, writes ``NAME.tuned.ckpt`` next to each input checkpoint (the input
 is never modified) and reports with it.
+
+``--viewer true`` also writes ``index.html`` and ``viewer/`` into the report folder: every
+case with its Dice and true and predicted involvement, sortable, and a slice-by-slice view of
+truth against prediction (``covidseg.viewer``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def evaluate(
     step: int = 0,
     progress: bool = True,
     lesion_labels: list[int] | None = None,
+    viewer: bool = False,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -75,6 +80,7 @@ def evaluate(
         tta: flip test-time augmentation; ``None`` uses the model's setting.
         tensorboard, step: optional log dir or writer for scalars and figures.
         lesion_labels: label values that are lesion; default: the mapping the run trained with.
+        viewer: also write the HTML case viewer (``index.html``, ``viewer/``) into ``output``.
     """
     ckpts = [Path(ckpts)] if isinstance(ckpts, (str, Path)) else [Path(c) for c in ckpts]
     if split is not None and split not in SPLITS:
@@ -111,7 +117,7 @@ def evaluate(
     return write_report(
         predictor, chosen, output, threshold_source=source, split=split, roots=eval_roots,
         run_dirs=None, tensorboard=tensorboard, step=step, batch_size=batch_size, progress=progress,
-        lesion_labels=settings.get("lesion_labels"),
+        lesion_labels=settings.get("lesion_labels"), viewer=viewer,
     )  # fmt: skip
 
 
@@ -123,6 +129,7 @@ def build_parser():
     p.add_argument("--output", type=str, required=True, help="report folder")
     p.add_argument("--data.lesion_labels", type=list[int] | None, default=None, help="label values that are lesion in label-map masks (default: the mapping the run trained with)")
     options.add_inference(p, auto_threshold=True)
+    p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with Dice and truth vs prediction")
     p.add_argument("--tensorboard", type=str | None, default=None, help="also add scalars and figures to this TensorBoard log dir")
     return p
 
@@ -134,10 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     options.checked(a)
     metrics = evaluate(
         options.as_list(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
-        lesion_labels=a.data.lesion_labels,
+        lesion_labels=a.data.lesion_labels, viewer=a.viewer,
     )  # fmt: skip
     print("\n" + metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")
+    if a.viewer:
+        print(f"viewer: {Path(a.output).resolve() / 'index.html'}")
     return metrics
 
 

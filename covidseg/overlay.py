@@ -1,5 +1,6 @@
 """The one overlay drawing: a slice in gray with truth and prediction tinted, used by the
-TensorBoard validation samples, the report's sample figure and ``predict --overlay``."""
+TensorBoard validation samples, the report's sample figure, ``predict --overlay`` and the
+HTML viewer (``layer``: the same colours as a transparent layer the browser blends)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 PREDICTION_RGB = np.array([1.0, 0.2, 0.2])  # red
 TRUTH_RGB = np.array([0.2, 1.0, 0.2])  # green; truth and prediction together read yellow
+LUNG_RGB = np.array([0.35, 0.75, 1.0])  # light blue, for lung outlines
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None, alpha: float = 0.35) -> np.ndarray:
@@ -23,3 +25,20 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None
     painted = np.asarray(pred, bool) if truth is None else np.asarray(pred, bool) | np.asarray(truth, bool)
     out = np.where(painted[..., None], (1 - alpha) * gray + alpha * tint, gray)
     return out.astype(np.float32)
+
+
+def layer(pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """The tint of ``overlay`` alone: opaque where painted, transparent elsewhere (prediction
+    red, truth green, both yellow), for a viewer that sets the opacity itself.
+
+    Shape:
+        pred, truth: ``[H, W]`` bool or {0, 1}; returns ``uint8 [H, W, 4]`` RGBA.
+    """
+    pred = np.asarray(pred, bool)
+    tint = pred[..., None] * PREDICTION_RGB
+    painted = pred
+    if truth is not None:
+        truth = np.asarray(truth, bool)
+        tint = np.clip(tint + truth[..., None] * TRUTH_RGB, 0, 1)
+        painted = pred | truth
+    return np.concatenate([np.rint(tint * 255), painted[..., None] * 255.0], axis=2).astype(np.uint8)

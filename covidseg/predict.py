@@ -19,6 +19,10 @@ the lesion burden (lung pixels, lung mL, involvement % = lesion inside the lungs
 CT-0..CT-4 grade of ``covidseg.severity``) are written too; ``--case_regex`` groups image
 files into cases (patients) and writes ``cases.csv`` with per-case sums and grades.
 
+With ``--viewer true``, ``index.html`` and ``viewer/`` (``covidseg.viewer``) show every case
+(a volume, the images of a ``--case_regex`` case, or one image) in a browser, offline: a
+sortable index with involvement and grade, and a slice-by-slice view with the overlay.
+
 Outputs in ``--output`` for ``NAME.ext``: ``NAME.png`` (mask {0, 255} at the input's size),
 ``NAME.npy`` (``--probabilities``, float32 in [0, 1]), ``NAME_overlay.png`` (``--overlay``,
 images only); for ``NAME.nii.gz``: ``NAME_mask.nii.gz`` (uint8 {0, 1}, the input's shape,
@@ -48,7 +52,9 @@ from covidseg.overlay import overlay
 from covidseg.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
 from covidseg.sources import case_id_from_name
 from covidseg.predict_jobs import SUMMARY, Job, check_outputs, plan
-from covidseg.volumes import read_volume, voxel_ml, write_like
+from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
+from covidseg.viewer import ViewerWriter
+from covidseg.volumes import read_volume, volume_stem, voxel_ml, write_like
 
 SUMMARY_FIELDS = (
     "input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
@@ -96,7 +102,14 @@ def _report(bar: tqdm, job: Job, reason: str) -> dict:
     return _row(job, "failed", reason)
 
 
-def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm) -> list[dict]:
+def case_name(job: Job, case_regex: str | None = None) -> str:
+    """The case an input belongs to: a volume's name, or an image's ``case_regex`` case (else its stem)."""
+    if job.kind == "image":
+        return case_id_from_name(job.path.stem, case_regex) if case_regex else job.path.stem
+    return job.path.name if job.path.is_dir() else volume_stem(job.path)
+
+
+def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, viewer: ViewerWriter | None = None, case_regex: str | None = None) -> list[dict]:
     """Rows for ``jobs`` (all images), in their order."""
     rows: dict[int, dict] = {}
     for start in range(0, len(jobs), batch_size):
@@ -125,11 +138,14 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
                 rows[i] = _report(bar, job, f"cannot write output ({err})")
             else:
                 rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, mask, lungs=lungs))
+                if viewer:
+                    viewer.add_slice(case_name(job, case_regex), normalize_intensity(raw, predictor.settings.normalization), mask, lungs=lungs,
+                                     label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
             bar.update()
     return [rows[i] for i in range(len(jobs))]
 
 
-def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm) -> dict:
+def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm, viewer: ViewerWriter | None = None) -> dict:
     try:
         ref, slices = read_volume(job.path, *window)
     except _READ_ERRORS as err:
@@ -156,6 +172,10 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
             write_like(lung_out, lung, ref)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
+    if viewer:
+        for k, raw in enumerate(slices):
+            viewer.add_slice(case_name(job), normalize_intensity(raw, predictor.settings.normalization), mask[k], lungs=None if lung is None else lung[k],
+                             label=f"slice {k + 1} of {len(slices)}", kind="volume", source=str(job.path), ml_per_voxel=voxel_ml(ref))  # fmt: skip
     return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref), lung))
 
 
@@ -185,6 +205,7 @@ def predict_paths(
     overwrite: bool = False,
     lungs: bool = False,
     case_regex: str | None = None,
+    viewer: bool = False,
 ) -> list[dict]:
     """Predicts every input, writes the outputs and ``summary.csv``, and returns its rows.
 
@@ -199,6 +220,7 @@ def predict_paths(
         lungs: also write lung masks and the lesion burden (needs a model with a lung output).
         case_regex: group image files into cases (first group of the regex on the file stem)
             and write ``cases.csv`` with summed pixels, involvement and grade per case.
+        viewer: also write ``index.html`` and ``viewer/``: the cases in a browser (``covidseg.viewer``).
 
     Returns:
         One dict per input file, in input order, with the ``SUMMARY_FIELDS`` keys; ``status``
@@ -211,10 +233,11 @@ def predict_paths(
     if lungs and not predictor.settings.lung_output:
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
     jobs = plan(inputs, output, probabilities, overlay, lungs)
-    check_outputs(jobs, output, overwrite, extra=[CASES] if case_regex else [])
+    check_outputs(jobs, output, overwrite, extra=extra_outputs(case_regex, viewer))
     warn_kind_mismatch(predictor.settings, jobs, window)
     window = tuple(window) if window is not None else predictor.settings.window
     output.mkdir(parents=True, exist_ok=True)
+    sink = _viewer(predictor, output, window, lungs) if viewer else None
     by_job: dict[int, dict] = {}
     with tqdm(total=len(jobs), unit="slice", desc="predict", disable=None) as bar:
         for i, job in enumerate(jobs):
@@ -222,10 +245,10 @@ def predict_paths(
                 by_job[i] = _report(bar, job, job.error)
                 bar.update()
         images = [i for i, job in enumerate(jobs) if job.kind == "image"]
-        by_job.update(zip(images, _predict_images(predictor, [jobs[i] for i in images], batch_size, bar)))
+        by_job.update(zip(images, _predict_images(predictor, [jobs[i] for i in images], batch_size, bar, sink, case_regex)))
         for i, job in enumerate(jobs):
             if job.kind == "volume":
-                by_job[i] = _predict_volume(predictor, job, batch_size, window, bar)
+                by_job[i] = _predict_volume(predictor, job, batch_size, window, bar, sink)
     rows = [by_job[i] for i in range(len(jobs))]
     with open(output / SUMMARY, "w", newline="") as f:
         writer = csv.DictWriter(f, SUMMARY_FIELDS, extrasaction="ignore")
@@ -233,7 +256,24 @@ def predict_paths(
         writer.writerows(rows)
     if case_regex:
         write_cases(output / CASES, cases_of(rows, case_regex))
+    if sink:
+        for job, row in zip(jobs, rows):
+            if row["status"] != "ok":
+                sink.add_failed(case_name(job, case_regex) if job.kind else job.path.name, row["reason"], kind=job.kind, source=str(job.path))
+        sink.write()
     return rows
+
+
+def extra_outputs(case_regex: str | None, viewer: bool) -> list[str]:
+    """Files and folders besides the per-input outputs that a run writes into ``--output``."""
+    return ([CASES] if case_regex else []) + (list(VIEWER_OUTPUTS) if viewer else [])
+
+
+def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lungs: bool) -> ViewerWriter:
+    s = predictor.settings
+    models = ", ".join(p.name for p in predictor.paths)
+    line = f"{models} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'} \u00b7 volumes in window {window[0]:g}/{window[1]:g} HU"
+    return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs)
 
 
 def cases_of(rows: list[dict], case_regex: str) -> list[dict]:
@@ -261,6 +301,7 @@ def build_parser():
     p.add_argument("--overwrite", type=bool, default=False, help="replace existing outputs")
     p.add_argument("--lungs", type=bool, default=False, help="also write lung masks (NAME_lungs.png / _lungs.nii.gz) and the lesion burden: lung pixels, involvement %%, CT-0..CT-4 (a model with a lung output)")
     p.add_argument("--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem; writes cases.csv (summed pixels, involvement, grade)")
+    p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with involvement, grade and a slice-by-slice overlay")
     p.add_argument("--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
     return p
 
@@ -274,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
     output = Path(args.output)
     inputs = options.as_list(args.input)
-    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, [CASES] if args.case_regex else [])  # before loading models
+    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(args.case_regex, args.viewer))  # before loading models
     predictor = Predictor(options.as_list(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
@@ -287,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         lungs=args.lungs,
         case_regex=args.case_regex,
+        viewer=args.viewer,
     )
     failed = sum(row["status"] != "ok" for row in rows)
     s = predictor.settings
     print(f"{len(rows) - failed} ok, {failed} failed (threshold {s.threshold:g}, tta {'on' if s.tta else 'off'}); summary: {output / SUMMARY}")
     if args.case_regex:
         print(f"cases: {output / CASES}")
+    if args.viewer:
+        print(f"viewer: {output / VIEWER_OUTPUTS[0]}")
     return 1 if failed else 0
 
 

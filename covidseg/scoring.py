@@ -8,7 +8,8 @@ only ``batch_size`` maps live at once, so memory stays bounded whatever the numb
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def score(
     desc: str = "evaluating",
     lesion_labels: list[int] | None = None,
     tolerance_mm: float = 1.0,
+    on_slice: Callable[[Sample, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> Scores:
     """Predicts every slice of ``samples`` and scores it at ``threshold``; slices of volumes are
     also gathered per volume and scored in 3D (``volume_metrics.case_metrics``).
@@ -70,10 +72,21 @@ def score(
     Args:
         lesion_labels: the label values that are lesion (label-map masks), as in training.
         tolerance_mm: surface distance that counts as agreement for the volumes' NSD.
+        on_slice: called for each slice with ``(sample, raw image, predicted mask, true mask,
+            lung mask or None)`` (the HTML viewer); the maps are not kept otherwise.
     """
     out = Scores()
     volume: _Volume | None = None
-    maps = predictor.predict_maps((load_image(s, predictor.settings.window) for s in samples), batch_size)
+    raws: deque[np.ndarray] = deque()  # inputs read ahead by predict_maps, until their map comes back
+
+    def images():
+        for s in samples:
+            raw = load_image(s, predictor.settings.window)
+            if on_slice:
+                raws.append(raw)
+            yield raw
+
+    maps = predictor.predict_maps(images(), batch_size)
     for s in tqdm(samples, desc=desc, unit="img", disable=not progress):
         try:
             m = next(maps)
@@ -83,6 +96,8 @@ def score(
         prob, truth = m[0], load_mask(s, lesion_labels)
         if predictor.settings.lung_output and s.lungs is not None:
             out.lungs.append(_lung_row(s, prob >= threshold, truth, m[1] >= LUNG_THRESHOLD, read_mask(s.lungs)))
+        if on_slice:
+            on_slice(s, raws.popleft(), prob >= threshold, truth.astype(bool), m[1] >= LUNG_THRESHOLD if predictor.settings.lung_output else None)
         p, gt = torch.from_numpy(prob)[None], torch.from_numpy(truth)[None]
         tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(p, gt, threshold)[0])
         hist = metrics.histograms(p, gt).numpy().astype(np.int32)

@@ -4,10 +4,14 @@
 ``metrics.md``, ``per_image.csv`` and, for volumes, ``per_case.csv`` (``writers``), ``roc_curve.png``, ``pr_curve.png``,
 ``confusion_matrix.png``, ``dice_by_lesion_size.png``, ``prediction_samples.png`` (``figures``) and, when the run's TensorBoard
 events are found, ``learning_curves.png`` (``curves``). Metric rules: ``covidseg.metrics``.
+With ``viewer``, ``index.html`` and ``viewer/`` (``covidseg.viewer``) show each case with its
+Dice and truth against prediction.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +22,10 @@ from covidseg.inference import Predictor
 from covidseg.io import normalize_intensity
 from covidseg.report import curves, figures, writers
 from covidseg.runs import run_dir_of
-from covidseg.scoring import score
+from covidseg.scoring import Scores, score
 from covidseg.sources import DataError, Sample, load_image, load_mask
+from covidseg.viewer import ViewerWriter
+from covidseg.volumes import cache_volume, display_spacing
 
 PathLike = str | Path
 
@@ -76,6 +82,7 @@ def write_report(
     batch_size: int = 8,
     progress: bool = True,
     lesion_labels: list[int] | None = None,
+    viewer: bool = False,
 ) -> dict:
     """Scores ``samples`` at the predictor's operating point and writes every report file into
     ``output``; returns the content of ``metrics.json``.
@@ -93,6 +100,8 @@ def write_report(
             under ``{split or 'test'}/``.
         step: TensorBoard global step of those.
         lesion_labels: label values that are lesion (label-map masks), as the model was trained.
+        viewer: also write ``index.html`` and ``viewer/``: each case in a browser, with its Dice
+            and truth against prediction (``covidseg.viewer``).
     """
     if not samples:
         raise DataError("no slices to evaluate")
@@ -101,7 +110,8 @@ def write_report(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
 
-    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels)
+    sink = _viewer(predictor, out, split) if viewer else None
+    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels, on_slice=_keeper(sink, s.normalization) if sink else None)
     counts = np.asarray(scores.counts, dtype=np.int64)
     pos, neg = scores.pos, scores.neg
     metrics = {
@@ -146,4 +156,41 @@ def write_report(
         fig.savefig(out / f"{name}.png")
     if tensorboard is not None:
         log_to_tensorboard(tensorboard, metrics, figs, split or "test", step)
+    if sink:
+        sink.write(case_columns(scores, metrics))
     return metrics
+
+
+def _viewer(predictor: Predictor, out: Path, split: str | None) -> ViewerWriter:
+    s = predictor.settings
+    line = f"{', '.join(p.name for p in predictor.paths)} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'}"
+    return ViewerWriter(out, f"covidseg evaluate: {out.resolve().name}" + (f" ({split} split)" if split else ""), line, lungs=s.lung_output, truth=True)
+
+
+def _keeper(sink: ViewerWriter, normalization: str):
+    """``score``'s ``on_slice``: each slice into the viewer, in the model's display."""
+    ml: dict[str, float] = {}
+
+    def keep(sample: Sample, raw: np.ndarray, pred: np.ndarray, truth: np.ndarray, lungs: np.ndarray | None) -> None:
+        if sample.slice is not None and sample.image not in ml:  # as volume_metrics: display spacing in mm -> mL
+            ml[sample.image] = math.prod(display_spacing(np.array(cache_volume(sample.image).affine))) / 1000.0
+        label = f"{Path(sample.image).name} slice {sample.slice + 1}" if sample.slice is not None else Path(sample.image).name
+        sink.add_slice(sample.case_id, normalize_intensity(raw, normalization), pred, lungs=lungs, truth=truth, label=label,
+                       kind="image" if sample.slice is None else "volume", source=sample.image, ml_per_voxel=ml.get(sample.image))  # fmt: skip
+
+    return keep
+
+
+def case_columns(scores: Scores, metrics: dict) -> dict[str, dict]:
+    """The viewer's per-case evaluation columns: Dice (3D for volumes, ``volume_metrics``; else
+    of the case's pooled slice counts), truth lesion mL, and the true involvement and grade of
+    ``metrics["lungs"]`` (cases with true lung masks)."""
+    counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
+    for row, c in zip(scores.rows, scores.counts):
+        counts[row["case_id"]] += c
+    out = {case: {"dice": float(M.rates(*c)["dice"])} for case, c in counts.items()}
+    for c in scores.cases:
+        out[c["case_id"]].update(dice=c["dice"], truth_ml=c["truth_ml"])
+    for c in metrics.get("lungs", {}).get("severity", {}).get("cases_table", []):
+        out[c["case_id"]].update(truth_involvement_percent=c["true_percent"], truth_grade=c["true_grade"])
+    return out
