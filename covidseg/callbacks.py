@@ -43,25 +43,29 @@ class ValidationSamples(Callback):
 
 class EpochLine(Callback):
     """One line per epoch (``epoch 3/10 train/loss ... val/dice ... 52s``) when there is no
-    progress bar, so logs of batch jobs still show progress."""
+    progress bar, so logs of batch jobs still show progress. The module logs its training values
+    in its own ``on_train_epoch_end``, which Lightning calls after the callbacks' hook, so the
+    line of an epoch is printed when the next epoch starts or training ends."""
 
     def __init__(self) -> None:
-        self._start = 0.0
+        self._start: float | None = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._print(trainer, trainer.current_epoch)
         self._start = time.monotonic()
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or trainer.progress_bar_callback is not None:
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._print(trainer, trainer.current_epoch)
+
+    def _print(self, trainer: Trainer, finished: int) -> None:
+        """``finished``: the number of epochs done (the one to report is the last of them)."""
+        start, self._start = self._start, None
+        if start is None or trainer.progress_bar_callback is not None or not trainer.is_global_zero:
             return
-        # callback_metrics computes (and, under DDP, syncs) logged metrics: a collective, so
-        # every rank reads them and only rank 0 prints
-        m = trainer.callback_metrics
-        if not trainer.is_global_zero:
-            return
+        m = trainer.callback_metrics  # plain synced tensors (LitUNet._log_loss): no collective
         keys = [k for k in ("train/loss", "val/loss", "val/dice_image", "val/dice") if k in m]
         values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  {time.monotonic() - self._start:.0f}s", flush=True)
+        print(f"epoch {finished}/{trainer.max_epochs}  {values}  {time.monotonic() - start:.0f}s", flush=True)
 
 
 class LastEpochCheckpoint(Callback):

@@ -6,12 +6,14 @@ are linked from the DataModule by the CLI so that they travel in every checkpoin
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import pytorch_lightning as pl
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+from torchmetrics import Metric
 
 from covidseg.errors import CovidSegError
 from covidseg.io import Normalization
@@ -20,6 +22,10 @@ from covidseg.metrics import TRAIN_LOSS, VAL_DICE_IMAGE, VAL_LOSS
 from covidseg.inference import TTA_FLIPS
 from covidseg.volumes import LUNG_WINDOW
 from covidseg.options import check_threshold
+
+# Epoch values are logged after torchmetrics synced them (see LitUNet._log_loss), so Lightning's
+# advice to add sync_dist=True to epoch-level tensors does not apply to them.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(train|val)/", category=UserWarning)
 
 
 def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: int, decoder_channels: list[int], in_channels: int, classes: int = 1) -> nn.Module:
@@ -209,11 +215,10 @@ class LitUNet(pl.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"], batch)
         self.update_train_metrics(loss, logits, batch["mask"])
-        # only epoch values are logged, so no per-batch compute
-        self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self._log_loss(TRAIN_LOSS, self.train_loss)
         self._log_scores("train", self.train_scores)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -226,15 +231,26 @@ class LitUNet(pl.LightningModule):
         self.val_scores.update(probs, target)
         if self.val_lung_scores is not None and "lungs" in batch:
             self.val_lung_scores.update(all_probs[:, 1:2], batch["lungs"], batch["has_lungs"])
-        self.log(VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         if batch_idx == 0 and self.hparams.num_val_samples:
             k = self.hparams.num_val_samples
             self.val_samples = {"image": batch["image"][:k], "mask": batch["mask"][:k], "prob": probs[:k]}
 
     def on_validation_epoch_end(self) -> None:
+        self._log_loss(VAL_LOSS, self.val_loss)
         self._log_scores("val", self.val_scores)
         if self.val_lung_scores is not None:
             self._log_scores("val", self.val_lung_scores, prefix="lung_", keys=("dice", "dice_image"))
+
+    # Under DDP every collective must run on every rank at the same point. Lightning computes a
+    # logged torchmetrics object (a gather) whenever anyone reads the logged metrics, and the
+    # progress bar reads them on rank 0 only: rank 0 then waits in a gather the other ranks never
+    # join (gloo "Received data size doesn't match"). So metric objects are never passed to
+    # self.log: each epoch hook computes them on every rank and logs the synced values as plain
+    # tensors (sync_dist=False: already the same on every rank).
+    def _log_loss(self, name: str, metric: Metric) -> None:
+        value = metric.compute()
+        metric.reset()
+        self.log(name, value, prog_bar=True, sync_dist=False)
 
     def _log_scores(self, stage: str, scores: SegmentationScores, prefix: str = "", keys=None) -> None:
         values = scores.compute()  # synced over ranks by torchmetrics: the same on every rank

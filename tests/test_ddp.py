@@ -1,4 +1,5 @@
-"""DDP with 2 CPU processes (gloo): synced validation metrics equal a 1-process run on the same model."""
+"""DDP with 2 CPU processes (gloo), run as users run it (progress bar on, default options): synced
+validation metrics equal a 1-process run on the same model."""
 
 import os
 import subprocess
@@ -19,18 +20,27 @@ KEYS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "auroc"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_ddp_two_processes_match_single_process(tmp_path):
+@pytest.mark.parametrize("progress_bar", [True, False], ids=["progress-bar", "epoch-lines"])
+def test_ddp_two_processes_match_single_process(tmp_path, progress_bar):
     # 9 cases x 3 slices; val_fraction 0.1 -> one case of 3 slices: an odd count that a
     # padding DistributedSampler would split 2+2 and count one slice twice.
     data = generate(tmp_path / "data", cases=9, slices=3, size=64)
     cmd = [sys.executable, "-m", "covidseg.fit", "--data.root", str(data), "--data.val_fraction", "0.1", "--data.batch_size", "2",
-           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
-           "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")] + TINY_MODEL + FAST_TRAINER
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
+           "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")] + TINY_MODEL
+    # the default options (progress bar, model summary, DataLoader workers) unless told: the bar
+    # once made rank 0 alone run a gather (gloo "Received data size doesn't match expected size")
+    cmd += [] if progress_bar else ["--trainer.enable_progress_bar", "false"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PL_DISABLE_FORK": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "covidseg" / "version_0"
     assert proc.stdout.count("Test metrics (best checkpoint") == 1  # evaluated by rank 0 only
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    if progress_bar:
+        assert not epoch_lines and "val/loss=" in proc.stdout + proc.stderr  # the bar shows the epoch values
+    else:  # one line per epoch, from rank 0, with this epoch's training loss
+        assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"] and all("train/loss" in line for line in epoch_lines), proc.stdout
     events = EventAccumulator(str(run))
     events.Reload()
     ddp = {k: events.Scalars(f"val/{k}")[-1].value for k in KEYS}
