@@ -13,6 +13,9 @@ Data contract (shared by training, evaluation, predict and export):
 
 * ``preprocess_image(raw, image_size, rule)`` -> ``float32 [S, S]``: normalise, then resize
   with area/linear interpolation. Every consumer calls this one function.
+* ``read_label_map(path)`` -> ``[H, W]``, a mask file's values as stored: the palette index of a
+  palette (``P``) PNG, the value of an 8-bit, 16-bit or 32-bit grey image; never a colour
+  conversion (a palette's colours, or RGB weights, would turn labels 1, 2 into 38, 75).
 * ``read_mask(path, lesion_labels)`` -> ``uint8 [H, W]`` in ``{0, 1}`` through ``lesion_mask``
   (the one label rule, shared with volumes): without ``lesion_labels`` a mask must be binary
   (``{0, 1}``, ``{0, 255}``, ``{0, dtype max}`` or empty) and lesion is non-zero; with them,
@@ -27,6 +30,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 Normalization = Literal["auto", "dtype", "minmax"]
@@ -62,17 +66,75 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Reads a 2D mask or label map as stored, ``[H, W]``: palette PNGs give their palette
+    indices (the labels; the palette only colours them), grey images their values (uint8,
+    uint16, int32 or float32). RGB(A) masks are accepted when their colour channels are equal
+    (grey saved as colour); a mask drawn in colours is refused, naming the file, since labels
+    cannot be read from colours. Raises ``ImageReadError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("LA", "PA"):  # the alpha channel is not part of the labels
+                img = img.getchannel(0)
+                mode = img.mode
+            arr = np.array(img)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageReadError(f"{path}: unreadable or corrupt image ({err.__class__.__name__})") from None
+    if mode == "1":
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 3:
+        colour = arr[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+            raise ImageReadError(
+                f"{path}: a colour ({mode}) mask; covidseg reads labels as stored values: save masks as single-channel "
+                "or palette PNG label maps (e.g. 0 background, 1 lesion)"
+            )
+        arr = colour[..., 0]
+    if arr.ndim != 2:
+        raise ImageReadError(f"{path}: not a 2D image (shape {arr.shape})")
+    return arr
+
+
 class MaskLabelError(ValueError):
     """A mask whose values are not binary and no ``lesion_labels`` say which are lesion."""
 
     def __init__(self, source: str, values: list):
         self.source, self.values = source, values
-        super().__init__(f"{source}: mask has label values {format_values(values)}; pass --data.lesion_labels to say which are lesion")
+        what = grey_level_message(values) if is_grey_level(values) else f"mask has label values {format_values(values)}; pass --data.lesion_labels to say which are lesion"
+        super().__init__(f"{source}: {what}")
 
 
-def format_values(values) -> str:
-    """``[0, 1, 2]`` -> ``{0, 1, 2}`` (integers without a trailing ``.0``)."""
-    return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "}"
+# A label map names a few structures; a mask with more distinct values than this holds grey
+# levels (JPEG compression, anti-aliased drawing or resampling by interpolation), not labels.
+MAX_LABELS = 32
+
+
+def is_grey_level(values: list) -> bool:
+    """Whether a mask's distinct values are too many for a label map (``MAX_LABELS``) or not integers."""
+    return len(values) > MAX_LABELS or any(float(v) != int(v) for v in values)
+
+
+def grey_level_message(values: list) -> str:
+    """What a grey-level mask is and what to do, for an error line."""
+    lo, hi = values[0], values[-1]
+    return (
+        f"mask holds {len(values)} grey levels from {lo:g} to {hi:g}, not labels: it was saved lossy (JPEG) or "
+        "anti-aliased/interpolated, so no list of label values names the lesion; re-export the masks losslessly (PNG, NIfTI) "
+        "with one value per label, or binarise them yourself (e.g. lesion where value >= half the maximum)"
+    )
+
+
+def format_values(values, limit: int | None = None) -> str:
+    """``[0, 1, 2]`` -> ``{0, 1, 2}`` (integers without a trailing ``.0``); with ``limit``, at
+    most that many values and then how many more."""
+    shown = list(values)[:limit] if limit else list(values)
+    more = f", ... ({len(values) - len(shown)} more)" if len(shown) < len(values) else ""
+    return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in shown) + more + "}"
 
 
 def mask_values(raw: np.ndarray) -> list:
@@ -107,9 +169,9 @@ def lesion_mask(raw: np.ndarray, lesion_labels: list[int] | None = None, source:
 
 
 def read_mask(path: str | Path, lesion_labels: list[int] | None = None) -> np.ndarray:
-    """Reads a 2D mask as ``uint8 [H, W]`` in {0, 1} through ``lesion_mask`` (raises
-    ``MaskLabelError`` for a label map without ``lesion_labels``)."""
-    return lesion_mask(read_image(path), lesion_labels, str(path))
+    """Reads a 2D mask as ``uint8 [H, W]`` in {0, 1}: its stored values (``read_label_map``)
+    through ``lesion_mask`` (raises ``MaskLabelError`` for a label map without ``lesion_labels``)."""
+    return lesion_mask(read_label_map(path), lesion_labels, str(path))
 
 
 def normalize_intensity(raw: np.ndarray, rule: Normalization = "auto") -> np.ndarray:

@@ -36,7 +36,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from covidseg.errors import CovidSegError
-from covidseg.io import IMAGE_SUFFIXES, ImageReadError, format_values, is_binary, lesion_mask, mask_values, read_image, read_mask
+from covidseg.io import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    format_values,
+    grey_level_message,
+    is_binary,
+    is_grey_level,
+    lesion_mask,
+    mask_values,
+    read_image,
+    read_label_map,
+    read_mask,
+)
 from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, is_volume, read_hu_slice, read_mask_slice, volume_stem
 
 # Kaggle names: the source prefix and patient, then the slice index.
@@ -273,17 +285,30 @@ def data_kind(roots: Iterable[str | Path]) -> str:
     return kinds.pop() if kinds else "image"
 
 
-def _label_problem(labelled: list[tuple[str, list]], names: dict[int, str]) -> str:
-    values = sorted({v for _, vs in labelled for v in vs})
-    files = ", ".join(f for f, _ in labelled[:3]) + (f" and {len(labelled) - 3} more" if len(labelled) > 3 else "")
-    nonzero = [v for v in values if v != 0]
-    named = [f"{v} {names[v]}" for v in nonzero if v in names]
-    hint = f" (dataset.json: {', '.join(named)})" if named else ""
-    example = "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in nonzero[:8]) + "]"
-    return (
-        f"{len(labelled)} mask(s) have label values {format_values(values)}{hint} ({files}); "
-        f'pass --data.lesion_labels to say which labels are lesion, e.g. "{example}" for every non-zero value'
-    )
+def _files(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def _label_problems(labelled: list[tuple[str, list]], names: dict[int, str]) -> list[str]:
+    """One line for the label maps (every non-zero value listed, as a ``lesion_labels`` to
+    start from) and one for grey-level masks (no label list can fix those)."""
+    out = []
+    grey = [(f, vs) for f, vs in labelled if is_grey_level(vs)]
+    maps = [(f, vs) for f, vs in labelled if not is_grey_level(vs)]
+    if maps:
+        values = sorted({v for _, vs in maps for v in vs})
+        nonzero = [v for v in values if v != 0]
+        named = [f"{v} {names[v]}" for v in nonzero if v in names]
+        hint = f" (dataset.json: {', '.join(named)})" if named else ""
+        example = "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in nonzero) + "]"
+        out.append(
+            f"{len(maps)} mask(s) have label values {format_values(values)}{hint} ({_files([f for f, _ in maps])}); "
+            f'pass --data.lesion_labels to say which labels are lesion, e.g. "{example}" for every non-zero value'
+        )
+    if grey:
+        values = sorted({v for _, vs in grey for v in vs})
+        out.append(f"{len(grey)} {grey_level_message(values).replace('mask holds', 'mask(s) hold', 1)} ({_files([f for f, _ in grey])})")
+    return out
 
 
 def _check_volume(s: Sample, lesion_labels: list[int] | None, problems: list[str], labelled: list) -> tuple[list[tuple[Sample, int]], list, int] | None:
@@ -304,7 +329,7 @@ def _check_volume(s: Sample, lesion_labels: list[int] | None, problems: list[str
         problems.append(f"{s.mask}: does not match its image {s.image}: {what}")
         return None
     values = list(mask.values)
-    if lesion_labels is None and not is_binary(values, np.dtype(mask.dtype)):
+    if is_grey_level(values) or (lesion_labels is None and not is_binary(values, np.dtype(mask.dtype))):
         labelled.append((s.mask, values))
         return None
     arr = np.load(mask.cache, mmap_mode="r")
@@ -342,7 +367,7 @@ def scan(
         else:
             try:
                 image = read_image(s.image)
-                raw_mask = read_image(s.mask)
+                raw_mask = read_label_map(s.mask)
             except ImageReadError as err:
                 problems.append(str(err))
                 continue
@@ -351,7 +376,7 @@ def scan(
                 continue
             if s.lungs is not None:
                 try:
-                    lung_shape = read_image(s.lungs).shape
+                    lung_shape = read_label_map(s.lungs).shape
                 except ImageReadError as err:
                     problems.append(str(err))
                     continue
@@ -359,7 +384,7 @@ def scan(
                     problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lungs} is {lung_shape[1]}x{lung_shape[0]}")
                     continue
             found = mask_values(raw_mask)
-            if lesion_labels is None and not is_binary(found, raw_mask.dtype):
+            if is_grey_level(found) or (lesion_labels is None and not is_binary(found, raw_mask.dtype)):
                 labelled.append((s.mask, found))
                 continue
             values |= set(found)
@@ -381,15 +406,16 @@ def scan(
         names = {}
         for root in roots:
             names.update(label_names(root))
-        problems.insert(0, _label_problem(labelled, names))
-    if problems == problems[:1] and labelled:
-        raise DataError(problems[0])
+        label_lines = _label_problems(labelled, names)
+        problems[:0] = label_lines
+        if len(problems) == 1:
+            raise DataError(problems[0])
     if problems:
         shown = problems[:50]
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         raise DataError(f"{len(problems)} problem(s) in the input data:\n  " + "\n  ".join(shown) + more)
     if lesion_labels is not None and not any_lesion and any(v != 0 for v in values):
-        raise DataError(f"lesion_labels {list(lesion_labels)} match no mask value; the masks hold {format_values(sorted(values))}")
+        raise DataError(f"lesion_labels {list(lesion_labels)} match no mask value; the masks hold {format_values(sorted(values), limit=16)}")
     if not kept:
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     dropped = empty if empty_masks == "drop" else 0

@@ -156,23 +156,27 @@ def test_plateau_schedule_without_validation_is_a_clear_error(tiny_data, tmp_pat
     assert "plateau follows val/dice_image" in capsys.readouterr().err
 
 
-def test_2d_label_maps_are_refused_without_a_mapping_and_train_with_one(tmp_path, capsys):
-    """A MedSeg-like slice set whose masks are {0, 1, 2} (ground glass, consolidation)."""
+@pytest.mark.parametrize("mode", ["L", "P"])
+def test_2d_label_maps_are_refused_without_a_mapping_and_train_with_one(tmp_path, capsys, mode):
+    """A MedSeg-like slice set whose masks are {0, 1, 2} (ground glass, consolidation), as grey
+    (``L``) or VOC-style palette (``P``) PNGs: a palette PNG's labels are its indices."""
     import cv2
     import numpy as np
 
     from covidseg.synthetic import generate
+    from test_io import write_palette_png
 
     data = generate(tmp_path / "labelmaps", cases=6, slices=2, size=64, seed=3)
     for path in sorted((data / "masks").glob("*.png")):
         mask = (cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8)
         mask[:, 32:] *= 2  # lesion on the right half is "consolidation"
-        cv2.imwrite(str(path), mask)
+        write_palette_png(path, mask) if mode == "P" else cv2.imwrite(str(path), mask)
     with pytest.raises(SystemExit) as exit_:
         _fit(data, tmp_path / "runs", "--trainer.max_epochs", "1")
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "have label values {0, 1, 2}" in err and "--data.lesion_labels" in err and "Traceback" not in err
+    assert err.count("error:") == 1 and ".png" in err
+    assert 'have label values {0, 1, 2}' in err and '"[1, 2]"' in err and "Traceback" not in err
     results = _fit(data, tmp_path / "runs", "--trainer.max_epochs", "1", "--data.lesion_labels", "[1, 2]")
     assert results["counts"]["lesion_pixels"] > 0  # both labels count as lesion in the report
 

@@ -82,3 +82,70 @@ def test_soft_masks_keep_the_lesion_fraction():
     assert soft.dtype == np.float32 and 0.0 <= soft.min() and soft.max() <= 1.0
     assert soft[0, 0] == pytest.approx(1.0) and soft[1, 1] == pytest.approx(1 / 9)
     assert soft.sum() * 9 == pytest.approx(m.sum())
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (label 1 dark red, 2 dark green, ...), as VOC-style label maps carry."""
+    out = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out += [r, g, b]
+    return out
+
+
+def write_palette_png(path, labels: np.ndarray) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    img.save(path)
+
+
+def test_palette_png_label_maps_are_read_by_label_not_colour(tmp_path):
+    """Labels {0, 1, 2} in a VOC-palette PNG: a grayscale conversion reads them as {0, 38, 75}."""
+    from PIL import Image
+
+    from covidseg.io import read_label_map
+
+    labels = np.zeros((6, 8), np.uint8)
+    labels[1:3, 2:6] = 1
+    labels[4, :] = 2
+    write_palette_png(tmp_path / "p.png", labels)
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    stored = read_label_map(tmp_path / "p.png")
+    np.testing.assert_array_equal(stored, labels)
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.png", [1, 2]), (labels > 0).astype(np.uint8))
+    with pytest.raises(MaskLabelError, match=r"label values \{0, 1, 2\}"):
+        read_mask(tmp_path / "p.png")
+    # 16-bit and 32-bit label maps keep their values; grey saved as RGB is read as one channel
+    cv2.imwrite(str(tmp_path / "l16.png"), labels.astype(np.uint16) * 1000)
+    assert read_label_map(tmp_path / "l16.png").dtype == np.uint16
+    assert sorted(np.unique(read_label_map(tmp_path / "l16.png")).tolist()) == [0, 1000, 2000]
+    Image.fromarray(labels.astype(np.int32), mode="I").save(tmp_path / "l32.tif")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "l32.tif"), labels)
+    cv2.imwrite(str(tmp_path / "grey_rgb.png"), np.dstack([(labels.astype(np.uint16) * 255 // 2).astype(np.uint8)] * 3))
+    assert sorted(np.unique(read_label_map(tmp_path / "grey_rgb.png")).tolist()) == [0, 127, 255]
+    # a mask drawn in colours has no stored labels: refused, naming the file
+    colour = np.zeros((6, 8, 3), np.uint8)
+    colour[labels == 1] = (0, 0, 255)
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(ImageReadError, match=r"colour.png: a colour \(RGB\) mask"):
+        read_label_map(tmp_path / "colour.png")
+
+
+def test_grey_level_masks_get_their_own_message(tmp_path):
+    """A JPEG mask has hundreds of grey levels: no label list describes it."""
+    m = np.zeros((64, 64), np.uint8)
+    cv2.circle(m, (32, 32), 20, 255, -1, lineType=cv2.LINE_AA)
+    m = cv2.GaussianBlur(m, (9, 9), 3)
+    cv2.imwrite(str(tmp_path / "m.jpg"), m, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    with pytest.raises(MaskLabelError) as err:
+        read_mask(tmp_path / "m.jpg")
+    message = str(err.value)
+    assert "m.jpg: mask holds" in message and "grey levels" in message and "lesion_labels" not in message

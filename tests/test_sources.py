@@ -116,3 +116,35 @@ def test_bad_roots(tmp_path):
         csv.writer(f).writerows([["image", "mask"], ["images/x.png", "masks/x.png"]])
     with pytest.raises(DataError, match="x.png: image listed on line 2 does not exist"):
         scan([bad])
+
+
+def test_palette_label_maps_scan_by_label_and_grey_level_masks_are_named(tmp_path):
+    """VOC-style palette PNGs hold labels {0, 1, 2}; a grayscale read reported {0, 38, 75}."""
+    from test_io import write_palette_png
+
+    root = tmp_path / "p"
+    for name in ("a.png", "b.png"):
+        _pair(root / "images", root / "masks", name)
+        labels = np.zeros((16, 16), np.uint8)
+        labels[2:6, 2:6], labels[8:10, 8:12] = 1, 2
+        write_palette_png(root / "masks" / name, labels)
+    with pytest.raises(DataError) as err:
+        scan([root])
+    assert str(err.value).count("\n") == 0  # one line
+    assert 'label values {0, 1, 2} (' in str(err.value) and '"[1, 2]"' in str(err.value) and "a.png" in str(err.value)
+    report = scan([root], lesion_labels=[1, 2])
+    assert report.mask_values == [0, 1, 2] and report.lesion_fraction == pytest.approx(24 / 256)
+
+    # lossy masks: many grey levels, their own message, also when lesion_labels are given
+    lossy = tmp_path / "j"
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.circle(mask, (32, 32), 20, 255, -1, lineType=cv2.LINE_AA)
+    for name in ("a", "b"):
+        _pair(lossy / "images", lossy / "masks", f"{name}.png", f"{name}.jpg", size=(64, 64))
+        cv2.imwrite(str(lossy / "masks" / f"{name}.jpg"), cv2.GaussianBlur(mask, (9, 9), 3), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    for labels in (None, [255]):
+        with pytest.raises(DataError) as err:
+            scan([lossy], lesion_labels=labels)
+        message = str(err.value)
+        assert message.startswith("2 mask(s) hold") and "grey levels" in message and "a.jpg" in message, message
+        assert "every non-zero value" not in message and "\n" not in message
