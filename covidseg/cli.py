@@ -15,11 +15,13 @@ COMMANDS = {
     "evaluate": "score a checkpoint, ONNX model or fold ensemble on a split or a data set; write a report",
     "predict": "segment lesions in image files, folders and NIfTI volumes",
     "export": "export a checkpoint to ONNX, checked against PyTorch",
+    "models": "list the built-in models with their cards (what --ckpt NAME uses; predict's default)",
 }
+MODULES = {"models": "covidseg.pretrained.cards"}  # other commands: covidseg.<command>
 
 
 def usage() -> str:
-    lines = ["usage: covidseg {fit,evaluate,predict,export} [options]", "", "COVID-19 CT lesion segmentation.", "", "commands:"]
+    lines = ["usage: covidseg {fit,evaluate,predict,export,models} [options]", "", "COVID-19 CT lesion segmentation.", "", "commands:"]
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
     lines += ["", "covidseg COMMAND --help shows the options of a command."]
     return "\n".join(lines)
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None):
     # sys.argv stays as typed (``covidseg fit ...``): Lightning's DDP launcher starts the other
     # ranks by re-running it. LightningCLI warns when it also gets ``args``; that is intended here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return importlib.import_module(f"covidseg.{command}").main(rest)
+    return importlib.import_module(MODULES.get(command, f"covidseg.{command}")).main(rest)
 
 
 def console() -> None:

@@ -1,0 +1,127 @@
+"""Turns a trained checkpoint into a built-in model of the package (``covidseg/pretrained``).
+
+    python scripts/package_model.py CKPT --slices ../shared/data/medseg50 ../shared/data/zenodo20 \
+        [--volume scan.nii.gz] [--cv reference] [--name reference] [--version 1] [--output covidseg/pretrained/reference.ckpt]
+
+Slims ``CKPT`` (the checkpoint ``scripts/reproduce.sh`` prints) to fp16 weights plus its model
+card, then predicts with both on up to ``--max_slices`` slices of each ``--slices`` folder and on
+one CT volume (``--volume``, else a generated 512x512 CT-like volume), each at the checkpoint's
+operating point (threshold, TTA) and in the intensity protocol it was trained with, and writes
+the file only if the masks agree (mean per-slice Dice >= 0.99 for lesions and lungs,
+probabilities within 0.02); otherwise it writes nothing and exits 2. The card records what the
+model was trained on (its run's data and split), its recipe, its cross-validated scores
+(``docs/experiments/CV/fold-*.json`` via ``covidseg.crossval``), the agreement, and its terms of use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def trained_on(ckpt_path: Path) -> dict:
+    """Sources and case/slice counts of the run's training split (``RUN/splits.csv``)."""
+    splits = ckpt_path.resolve().parent.parent / "splits.csv"
+    if not splits.is_file():
+        return {}
+    rows = [line.split(",") for line in splits.read_text().splitlines()[1:] if line]
+    train = [r for r in rows if r[-1] == "train"]
+    sources: dict[str, int] = {}
+    for r in train:
+        sources[r[0].split("/")[0]] = sources.get(r[0].split("/")[0], 0) + 1
+    return {"slices": len(train), "slices_per_source": sources, "held_out_slices": len(rows) - len(train)}
+
+
+def cv_scores(name: str) -> dict:
+    """The recipe's cross-validated scores from ``docs/experiments/NAME`` (empty if none)."""
+    from covidseg.crossval import best_setting, read_records, source_means
+
+    records = read_records(REPO / "docs" / "experiments" / name)
+    if not records:
+        return {}
+    tta, t, overall = best_setting(records)
+    out = {"experiment": name, "folds": sorted(records), "operating_point": {"tta": tta == "tta", "threshold": float(t)},
+           "per_image_dice": source_means(records, tta, t), "mean_of_sources": overall}  # fmt: skip
+    lungs = [r["scores"][tta].get("lungs") for r in records.values() if r["scores"][tta].get("lungs")]
+    if lungs:
+        out["lung_dice_image"] = sum(v["lung_dice_image"] for v in lungs) / len(lungs)
+        errors = [c["abs_error_pp"] for v in lungs for c in v["cases"] or []]
+        out["involvement_abs_error_pp"] = {"mean": sum(errors) / len(errors), "max": max(errors), "cases": len(errors)} if errors else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from covidseg.errors import CovidSegError
+    from covidseg.inference import load_checkpoint, settings_from_checkpoint
+    from covidseg.pretrained import packaging
+    from covidseg.sources import load_image, scan
+    from covidseg.volumes import read_volume
+    from predict_speed import make_volume
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("--slices", nargs="*", default=[], help="data folders whose slices are checked")
+    p.add_argument("--max_slices", type=int, default=200, help="per --slices folder (evenly spaced)")
+    p.add_argument("--volume", type=Path, default=None, help="a CT volume to check (default: a generated 512x512 one)")
+    p.add_argument("--volume_slices", type=int, default=40, help="slices of the generated volume")
+    p.add_argument("--cv", default=None, help="experiment in docs/experiments with the recipe's cross-validated scores")
+    p.add_argument("--name", default="reference")
+    p.add_argument("--version", default="1")
+    p.add_argument("--output", type=Path, default=None, help="default: covidseg/pretrained/NAME.ckpt")
+    p.add_argument("--min_dice", type=float, default=packaging.MIN_DICE)
+    p.add_argument("--max_prob_diff", type=float, default=packaging.MAX_PROB_DIFF)
+    a = p.parse_args(argv)
+    output = a.output or REPO / "covidseg" / "pretrained" / f"{a.name}.ckpt"
+    try:
+        settings = settings_from_checkpoint(load_checkpoint(a.ckpt))
+        checks = {}
+        for root in a.slices:
+            samples = scan([root]).samples
+            step = max(1, len(samples) // a.max_slices)
+            checks[f"slices:{Path(root).name}"] = [load_image(s, settings.window) for s in samples[::step][: a.max_slices]]
+        with tempfile.TemporaryDirectory() as tmp:
+            volume = a.volume or make_volume(Path(tmp) / "ct.nii.gz", a.volume_slices, 512)
+            checks[f"volume:{volume.name if a.volume else 'generated 512x512x%d CT' % a.volume_slices}"] = list(read_volume(volume, *settings.window)[1])
+        hp = load_checkpoint(a.ckpt)["hyper_parameters"]
+        card = {
+            "name": a.name,
+            "version": a.version,
+            "created": datetime.date.today().isoformat(),
+            "commit": _commit(),
+            "source_checkpoint": str(a.ckpt),
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
+            "recipe": {k: hp.get(k) for k in ("encoder_name", "decoder_channels", "image_size", "patch_size", "foreground_fraction", "lung_output", "dice_per_image", "lr")},
+            "trained_on": trained_on(a.ckpt),
+            "cross_validation": cv_scores(a.cv) if a.cv else {},
+        }
+        written = packaging.write(a.ckpt, output, card, checks, a.min_dice, a.max_prob_diff)
+    except CovidSegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = output.stat().st_size / 2**20
+    print(json.dumps(written["agreement"], indent=1))
+    print(f"package_model: wrote {output} ({size:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Built-in models (issue 26): scripts/package_model.py slims a checkpoint into a packaged model
+with its card, refuses when the masks would disagree, and predict/evaluate use it without --ckpt."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from covidseg import pretrained
+from covidseg.errors import CovidSegError
+from covidseg.inference import load_checkpoint
+from covidseg.pretrained import packaging
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def models_dir(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
+    """A folder with a built-in 'reference' made from the tiny lung-output model."""
+    import package_model
+
+    out = tmp_path_factory.mktemp("models")
+    assert package_model.main([str(lung_ckpt), "--slices", str(tiny_data), "--volume_slices", "3", "--output", str(out / "reference.ckpt"), "--version", "0.test"]) == 0
+    return out
+
+
+def _volume(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    hu = np.full((72, 64, 3), -850, np.int16)
+    hu[20:40, 20:30] = rng.integers(-400, -200, (20, 10, 3))
+    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 2.0, 1.0])), path)
+    return path
+
+
+def test_packaged_model_is_slim_fp16_with_its_card(models_dir, lung_ckpt):
+    path = models_dir / "reference.ckpt"
+    assert path.stat().st_size < lung_ckpt.stat().st_size / 2  # no optimizer state, fp16 weights
+    slim = torch.load(path, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in slim["state_dict"].values() if v.is_floating_point())
+    assert "optimizer_states" not in slim and "datamodule_hyper_parameters" not in slim
+    card = slim[pretrained.CARD_KEY]
+    assert card["name"] == "reference" and card["version"] == "0.test" and "not for diagnosis" in card["terms"]
+    assert card["settings"]["lung_output"] is True and card["trained_on"]["slices"] > 0
+    for name, report in card["agreement"].items():
+        if name != "rule":
+            assert report["lesion_dice_mean"] >= 0.99 and report["lung_dice_mean"] >= 0.99 and report["max_prob_diff"] <= 0.02, name
+    assert {"slices:data", "volume:generated 512x512x3 CT"} <= set(card["agreement"])
+    load_checkpoint(path)  # a checkpoint like any other for the predictor
+
+
+def test_predict_without_ckpt_uses_the_builtin_model(models_dir, tmp_path, monkeypatch, capsys):
+    from covidseg.predict import main
+
+    monkeypatch.setenv("COVIDSEG_MODELS", str(models_dir))
+    volume = _volume(tmp_path / "scan.nii.gz")
+    assert main(["--input", str(volume), "--output", str(tmp_path / "out"), "--lungs", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "using the built-in model 'reference' version 0.test" in out
+    for name in ("scan_mask.nii.gz", "scan_lungs.nii.gz"):
+        assert nib.load(tmp_path / "out" / name).shape == (72, 64, 3)
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "ok" and row["severity"].startswith("CT-") and row["involvement_percent"] != ""
+    # --ckpt reference names it explicitly: the same masks
+    assert main(["--ckpt", "reference", "--input", str(volume), "--output", str(tmp_path / "again"), "--lungs", "true"]) == 0
+    a, b = (np.asanyarray(nib.load(tmp_path / d / "scan_mask.nii.gz").dataobj) for d in ("out", "again"))
+    assert np.array_equal(a, b)
+
+
+def test_evaluate_and_models_accept_the_builtin_model(models_dir, tiny_data, tmp_path, monkeypatch, capsys):
+    from covidseg.cli import main as cli
+    from covidseg.evaluate import main as evaluate
+
+    monkeypatch.setenv("COVIDSEG_MODELS", str(models_dir))
+    metrics = evaluate(["--ckpt", "reference", "--data.root", str(tiny_data), "--output", str(tmp_path / "r")])
+    assert metrics["per_image_mean"]["dice"] is not None and metrics["lungs"]["slices"] > 0
+    capsys.readouterr()
+    assert cli(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reference  (version 0.test") and "lung output yes" in out and "terms: Research use only" in out
+
+
+def test_no_builtin_model_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("COVIDSEG_MODELS", str(tmp_path))
+    monkeypatch.setattr(pretrained, "HERE", tmp_path / "nothing")
+    with pytest.raises(CovidSegError, match="no built-in model 'reference' \\(installed: none\\); pass --ckpt"):
+        pretrained.resolve()
+    env = {**__import__("os").environ, "COVIDSEG_MODELS": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "covidseg", "predict", "--ckpt", "nosuchmodel", "--input", "x.png", "--output", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: no built-in model 'nosuchmodel'")
+
+
+def test_packaging_refuses_when_masks_disagree(lung_ckpt, tiny_ckpt, tiny_data, tmp_path):
+    from covidseg.inference import Predictor
+    from covidseg.sources import load_image, scan
+
+    raws = [load_image(s) for s in scan([tiny_data]).samples[:6]]
+    # two different models disagree: the gate names why
+    report = packaging.agreement(Predictor(lung_ckpt, device="cpu"), Predictor(tiny_ckpt, device="cpu"), raws)
+    assert report["max_prob_diff"] > 0.02 and packaging.check(report)
+    # an unreachable bar: nothing is written
+    with pytest.raises(CovidSegError, match="not packaged"):
+        packaging.write(lung_ckpt, tmp_path / "m.ckpt", {"name": "m"}, {"slices": raws}, min_dice=1.01)
+    assert list(tmp_path.iterdir()) == []
