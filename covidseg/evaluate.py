@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     options.checked(a)
     metrics = evaluate(
-        options.as_list(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
+        options.model_paths(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
         lesion_labels=a.data.lesion_labels, viewer=a.viewer,
     )  # fmt: skip
     print("\n" + metric_table(metrics))

@@ -7,6 +7,7 @@ Every entry point parses with jsonargparse (``fit`` through LightningCLI), so al
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -41,9 +42,15 @@ def parser(prog: str, doc: str) -> ArgumentParser:
     return p
 
 
-def add_model(p: ArgumentParser, many: bool = True) -> None:
+def add_model(p: ArgumentParser, many: bool = True, builtin_default: bool = False) -> None:
+    """``--ckpt``: files, or the name of a built-in model (``covidseg models``); with
+    ``builtin_default`` it may be left out, and the built-in ``reference`` model is used."""
     if many:
-        p.add_argument("--ckpt", type=list[str] | str, required=True, help="covidseg .ckpt or exported .onnx; a list is averaged (fold ensemble)")
+        text = "covidseg .ckpt or exported .onnx, or a built-in model's name (covidseg models); a list is averaged (fold ensemble)"
+        if builtin_default:
+            p.add_argument("--ckpt", type=list[str] | str | None, default=None, help=text + "; default: the built-in model 'reference'")
+        else:
+            p.add_argument("--ckpt", type=list[str] | str, required=True, help=text)
     else:
         p.add_argument("--ckpt", type=str, required=True, help="covidseg checkpoint (.ckpt)")
 
@@ -58,6 +65,23 @@ def add_inference(p: ArgumentParser, auto_threshold: bool = False) -> None:
     p.add_argument("--tta", type=bool | None, default=None, help="flip test-time augmentation (default: the model's setting)")
     p.add_argument("--batch_size", type=PositiveInt, default=16, help="slices per forward pass")
     p.add_argument("--device", type=Device | None, default=None, help="default: cuda when available")
+
+
+def model_paths(value) -> list[str]:
+    """``--ckpt`` as model files: built-in model names (``reference``) become their packaged
+    files, announced in one line; ``None`` is the default built-in model."""
+    from covidseg import pretrained
+
+    names = as_list(value) or [pretrained.DEFAULT]
+    paths = []
+    for name in names:
+        if pretrained.is_name(name) and not Path(name).exists():
+            path = pretrained.resolve(name)
+            print(pretrained.describe(name, path, pretrained.card(path)))
+            paths.append(str(path))
+        else:
+            paths.append(name)
+    return paths
 
 
 def as_list(value) -> list[str]:

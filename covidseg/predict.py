@@ -292,7 +292,7 @@ def cases_of(rows: list[dict], case_regex: str) -> list[dict]:
 
 def build_parser():
     p = options.parser("covidseg predict", __doc__)
-    options.add_model(p)
+    options.add_model(p, builtin_default=True)
     p.add_argument("--input", type=list[str] | str, required=True, help="image files, folders of images, .nii/.nii.gz volumes, DICOM series folders")
     p.add_argument("--output", type=str, required=True, help="output folder")
     p.add_argument("--probabilities", type=bool, default=False, help="also write probability maps (.npy / _prob.nii.gz)")
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     inputs = options.as_list(args.input)
     check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(args.case_regex, args.viewer))  # before loading models
-    predictor = Predictor(options.as_list(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
+    predictor = Predictor(options.model_paths(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
         inputs,
