@@ -39,6 +39,7 @@ def test_reproduce_trains_on_every_case_and_prints_the_checkpoint(tmp_path):
     recipe = yaml.safe_load((REPO / "configs" / "reference.yaml").read_text())["model"]
     for key in ("threshold", "tta", "dice_per_image"):  # the cross-validated recipe and inference settings travel
         assert hp[key] == recipe[key], key
+    assert hp["lung_output"] is True  # predict --lungs works with the reference
     splits = (ckpt.parents[1] / "splits.csv").read_text().splitlines()[1:]
     assert len(splits) == 16 and all(row.endswith(",train") for row in splits)  # every case trains
     assert "no validation split: training on every case" in proc.stderr
