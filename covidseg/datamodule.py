@@ -101,6 +101,10 @@ class CTDataModule(pl.LightningDataModule):
         lung_masks: also read lung masks where a source has them (manifest ``lung_mask`` column,
             a ``lungs/`` folder beside ``masks/``) for a model with a lung output; linked to
             ``model.lung_output`` by ``covidseg fit``. At least one source must have them.
+            Slices and volumes alike; checked before training (readable, on the image's
+            pixels, not grey levels).
+        lung_labels: lung mask values that are lung; ``None``: every non-zero value (binary
+            masks, left/right lung maps 1/2, lobe maps).
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class CTDataModule(pl.LightningDataModule):
         balance_sources: bool = False,
         soft_masks: bool = False,
         lung_masks: bool = False,
+        lung_labels: list[int] | None = None,
     ):
         super().__init__()
         check_resolution(image_size, patch_size, foreground_fraction)
@@ -179,7 +184,7 @@ class CTDataModule(pl.LightningDataModule):
             hp = self.hparams
             if self.intensity == "auto":
                 data_kind(roots)  # raises the DataError that left it unresolved
-            self.report = scan(roots, hp.case_regex, hp.empty_masks, hp.lesion_labels)
+            self.report = scan(roots, hp.case_regex, hp.empty_masks, hp.lesion_labels, lung_labels=hp.lung_labels)
             if hp.lung_masks and not any(s.lungs for s in self.report.samples):
                 raise DataError(f"data.lung_masks: none of {', '.join(map(str, roots))} has lung masks (a manifest lung_mask column or a lungs/ folder beside masks/)")
             rank_zero_info(self.report.summary())
@@ -242,7 +247,7 @@ class CTDataModule(pl.LightningDataModule):
             patches = dict(patch_size=hp.patch_size, foreground_fraction=hp.foreground_fraction) if train else {}
             self.datasets[name] = SliceDataset(
                 self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lesion_labels, tuple(hp.window), hp.lung_masks,
-                **patches,
+                lung_labels=hp.lung_labels, **patches,
             )
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from covidseg.io import Normalization, preprocess_image, preprocess_mask, read_mask
+from covidseg.io import Normalization, preprocess_image, preprocess_mask
 from covidseg.patches import patch_window
-from covidseg.sources import Sample, load_image, load_mask
+from covidseg.sources import Sample, load_image, load_lungs, load_mask
 from covidseg.volumes import LUNG_WINDOW
 
 
@@ -37,11 +37,13 @@ class SliceDataset(Dataset):
         lung_masks: bool = False,
         patch_size: int | None = None,
         foreground_fraction: float = 0.0,
+        lung_labels: list[int] | None = None,
     ):
         self.samples = samples
         self.lesion_labels = lesion_labels
         self.window = tuple(window)
         self.lung_masks = lung_masks
+        self.lung_labels = lung_labels
         self.soft_masks = soft_masks
         self.image_size = image_size
         self.normalization = normalization
@@ -59,7 +61,7 @@ class SliceDataset(Dataset):
         targets = {"mask": mask}
         if self.lung_masks:
             has = s.lungs is not None
-            targets["lungs"] = preprocess_mask(read_mask(s.lungs), self.image_size) if has else np.zeros_like(mask, dtype=np.uint8)
+            targets["lungs"] = preprocess_mask(load_lungs(s, self.lung_labels), self.image_size) if has else np.zeros_like(mask, dtype=np.uint8)
         if self.transform is not None:
             out = self.transform(image=image, **targets)
             image, targets = out["image"], {k: out[k] for k in targets}

@@ -117,7 +117,7 @@ def evaluate(
     return write_report(
         predictor, chosen, output, threshold_source=source, split=split, roots=eval_roots,
         run_dirs=None, tensorboard=tensorboard, step=step, batch_size=batch_size, progress=progress,
-        lesion_labels=settings.get("lesion_labels"), viewer=viewer,
+        lesion_labels=settings.get("lesion_labels"), viewer=viewer, lung_labels=settings.get("lung_labels"),
     )  # fmt: skip
 
 

@@ -168,6 +168,15 @@ def lesion_mask(raw: np.ndarray, lesion_labels: list[int] | None = None, source:
     return np.isin(raw, np.asarray(lesion_labels)).astype(np.uint8)
 
 
+def lung_mask(raw: np.ndarray, lung_labels: list[int] | None = None) -> np.ndarray:
+    """The lung rule: a lung mask or label map as stored -> ``uint8`` {0, 1}, same shape. Lungs
+    are every non-zero value (left/right maps such as 1/2, lobe maps 1-5, {0, 255} masks), or
+    the values in ``lung_labels`` when given."""
+    if lung_labels is None:
+        return (raw != 0).astype(np.uint8)
+    return np.isin(raw, np.asarray(lung_labels)).astype(np.uint8)
+
+
 def read_mask(path: str | Path, lesion_labels: list[int] | None = None) -> np.ndarray:
     """Reads a 2D mask as ``uint8 [H, W]`` in {0, 1}: its stored values (``read_label_map``)
     through ``lesion_mask`` (raises ``MaskLabelError`` for a label map without ``lesion_labels``)."""

@@ -18,7 +18,7 @@ from covidseg.splits import match_keys, read_splits
 from covidseg.synthetic import ensure_demo
 
 PathLike = str | Path
-SCAN_SETTINGS = ("case_regex", "empty_masks", "lesion_labels")  # nonbinary_masks: gone with label maps (issue 16)
+SCAN_SETTINGS = ("case_regex", "empty_masks", "lesion_labels", "lung_labels")  # nonbinary_masks: gone with label maps (issue 16)
 
 
 def run_dir_of(ckpt: PathLike) -> Path:

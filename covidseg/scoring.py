@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 from covidseg import metrics
 from covidseg.errors import CovidSegError
 from covidseg.inference import Predictor
-from covidseg.io import read_mask
 from covidseg.severity import LUNG_THRESHOLD, involvement
-from covidseg.sources import Sample, load_image, load_mask
+from covidseg.sources import Sample, load_image, load_lungs, load_mask
 
 
 @dataclass
@@ -65,12 +64,14 @@ def score(
     lesion_labels: list[int] | None = None,
     tolerance_mm: float = 1.0,
     on_slice: Callable[[Sample, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], None] | None = None,
+    lung_labels: list[int] | None = None,
 ) -> Scores:
     """Predicts every slice of ``samples`` and scores it at ``threshold``; slices of volumes are
     also gathered per volume and scored in 3D (``volume_metrics.case_metrics``).
 
     Args:
         lesion_labels: the label values that are lesion (label-map masks), as in training.
+        lung_labels: the lung mask values that are lung (``None``: every non-zero value).
         tolerance_mm: surface distance that counts as agreement for the volumes' NSD.
         on_slice: called for each slice with ``(sample, raw image, predicted mask, true mask,
             lung mask or None)`` (the HTML viewer); the maps are not kept otherwise.
@@ -95,7 +96,7 @@ def score(
             raise CovidSegError(f"{names}: the model cannot take these slices ({str(err).splitlines()[0][:160]})") from None
         prob, truth = m[0], load_mask(s, lesion_labels)
         if predictor.settings.lung_output and s.lungs is not None:
-            out.lungs.append(_lung_row(s, prob >= threshold, truth, m[1] >= LUNG_THRESHOLD, read_mask(s.lungs)))
+            out.lungs.append(_lung_row(s, prob >= threshold, truth, m[1] >= LUNG_THRESHOLD, load_lungs(s, lung_labels)))
         if on_slice:
             on_slice(s, raws.popleft(), prob >= threshold, truth.astype(bool), m[1] >= LUNG_THRESHOLD if predictor.settings.lung_output else None)
         p, gt = torch.from_numpy(prob)[None], torch.from_numpy(truth)[None]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -44,12 +44,13 @@ from covidseg.io import (
     is_binary,
     is_grey_level,
     lesion_mask,
+    lung_mask,
     mask_values,
     read_image,
     read_label_map,
     read_mask,
 )
-from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, is_volume, read_hu_slice, read_mask_slice, volume_stem
+from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, is_volume, read_hu_slice, read_mask_slice, read_slice, volume_stem
 
 # Kaggle names: the source prefix and patient, then the slice index.
 KAGGLE_CASE_REGEX = r"^((?:Jun|Morozov)_.+?)_\d+$"
@@ -120,6 +121,15 @@ def load_mask(sample: Sample, lesion_labels: list[int] | None = None) -> np.ndar
     if sample.slice is None:
         return read_mask(sample.mask, lesion_labels)
     return read_mask_slice(sample.mask, sample.slice, lesion_labels)
+
+
+def load_lungs(sample: Sample, lung_labels: list[int] | None = None) -> np.ndarray:
+    """The lung mask of a sample that has one, ``uint8 [H, W]`` in {0, 1} through the lung
+    rule ``io.lung_mask`` (every non-zero value, or ``lung_labels``): a 2D file read as stored,
+    or the sample's slice of a lung mask volume."""
+    assert sample.lungs is not None
+    raw = read_label_map(sample.lungs) if sample.slice is None else read_slice(sample.lungs, sample.slice)
+    return lung_mask(raw, lung_labels)
 
 
 def case_id_from_name(stem: str, regex: str | None = None) -> str:
@@ -252,9 +262,10 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
 
 
 def lung_masks(root: Path, layout: str, images: list[Path]) -> dict[Path, str]:
-    """Image -> lung mask path, where the source has them (2D slices): the ``lung_mask`` column
-    of a manifest (empty cells: none) or a ``lungs/`` folder beside ``masks/`` (same file name,
-    else same stem). Images without one train the lesion output only (partial labels)."""
+    """Image -> lung mask path, where the source has them (slices or volumes): the ``lung_mask``
+    column of a manifest (empty cells: none) or a ``lungs/`` folder beside ``masks/`` (or
+    ``labelsTr/``; same file name, else same stem, nnU-Net: ``CASE``). Images without one train
+    the lesion output only (partial labels)."""
     if layout == "manifest":
         with (root / "manifest.csv").open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -267,7 +278,8 @@ def lung_masks(root: Path, layout: str, images: list[Path]) -> dict[Path, str]:
     by_name = {p.name: p for p in found.values()}
     out = {}
     for image in images:
-        match = by_name.get(image.name) or found.get(image.stem)
+        stem = _stem(image)
+        match = by_name.get(image.name) or found.get(stem) or (found.get(stem.removesuffix(NNUNET_CHANNEL)) if layout == "nnunet" else None)
         if match is not None:
             out[image] = str(match)
     return out
@@ -311,29 +323,55 @@ def _label_problems(labelled: list[tuple[str, list]], names: dict[int, str]) -> 
     return out
 
 
-def _check_volume(s: Sample, lesion_labels: list[int] | None, problems: list[str], labelled: list) -> tuple[list[tuple[Sample, int]], list, int] | None:
-    """Decodes (into the slice cache) and checks one volume pair. Returns its slice samples
-    with their lesion pixel counts, the mask's values and the pixels per slice, or ``None``
-    with the problem recorded."""
+def _geometry_problem(image, other, path: str, what: str, image_path: str) -> str | None:
+    """Why a mask volume ``other`` does not lie on its image's voxels, or ``None``."""
+    if image.shape == other.shape and np.allclose(image.affine, other.affine, rtol=1e-4, atol=1e-3):
+        return None
+    diff = float(np.abs(np.subtract(image.affine, other.affine)).max()) if image.shape == other.shape else None
+    why = f"affine differs by up to {diff:.3g} mm" if diff is not None else f"shape {'x'.join(map(str, other.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
+    return f"{path}: {what}does not match its image {image_path}: {why}"
+
+
+def _check_lungs(path: str, values: list, problems: list[str], lung_values: set) -> bool:
+    """A lung mask's values: anything but grey levels (lungs are every non-zero value, or the
+    ``lung_labels``); records the problem and returns ``False`` otherwise."""
+    if is_grey_level(values):
+        problems.append(f"{path}: lung {grey_level_message(values)}")
+        return False
+    lung_values |= set(values)
+    return True
+
+
+def _check_volume(
+    s: Sample, lesion_labels: list[int] | None, problems: list[str], labelled: list, lung_values: set
+) -> tuple[list[tuple[Sample, int]], list, int] | None:
+    """Decodes (into the slice cache) and checks one volume pair and its lung mask volume, if
+    any. Returns its slice samples (each with its lung mask) with their lesion pixel counts, the
+    mask's values and the pixels per slice, or ``None`` with the problem recorded."""
     if not _is_3d(s.mask):
         problems.append(f"{s.mask}: the mask of volume {s.image} is not a volume")
         return None
+    if s.lungs is not None and not is_volume(s.lungs):
+        problems.append(f"{s.lungs}: the lung mask of volume {s.image} is not a NIfTI volume")
+        return None
     try:
         image, mask = cache_volume(s.image), cache_volume(s.mask, mask=True)
+        lungs = cache_volume(s.lungs, mask=True) if s.lungs is not None else None
     except VolumeReadError as err:
         problems.append(str(err))
         return None
-    if image.shape != mask.shape or not np.allclose(image.affine, mask.affine, rtol=1e-4, atol=1e-3):
-        diff = float(np.abs(np.subtract(image.affine, mask.affine)).max()) if image.shape == mask.shape else None
-        what = f"affine differs by up to {diff:.3g} mm" if diff is not None else f"shape {'x'.join(map(str, mask.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
-        problems.append(f"{s.mask}: does not match its image {s.image}: {what}")
+    bad = [_geometry_problem(image, m, p, w, s.image) for m, p, w in ((mask, s.mask, ""), (lungs, s.lungs, "the lung mask ")) if m is not None]
+    if any(bad):
+        problems.extend(b for b in bad if b)
         return None
     values = list(mask.values)
     if is_grey_level(values) or (lesion_labels is None and not is_binary(values, np.dtype(mask.dtype))):
         labelled.append((s.mask, values))
         return None
+    if lungs is not None and not _check_lungs(s.lungs, list(lungs.values), problems, lung_values):
+        return None
     arr = np.load(mask.cache, mmap_mode="r")
-    slices = [(Sample(s.image, s.mask, s.case_id, s.source, s.rel, k), int(lesion_mask(arr[k], lesion_labels, s.mask).sum())) for k in range(arr.shape[0])]
+    slices = [(replace(s, slice=k), int(lesion_mask(arr[k], lesion_labels, s.mask).sum())) for k in range(arr.shape[0])]
     return slices, values, mask.shape[1] * mask.shape[2]
 
 
@@ -343,22 +381,25 @@ def scan(
     empty_masks: EmptyMaskPolicy = "keep",
     lesion_labels: list[int] | None = None,
     progress: bool = True,
+    lung_labels: list[int] | None = None,
 ) -> ScanReport:
     """Finds and validates every pair; raises ``DataError`` listing every problem at once.
 
     Checks: image and mask readable, same height and width (volumes: 3D, same shape and
     affine; truncated files are found here, before training), masks binary unless
-    ``lesion_labels`` map them, mask with lesion (or kept/dropped by policy). Nothing is
+    ``lesion_labels`` map them, mask with lesion (or kept/dropped by policy); lung masks
+    readable, on the image's pixels, not grey levels, and holding a ``lung_labels`` value
+    somewhere when those are given (lungs: every non-zero value otherwise). Nothing is
     dropped silently: the report counts what was dropped. Volumes are decoded once into the
     slice cache on the way (``volumes.cache_volume``).
     """
     roots = list(roots)
     samples, layouts, problems = find_pairs(roots, case_regex)
     labelled: list[tuple[str, list]] = []
-    kept, empty, lesion_px, total_px, volumes, values, any_lesion = [], 0, 0, 0, 0, set(), False
+    kept, empty, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, set(), False, set()
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
         if _is_3d(s.image):
-            checked = _check_volume(s, lesion_labels, problems, labelled)
+            checked = _check_volume(s, lesion_labels, problems, labelled, lung_values)
             if checked is None:
                 continue
             pairs, found, pixels = checked
@@ -376,12 +417,14 @@ def scan(
                 continue
             if s.lungs is not None:
                 try:
-                    lung_shape = read_label_map(s.lungs).shape
+                    raw_lungs = read_label_map(s.lungs)
                 except ImageReadError as err:
                     problems.append(str(err))
                     continue
-                if lung_shape != image.shape:
-                    problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lungs} is {lung_shape[1]}x{lung_shape[0]}")
+                if raw_lungs.shape != image.shape:
+                    problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lungs} is {raw_lungs.shape[1]}x{raw_lungs.shape[0]}")
+                    continue
+                if not _check_lungs(s.lungs, mask_values(raw_lungs), problems, lung_values):
                     continue
             found = mask_values(raw_mask)
             if is_grey_level(found) or (lesion_labels is None and not is_binary(found, raw_mask.dtype)):
@@ -418,6 +461,8 @@ def scan(
         raise DataError(f"lesion_labels {list(lesion_labels)} match no mask value; the masks hold {format_values(sorted(values), limit=16)}")
     if not kept:
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
+    if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
+        raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
     dropped = empty if empty_masks == "drop" else 0
     return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels))
 

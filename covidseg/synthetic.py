@@ -108,20 +108,29 @@ def make_volume(rng: np.random.Generator, slices: int, size: int) -> tuple[np.nd
     in the patient's right lung (image left) 1, left lung 2, a pleural-effusion-like band 3.
 
     The HU inverts the lung window, so windowed slices are the demo's 8-bit slices."""
+    return make_volume_with_lungs(rng, slices, size)[:2]
+
+
+def make_volume_with_lungs(rng: np.random.Generator, slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_volume`` and a ``uint8 [Z, H, W]`` lung label map as lung tools write them: the
+    patient's right lung (image left) 1, left lung 2."""
     from covidseg.volumes import LUNG_WINDOW
 
     center, width = LUNG_WINDOW
     shape = rng.uniform(-1, 1, 4)
     hu = np.empty((slices, size, size), np.int16)
     labels = np.zeros((slices, size, size), np.uint8)
+    lungs = np.zeros((slices, size, size), np.uint8)
     for k in range(slices):
-        image, mask, _ = make_slice(rng, size, int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2])), shape)
+        image, mask, lung = make_slice(rng, size, int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2])), shape)
         hu[k] = np.rint(center - width / 2 + image * (width / 255.0))
         labels[k][mask > 0] = 1
         labels[k][:, size // 2 :][mask[:, size // 2 :] > 0] = 2
+        lungs[k][lung > 0] = 1
+        lungs[k][:, size // 2 :][lung[:, size // 2 :] > 0] = 2
         if k % 3 == 0:
             labels[k, int(0.78 * size) : int(0.8 * size), int(0.3 * size) : int(0.4 * size)] = 3
-    return hu, labels
+    return hu, labels, lungs
 
 
 def generate_volumes(
@@ -133,6 +142,7 @@ def generate_volumes(
     spacing: tuple[float, float, float] = (0.7, 0.7, 2.5),
     orientation: str = "LPS",
     seed: int = 0,
+    lungs: bool = False,
 ) -> Path:
     """Writes ``cases`` NIfTI CT volumes in HU with label-map masks and returns ``out_dir``.
 
@@ -142,6 +152,8 @@ def generate_volumes(
             ``manifest`` (``volumes/`` and ``labels/`` listed in ``manifest.csv``).
         spacing: display ``(row, column, slice)`` spacing in mm.
         orientation: stored voxel orientation, ``RAS``, ``LPS`` or ``SLP`` (see ``AXES``).
+        lungs: also write left/right lung label maps (1/2) in ``lungs/caseN.nii.gz`` (manifest:
+            its ``lung_mask`` column).
     """
     import nibabel as nib
 
@@ -152,21 +164,22 @@ def generate_volumes(
     affine = volume_affine(orientation, spacing)
     rows = []
     for c in range(cases):
-        hu, labels = make_volume(np.random.default_rng([seed, c]), slices, size)
+        hu, labels, lung = make_volume_with_lungs(np.random.default_rng([seed, c]), slices, size)
         name = f"case{c:03d}"
         image_name = f"{name}_0000.nii.gz" if layout == "nnunet" else f"{name}.nii.gz"
-        for folder, file, data in ((image_dir, image_name, hu), (mask_dir, f"{name}.nii.gz", labels)):
+        files = [(image_dir, image_name, hu), (mask_dir, f"{name}.nii.gz", labels)] + ([("lungs", f"{name}.nii.gz", lung)] if lungs else [])
+        for folder, file, data in files:
             (out / folder).mkdir(parents=True, exist_ok=True)
             img = nib.Nifti1Image(from_display(data, affine), affine)
             img.header.set_xyzt_units("mm")
             nib.save(img, out / folder / file)
-        rows.append((f"{image_dir}/{image_name}", f"{mask_dir}/{name}.nii.gz", name))
+        rows.append((f"{image_dir}/{image_name}", f"{mask_dir}/{name}.nii.gz", name) + ((f"lungs/{name}.nii.gz",) if lungs else ()))
     if layout == "nnunet":
         labels = {"background": 0, "ground-glass": 1, "consolidation": 2, "effusion": 3}
         (out / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": cases, "file_ending": ".nii.gz"}, indent=2))
     if layout == "manifest":
         with (out / "manifest.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([("image", "mask", "case_id"), *rows])
+            csv.writer(f).writerows([("image", "mask", "case_id") + (("lung_mask",) if lungs else ()), *rows])
     return out
 
 

@@ -205,3 +205,39 @@ def test_validation_off_trains_to_the_end_without_monitor(tiny_data, tmp_path):
     run = tmp_path / "covidseg" / "version_0"
     for name in ("best.ckpt", "last.ckpt"):
         assert torch.load(run / "checkpoints" / name, weights_only=True)["epoch"] == 1
+
+
+def test_lung_label_maps_train_and_bad_lung_masks_stop_with_one_line(tmp_path, capsys):
+    """Lung masks as lung tools write them (left 1 / right 2) are lungs; a lossy lung mask is
+    named before training (exit 2), not a MaskLabelError traceback in a DataLoader worker."""
+    import cv2
+    import numpy as np
+
+    from covidseg.datamodule import CTDataModule
+    from covidseg.synthetic import generate
+
+    data = generate(tmp_path / "d", cases=6, slices=2, size=64, seed=5)
+    lungs = sorted((data / "lungs").glob("*.png"))
+    for path in lungs:
+        lung = (cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8)
+        lung[:, 32:] *= 2
+        cv2.imwrite(str(path), lung)
+    dm = CTDataModule(str(data), image_size=64, lung_masks=True, num_workers=0)
+    dm.setup("fit")
+    item = dm.datasets["val"][0]
+    truth = cv2.imread(str(data / "lungs" / __import__("pathlib").Path(dm.datasets["val"].samples[0].lungs).name), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(truth).tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(item["lungs"][0].numpy(), (truth > 0).astype(np.float32))
+    # lung_labels say otherwise: only the right lung (2)
+    right = CTDataModule(str(data), image_size=64, lung_masks=True, lung_labels=[2], num_workers=0)
+    right.setup("fit")
+    np.testing.assert_array_equal(right.datasets["val"][0]["lungs"][0].numpy(), (truth == 2).astype(np.float32))
+
+    blurred = cv2.GaussianBlur((cv2.imread(str(lungs[0]), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8) * 255, (9, 9), 3)
+    cv2.imwrite(str(lungs[0]), blurred)  # anti-aliased/interpolated: grey levels
+    with pytest.raises(SystemExit) as exit_:
+        _fit(data, tmp_path / "runs", "--trainer.max_epochs", "1", "--data.lung_masks", "true")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"{lungs[0]}: lung mask holds" in err and "grey levels" in err

@@ -238,3 +238,66 @@ def test_binary_mask_volumes_need_no_mapping(tmp_path):
     truth, _ = read_mask_volume(report.samples[0].mask)
     assert set(np.unique(truth)) <= {0, 1} and truth.any()
     assert np.array_equal(truth[2], load_mask(report.samples[2]))
+
+
+def _add_lung_volumes(root, layout: str) -> None:
+    """Lung masks beside the masks, as lung tools write them: a label map (here the lesion
+    label map itself, values {0, 1, 2, 3}: every non-zero value is lung)."""
+    import shutil
+
+    mask_dir = {"images-masks": "masks", "nnunet": "labelsTr", "manifest": "labels"}[layout]
+    (root / "lungs").mkdir()
+    for mask in sorted((root / mask_dir).glob("*.nii.gz")):
+        shutil.copy(mask, root / "lungs" / mask.name)
+    if layout == "manifest":
+        with open(root / "manifest.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(root / "manifest.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "mask", "case_id", "lung_mask"])
+            w.writerows([(r["image"], r["mask"], r["case_id"], "lungs/" + r["mask"].split("/")[-1]) for r in rows])
+
+
+@pytest.mark.parametrize("layout", ["images-masks", "nnunet", "manifest"])
+def test_lung_masks_stored_with_volumes_are_kept(tmp_path, layout):
+    from covidseg.sources import load_lungs
+    from covidseg.volumes import read_slice
+
+    root = generate_volumes(tmp_path / layout, cases=2, slices=3, size=16, layout=layout)
+    _add_lung_volumes(root, layout)
+    report = scan([root], lesion_labels=[1, 2])
+    assert len(report.samples) == 6 and all(s.lungs is not None and s.lungs.endswith(".nii.gz") for s in report.samples)
+    assert "6 with lung masks" in report.summary()
+    for s in report.samples:
+        np.testing.assert_array_equal(load_lungs(s), (read_slice(s.mask, s.slice) != 0).astype(np.uint8))
+    dm = CTDataModule(str(root), image_size=16, lesion_labels=[1, 2], lung_masks=True, num_workers=0, val_fraction=0, test_fraction=0)
+    dm.setup("fit")
+    item = dm.datasets["train"][0]
+    assert item["has_lungs"] and item["lungs"].shape == (1, 16, 16)
+
+
+def test_bad_lung_volumes_are_named_before_training(tmp_path):
+    root = generate_volumes(tmp_path / "d", cases=2, slices=3, size=16, layout="images-masks")
+    _add_lung_volumes(root, "images-masks")
+    ref = nib.load(root / "masks" / "case000.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.uint8), ref.affine), root / "lungs" / "case000.nii.gz")  # 2 slices, not 3
+    grey = np.random.default_rng(0).uniform(0, 1, ref.shape).astype(np.float32)  # interpolated probabilities
+    nib.save(nib.Nifti1Image(grey, ref.affine), root / "lungs" / "case001.nii.gz")
+    with pytest.raises(DataError) as err:
+        scan([root], lesion_labels=[1, 2])
+    message = str(err.value)
+    assert message.startswith("2 problem(s)") and "case000.nii.gz: the lung mask does not match its image" in message
+    assert "case001.nii.gz: lung mask holds" in message and "grey levels" in message
+
+
+def test_fit_trains_the_lung_output_on_volumes_with_left_right_lung_maps(tmp_path):
+    root = generate_volumes(tmp_path / "d", cases=5, slices=3, size=32, layout="nnunet", lungs=True)
+    report = scan([root], lesion_labels=[1, 2])
+    assert report.volumes == 5 and all(s.lungs for s in report.samples)
+    from covidseg.sources import load_lungs
+    from covidseg.volumes import read_slice
+
+    assert set(np.unique(read_slice(report.samples[1].lungs, 1)).tolist()) == {0, 1, 2}  # left/right lung labels
+    results = _fit(root, tmp_path / "runs", "--data.lesion_labels", "[1, 2]", "--data.lung_masks", "true", "--data.image_size", "32")
+    assert results["lungs"]["slices"] > 0 and 0 <= results["lungs"]["lung_dice_image"] <= 1
+    assert load_lungs(report.samples[1]).max() == 1

@@ -83,6 +83,7 @@ def write_report(
     progress: bool = True,
     lesion_labels: list[int] | None = None,
     viewer: bool = False,
+    lung_labels: list[int] | None = None,
 ) -> dict:
     """Scores ``samples`` at the predictor's operating point and writes every report file into
     ``output``; returns the content of ``metrics.json``.
@@ -111,7 +112,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
 
     sink = _viewer(predictor, out, split) if viewer else None
-    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels, on_slice=_keeper(sink, s.normalization) if sink else None)
+    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels, on_slice=_keeper(sink, s.normalization) if sink else None, lung_labels=lung_labels)
     counts = np.asarray(scores.counts, dtype=np.int64)
     pos, neg = scores.pos, scores.neg
     metrics = {
