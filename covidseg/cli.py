@@ -17,7 +17,7 @@ COMMANDS = {
     "export": "export a checkpoint to ONNX, checked against PyTorch",
     "models": "list the built-in models with their cards (what --ckpt NAME uses; predict's default)",
 }
-MODULES = {"models": "covidseg.pretrained.cards"}  # other commands: covidseg.<command>
+MODULES = {"models": "covidseg.models"}  # other commands: covidseg.<command>
 
 
 def usage() -> str:

@@ -10,6 +10,14 @@ class CovidSegError(Exception):
     """A problem with the user's input (paths, files, config values); never a bug."""
 
 
+class DataError(CovidSegError):
+    """Input data a user can fix; the message names each offending file."""
+
+
+class VolumeReadError(ValueError):
+    """A NIfTI file or DICOM series that is missing, unreadable, corrupt or not a 3D volume."""
+
+
 def user_errors(main):
     """Entry-point decorator: a ``CovidSegError`` prints ``error: ...`` and exits with 2."""
 

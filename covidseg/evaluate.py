@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Literal
 
 from covidseg import options
+from covidseg.data.samples import Sample
+from covidseg.data.splits import SPLITS
+from covidseg.data.validate import validate_data
 from covidseg.errors import CovidSegError, user_errors
-from covidseg.inference import Predictor, load_checkpoint
-from covidseg.metrics import best_threshold
-from covidseg.report import write_report
-from covidseg.report.writers import metric_table
-from covidseg.runs import select_split, stored_data
-from covidseg.scoring import score, write_tuned
-from covidseg.sources import Sample, scan
-from covidseg.splits import SPLITS
+from covidseg.evaluation.report import write_report
+from covidseg.evaluation.report.writers import metric_table
+from covidseg.evaluation.runs import select_split, stored_data
+from covidseg.evaluation.scoring import score, write_tuned
+from covidseg.metrics.scores import best_threshold
+from covidseg.model.checkpoint import read_checkpoint
+from covidseg.model.predictor import Predictor
 
 PathLike = str | Path
 
@@ -94,7 +96,7 @@ def evaluate(
     needs_run = bool(split) or threshold == "auto"
     if needs_run and any(p.suffix.lower() == ".onnx" for p in ckpts):
         raise CovidSegError("--split and --threshold auto need checkpoints (.ckpt): an ONNX file does not know its run")
-    loaded = [load_checkpoint(p) for p in ckpts if p.suffix.lower() != ".onnx"]
+    loaded = [read_checkpoint(p) for p in ckpts if p.suffix.lower() != ".onnx"]
     run_roots, settings = stored_data(loaded[0]) if loaded else (None, {})
     if lesion_labels is not None:
         settings["lesion_labels"] = list(lesion_labels)
@@ -102,7 +104,7 @@ def evaluate(
     if eval_roots is None:
         raise CovidSegError(f"{ckpts[0]}: no data settings stored in the checkpoint; pass --data.root")
     # the run's own data: its scan settings; other data: only the label mapping carries over
-    samples = scan(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k == "lesion_labels"})).samples
+    samples = validate_data(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k == "lesion_labels"})).samples
     chosen = select_split(ckpts, loaded, samples, split) if split else samples
 
     source = None

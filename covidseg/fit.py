@@ -17,13 +17,14 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from covidseg.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
-from covidseg.datamodule import CTDataModule
+from covidseg.data.datamodule import CTDataModule
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.evaluate import evaluate
-from covidseg.metrics import VAL_DICE_IMAGE
-from covidseg.model import LitUNet
-from covidseg.report.writers import metric_table
+from covidseg.evaluation.report.writers import metric_table
+from covidseg.metrics.scores import VAL_DICE_IMAGE
+from covidseg.model.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
+from covidseg.model.card import FIT_LINKS
+from covidseg.model.unet import LitUNet
 
 
 def find_last_checkpoint(save_dir: str, name: str) -> Path:
@@ -36,14 +37,8 @@ def find_last_checkpoint(save_dir: str, name: str) -> Path:
 
 class CovidSegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.image_size", "model.image_size")
-        parser.link_arguments("data.normalization", "model.normalization")
-        parser.link_arguments("data.lung_masks", "model.lung_output")
-        # resolved by the DataModule from the data (image exports or HU volumes), so linked after it exists
-        parser.link_arguments("data.intensity", "model.intensity", apply_on="instantiate")
-        parser.link_arguments("data.window", "model.window")
-        parser.link_arguments("data.patch_size", "model.patch_size")
-        parser.link_arguments("data.foreground_fraction", "model.foreground_fraction")
+        for source, field, when in FIT_LINKS:  # the model card's data fields travel in every checkpoint
+            parser.link_arguments(source, f"model.{field}", apply_on=when)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -137,7 +132,7 @@ def main(args: list[str] | None = None) -> dict:
     rank 0; other ranks return ``{}``)."""
     cli = build_cli(args)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    dm.scan()  # validate all data before any process group or worker starts
+    dm.validated()  # validate all data before any process group or worker starts
     validated = "val" in dm.make_split().values()
     dm.check_world_size(trainer.world_size)  # before any process starts: one error line, exit 2
     if not validated:

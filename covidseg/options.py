@@ -15,16 +15,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse.typing import PositiveInt
 
 from covidseg.errors import CovidSegError
+from covidseg.model.card import check_threshold
 
 Device = Literal["cpu", "cuda"]
-
-
-def check_threshold(value: float, name: str = "--threshold") -> float:
-    """A lesion threshold is a probability strictly between 0 and 1 (0 would mark every pixel,
-    1 almost none); raises ``CovidSegError`` otherwise."""
-    if not 0.0 < float(value) < 1.0:
-        raise CovidSegError(f"{name} {value}: expected a probability in (0, 1)")
-    return float(value)
 
 
 def check_device(device: str | None) -> str | None:
@@ -70,7 +63,7 @@ def add_inference(p: ArgumentParser, auto_threshold: bool = False) -> None:
 def model_paths(value) -> list[str]:
     """``--ckpt`` as model files: built-in model names (``reference``) become their packaged
     files, announced in one line; ``None`` is the default built-in model."""
-    from covidseg import pretrained
+    from covidseg.model import pretrained
 
     names = as_list(value) or [pretrained.DEFAULT]
     paths = []

@@ -4,9 +4,9 @@
 
 Inputs are image files (png/jpg/tif/bmp, 8- or 16-bit, gray or RGB), folders of them
 (not recursive, sorted), NIfTI volumes in HU (``.nii``/``.nii.gz``, windowed and sliced as
-described in ``covidseg.volumes``) and DICOM series (a folder of one series' files, or a
-folder of such folders; read by ``covidseg.dicom``, output named after the folder). Several ``--ckpt`` models are averaged (an ensemble).
-Preprocessing, threshold and TTA come with the model(s) through ``inference.Predictor``;
+described in ``covidseg.data.volumes``) and DICOM series (a folder of one series' files, or a
+folder of such folders; read by ``covidseg.data.dicom``, output named after the folder). Several ``--ckpt`` models are averaged (an ensemble).
+Preprocessing, threshold and TTA come with the model(s) through ``model.predictor.Predictor`` (the model card);
 ``--threshold`` and ``--tta true|false`` override them. A pixel is lesion where its probability
 is at or above the threshold (as in ``covidseg.evaluate``). Volumes go through the HU window the
 model was trained with (its intensity protocol; the lung window -600/1500 for a model trained on
@@ -16,7 +16,7 @@ warning that names the mismatch.
 
 With ``--lungs`` (a model with a lung output), ``NAME_lungs.png`` / ``NAME_lungs.nii.gz`` and
 the lesion burden (lung pixels, lung mL, involvement % = lesion inside the lungs / lungs, the
-CT-0..CT-4 grade of ``covidseg.severity``) are written too; ``--case_regex`` groups image
+CT-0..CT-4 grade of ``covidseg.metrics.severity``) are written too; ``--case_regex`` groups image
 files into cases (patients) and writes ``cases.csv`` with per-case sums and grades.
 
 With ``--viewer true``, ``index.html`` and ``viewer/`` (``covidseg.viewer``) show every case
@@ -45,16 +45,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from covidseg import options
+from covidseg.data.io import normalize_intensity, read_image, write_image, write_mask
+from covidseg.data.overlay import overlay
+from covidseg.data.samples import case_id_from_name
+from covidseg.data.volumes import read_volume, volume_stem, voxel_ml, write_like
 from covidseg.errors import CovidSegError, user_errors
-from covidseg.inference import Predictor
-from covidseg.io import normalize_intensity, read_image, write_image, write_mask
-from covidseg.overlay import overlay
-from covidseg.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
-from covidseg.sources import case_id_from_name
+from covidseg.metrics.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
+from covidseg.model.predictor import Predictor
 from covidseg.predict_jobs import SUMMARY, Job, check_outputs, plan
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
-from covidseg.volumes import read_volume, volume_stem, voxel_ml, write_like
 
 SUMMARY_FIELDS = (
     "input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
@@ -102,7 +102,7 @@ def _report(bar: tqdm, job: Job, reason: str) -> dict:
     return _row(job, "failed", reason)
 
 
-def case_name(job: Job, case_regex: str | None = None) -> str:
+def case_id_of(job: Job, case_regex: str | None = None) -> str:
     """The case an input belongs to: a volume's name, or an image's ``case_regex`` case (else its stem)."""
     if job.kind == "image":
         return case_id_from_name(job.path.stem, case_regex) if case_regex else job.path.stem
@@ -123,7 +123,7 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
         maps = predictor.predict_maps([raw for _, raw in loaded], batch_size)
         for (i, raw), m in zip(loaded, maps):
             job, prob = jobs[i], m[0]
-            mask = prob >= predictor.settings.threshold
+            mask = prob >= predictor.card.threshold
             lungs = m[1] >= LUNG_THRESHOLD if _lung_output(job) else None
             try:
                 write_mask(job.outputs[0], mask)
@@ -133,13 +133,13 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
                     elif out == _lung_output(job):
                         write_mask(out, lungs)
                     else:
-                        write_image(out, overlay_image(raw, mask, predictor.settings.normalization))
+                        write_image(out, overlay_image(raw, mask, predictor.card.normalization))
             except OSError as err:
                 rows[i] = _report(bar, job, f"cannot write output ({err})")
             else:
                 rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, mask, lungs=lungs))
                 if viewer:
-                    viewer.add_slice(case_name(job, case_regex), normalize_intensity(raw, predictor.settings.normalization), mask, lungs=lungs,
+                    viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=lungs,
                                      label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
             bar.update()
     return [rows[i] for i in range(len(jobs))]
@@ -156,7 +156,7 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
     prob_out = next((p for p in job.outputs if p.name.endswith("_prob.nii.gz")), None)
     masks, probs, lungs = [], [], []
     for m in predictor.predict_maps(slices, batch_size):
-        masks.append(m[0] >= predictor.settings.threshold)
+        masks.append(m[0] >= predictor.card.threshold)
         if prob_out:
             probs.append(m[0].astype(np.float32))
         if lung_out:
@@ -174,7 +174,7 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
         return _report(bar, job, f"cannot write output ({err})")
     if viewer:
         for k, raw in enumerate(slices):
-            viewer.add_slice(case_name(job), normalize_intensity(raw, predictor.settings.normalization), mask[k], lungs=None if lung is None else lung[k],
+            viewer.add_slice(case_id_of(job), normalize_intensity(raw, predictor.card.normalization), mask[k], lungs=None if lung is None else lung[k],
                              label=f"slice {k + 1} of {len(slices)}", kind="volume", source=str(job.path), ml_per_voxel=voxel_ml(ref))  # fmt: skip
     return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref), lung))
 
@@ -230,12 +230,12 @@ def predict_paths(
         CovidSegError: clashing or existing outputs, before anything is written.
     """
     output = Path(output)
-    if lungs and not predictor.settings.lung_output:
+    if lungs and not predictor.card.lung_output:
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
     jobs = plan(inputs, output, probabilities, overlay, lungs)
     check_outputs(jobs, output, overwrite, extra=extra_outputs(case_regex, viewer))
-    warn_kind_mismatch(predictor.settings, jobs, window)
-    window = tuple(window) if window is not None else predictor.settings.window
+    warn_kind_mismatch(predictor.card, jobs, window)
+    window = tuple(window) if window is not None else predictor.card.window
     output.mkdir(parents=True, exist_ok=True)
     sink = _viewer(predictor, output, window, lungs) if viewer else None
     by_job: dict[int, dict] = {}
@@ -259,7 +259,7 @@ def predict_paths(
     if sink:
         for job, row in zip(jobs, rows):
             if row["status"] != "ok":
-                sink.add_failed(case_name(job, case_regex) if job.kind else job.path.name, row["reason"], kind=job.kind, source=str(job.path))
+                sink.add_failed(case_id_of(job, case_regex) if job.kind else job.path.name, row["reason"], kind=job.kind, source=str(job.path))
         sink.write()
     return rows
 
@@ -270,7 +270,7 @@ def extra_outputs(case_regex: str | None, viewer: bool) -> list[str]:
 
 
 def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lungs: bool) -> ViewerWriter:
-    s = predictor.settings
+    s = predictor.card
     models = ", ".join(p.name for p in predictor.paths)
     line = f"{models} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'} \u00b7 volumes in window {window[0]:g}/{window[1]:g} HU"
     return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs)
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         viewer=args.viewer,
     )
     failed = sum(row["status"] != "ok" for row in rows)
-    s = predictor.settings
+    s = predictor.card
     print(f"{len(rows) - failed} ok, {failed} failed (threshold {s.threshold:g}, tta {'on' if s.tta else 'off'}); summary: {output / SUMMARY}")
     if args.case_regex:
         print(f"cases: {output / CASES}")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from covidseg.dicom import is_series
+from covidseg.data.dicom import is_series
+from covidseg.data.io import IMAGE_SUFFIXES
+from covidseg.data.volumes import is_volume, volume_stem
 from covidseg.errors import CovidSegError
-from covidseg.io import IMAGE_SUFFIXES
-from covidseg.volumes import is_volume, volume_stem
 
 SUMMARY = "summary.csv"
 

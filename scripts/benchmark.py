@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench.common import GPU_KEYS, failure, log, preload_batches, quiet_lightning, short  # first: sets offline env
 from bench.gpu import bench_gpu, ddp_probe
 from bench.inference import bench_inference
@@ -56,7 +55,8 @@ from bench.loader import bench_loader
 from bench.memory import bench_fit_rss
 from bench.report import format_table, machine_info
 from bench.training import bench_training
-from covidseg.synthetic import generate
+
+from covidseg.data.synthetic import generate
 
 SECTIONS = ("memory", "training", "loader", "inference", "gpu")
 

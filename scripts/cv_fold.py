@@ -6,7 +6,7 @@
 The fold's ``RUN_DIR/checkpoints/last.ckpt`` (its final epoch) predicts the fold's held-out
 patients without and with flip TTA; the file holds per-source per-image Dice at thresholds
 0.3-0.7, and at 0.5 the global Dice, Dice by lesion size and, for lung-output models, lung Dice
-and the per-patient involvement error (``covidseg.crossval.fold_record``).
+and the per-patient involvement error (``covidseg.evaluation.crossval.fold_record``).
 """
 
 import argparse
@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from covidseg.crossval import fold_record
+from covidseg.evaluation.crossval import fold_record
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -18,7 +18,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from covidseg.crossval import best_setting, read_records, sd, setting_scores, source_means
+from covidseg.evaluation.crossval import best_setting, read_records, sd, setting_scores, source_means
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from covidseg.crossval import fold_validation, print_fold_table
-from covidseg.inference import Predictor
-from covidseg.io import read_image, read_mask
-from covidseg.metrics import image_dice
+from covidseg.data.io import read_image, read_mask
+from covidseg.evaluation.crossval import fold_validation, print_fold_table
+from covidseg.metrics.scores import image_dice
+from covidseg.model.predictor import Predictor
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (0, 0.0005, 0.002)  # components smaller than this fraction of the slice are dropped

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     data, runs = out / "data", out / "runs"
     s = Smoke(out)
 
-    s.run("demo data", ["-m", "covidseg.synthetic", str(data), "--cases", "8" if a.cpu else "30", "--slices", "4" if a.cpu else "8", "--size", str(2 * size)])
+    s.run("demo data", ["-m", "covidseg.data.synthetic", str(data), "--cases", "8" if a.cpu else "30", "--slices", "4" if a.cpu else "8", "--size", str(2 * size)])
     fit = ["-m", "covidseg", "fit", "--data.root", str(data), "--data.image_size", str(size), "--trainer.accelerator", acc, "--trainer.devices", "1",
            "--trainer.logger.init_args.save_dir", str(runs), *tiny, *quiet]  # fmt: skip
     s.run("fit bf16-mixed", [*fit, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", str(epochs), "--trainer.logger.init_args.name", "bf16"])

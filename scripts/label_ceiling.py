@@ -14,9 +14,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from covidseg.io import preprocess_mask, read_mask, resize
-from covidseg.metrics import image_dice
-from covidseg.sources import scan
+from covidseg.data.io import preprocess_mask, read_mask, resize
+from covidseg.data.validate import validate_data
+from covidseg.metrics.scores import image_dice
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("roots", nargs="+")
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192])
     args = parser.parse_args()
-    samples = scan(args.roots).samples
+    samples = validate_data(args.roots).samples
     scores: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     for s in samples:
         mask = read_mask(s.mask)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from covidseg.crossval import fold_validation, print_fold_table
-from covidseg.inference import Predictor
-from covidseg.metrics import image_dice
-from covidseg.severity import LUNG_THRESHOLD, restrict_to_lungs
-from covidseg.sources import load_image, load_mask
+from covidseg.data.samples import image_of, mask_of
+from covidseg.evaluation.crossval import fold_validation, print_fold_table
+from covidseg.metrics.scores import image_dice
+from covidseg.metrics.severity import LUNG_THRESHOLD, restrict_to_lungs
+from covidseg.model.predictor import Predictor
 
 GATES = (None, 0, 3, 7)  # None: no gating; else the lungs' dilation in pixels
 
@@ -25,12 +25,12 @@ GATES = (None, 0, 3, 7)  # None: no gating; else the lungs' dilation in pixels
 def fold_scores(run: Path) -> dict[tuple, dict[str, float]]:
     ckpt, samples = fold_validation(run)
     predictor = Predictor(ckpt, device="cpu")
-    if not predictor.settings.lung_output:
+    if not predictor.card.lung_output:
         raise SystemExit(f"{ckpt}: no lung output (train with --data.lung_masks true)")
-    t, per = predictor.settings.threshold, {}
-    maps = predictor.predict_maps((load_image(s, predictor.settings.window) for s in samples), batch_size=16)
+    t, per = predictor.card.threshold, {}
+    maps = predictor.predict_maps((image_of(s, predictor.card.window) for s in samples), batch_size=16)
     for s, m in tqdm(zip(samples, maps), total=len(samples), desc=run.parent.name, leave=False):
-        truth, lesion, lungs = load_mask(s) > 0, m[0] >= t, m[1] >= LUNG_THRESHOLD
+        truth, lesion, lungs = mask_of(s) > 0, m[0] >= t, m[1] >= LUNG_THRESHOLD
         for gate in GATES:
             pred = lesion if gate is None else restrict_to_lungs(lesion, lungs, gate)
             per.setdefault((str(gate),), {}).setdefault(s.source, []).append(image_dice(pred, truth))

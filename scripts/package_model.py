@@ -1,7 +1,7 @@
-"""Turns a trained checkpoint into a built-in model of the package (``covidseg/pretrained``).
+"""Turns a trained checkpoint into a built-in model of the package (``covidseg/model/pretrained``).
 
     python scripts/package_model.py CKPT --slices ../shared/data/medseg50 ../shared/data/zenodo20 \
-        [--volume scan.nii.gz] [--cv reference] [--name reference] [--version 1] [--output covidseg/pretrained/reference.ckpt]
+        [--volume scan.nii.gz] [--cv reference] [--name reference] [--version 1] [--output covidseg/model/pretrained/reference.ckpt]
 
 Slims ``CKPT`` (the checkpoint ``scripts/reproduce.sh`` prints) to fp16 weights plus its model
 card, then predicts with both on up to ``--max_slices`` slices of each ``--slices`` folder and on
@@ -10,7 +10,7 @@ operating point (threshold, TTA) and in the intensity protocol it was trained wi
 the file only if the masks agree (mean per-slice Dice >= 0.99 for lesions and lungs,
 probabilities within 0.02); otherwise it writes nothing and exits 2. The card records what the
 model was trained on (its run's data and split), its recipe, its cross-validated scores
-(``docs/experiments/CV/fold-*.json`` via ``covidseg.crossval``), the agreement, and its terms of use.
+(``docs/experiments/CV/fold-*.json`` via ``covidseg.evaluation.crossval``), the agreement, and its terms of use.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def trained_on(ckpt_path: Path) -> dict:
 
 def cv_scores(name: str) -> dict:
     """The recipe's cross-validated scores from ``docs/experiments/NAME`` (empty if none)."""
-    from covidseg.crossval import best_setting, read_records, source_means
+    from covidseg.evaluation.crossval import best_setting, read_records, source_means
 
     records = read_records(REPO / "docs" / "experiments" / name)
     if not records:
@@ -70,12 +70,15 @@ def cv_scores(name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from covidseg.errors import CovidSegError
-    from covidseg.inference import load_checkpoint, settings_from_checkpoint
-    from covidseg.pretrained import packaging
-    from covidseg.sources import load_image, scan
-    from covidseg.volumes import read_volume
     from predict_speed import make_volume
+
+    from covidseg.data.samples import image_of
+    from covidseg.data.validate import validate_data
+    from covidseg.data.volumes import read_volume
+    from covidseg.errors import CovidSegError
+    from covidseg.model.card import read_card
+    from covidseg.model.checkpoint import read_checkpoint
+    from covidseg.model.pretrained import packaging
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpt", type=Path)
@@ -86,29 +89,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cv", default=None, help="experiment in docs/experiments with the recipe's cross-validated scores")
     p.add_argument("--name", default="reference")
     p.add_argument("--version", default="1")
-    p.add_argument("--output", type=Path, default=None, help="default: covidseg/pretrained/NAME.ckpt")
+    p.add_argument("--output", type=Path, default=None, help="default: covidseg/model/pretrained/NAME.ckpt")
     p.add_argument("--min_dice", type=float, default=packaging.MIN_DICE)
     p.add_argument("--max_prob_diff", type=float, default=packaging.MAX_PROB_DIFF)
     a = p.parse_args(argv)
-    output = a.output or REPO / "covidseg" / "pretrained" / f"{a.name}.ckpt"
+    output = a.output or REPO / "covidseg" / "model" / "pretrained" / f"{a.name}.ckpt"
     try:
-        settings = settings_from_checkpoint(load_checkpoint(a.ckpt))
+        model_card = read_card(read_checkpoint(a.ckpt))
         checks = {}
         for root in a.slices:
-            samples = scan([root]).samples
+            samples = validate_data([root]).samples
             step = max(1, len(samples) // a.max_slices)
-            checks[f"slices:{Path(root).name}"] = [load_image(s, settings.window) for s in samples[::step][: a.max_slices]]
+            checks[f"slices:{Path(root).name}"] = [image_of(s, model_card.window) for s in samples[::step][: a.max_slices]]
         with tempfile.TemporaryDirectory() as tmp:
             volume = a.volume or make_volume(Path(tmp) / "ct.nii.gz", a.volume_slices, 512)
-            checks[f"volume:{volume.name if a.volume else 'generated 512x512x%d CT' % a.volume_slices}"] = list(read_volume(volume, *settings.window)[1])
-        hp = load_checkpoint(a.ckpt)["hyper_parameters"]
+            checks[f"volume:{volume.name if a.volume else 'generated 512x512x%d CT' % a.volume_slices}"] = list(read_volume(volume, *model_card.window)[1])
+        hp = read_checkpoint(a.ckpt)["hyper_parameters"]
         card = {
             "name": a.name,
             "version": a.version,
             "created": datetime.date.today().isoformat(),
             "commit": _commit(),
             "source_checkpoint": str(a.ckpt),
-            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
             "recipe": {k: hp.get(k) for k in ("encoder_name", "decoder_channels", "image_size", "patch_size", "foreground_fraction", "lung_output", "dice_per_image", "lr")},
             "trained_on": trained_on(a.ckpt),
             "cross_validation": cv_scores(a.cv) if a.cv else {},

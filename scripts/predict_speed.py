@@ -55,7 +55,7 @@ def make_checkpoint(path: Path, image_size: int, tiny: bool) -> Path:
     """An untrained covidseg checkpoint of the default model (or the tests' tiny one)."""
     import torch
 
-    from covidseg.model import LitUNet
+    from covidseg.model.unet import LitUNet
 
     model = LitUNet(image_size=image_size, **(TINY if tiny else {}))
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
@@ -80,7 +80,7 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
-    from covidseg.volumes import read_volume
+    from covidseg.data.volumes import read_volume
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
 
 Each fold's last checkpoint predicts its own validation patients with every variant below, and a
 variant is scored at thresholds 0.3-0.5 by the per-source mean per-image Dice, averaged over
-folds. ``flip4`` is exactly covidseg's ``--tta`` (``inference.TTA_FLIPS``); the others (only the
+folds. ``flip4`` is exactly covidseg's ``--tta`` (``covidseg.model.unet.TTA_FLIPS``); the others (only the
 horizontal flip, which is the flip the model trains with; and +-10% zoom about the centre) are
 not covidseg options, only measured here. Zoomed predictions are warped back, and pixels a
 zoomed-in view did not see are averaged over the views that did.
@@ -16,10 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.crossval import fold_validation, print_fold_table
-from covidseg.inference import TTA_FLIPS, Predictor, flip
-from covidseg.io import read_image, read_mask, resize
-from covidseg.metrics import image_dice
+from covidseg.data.io import read_image, read_mask, resize
+from covidseg.evaluation.crossval import fold_validation, print_fold_table
+from covidseg.metrics.scores import image_dice
+from covidseg.model.predictor import Predictor, flip
+from covidseg.model.unet import TTA_FLIPS
 
 # variant -> views (flip rows, flip columns, zoom factor)
 VARIANTS = {

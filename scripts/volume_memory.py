@@ -88,8 +88,8 @@ class PeakMemory:
 def make_set(out: Path, volumes: int, slices: int, size: int) -> Path:
     import nibabel as nib
 
-    from covidseg.synthetic import make_volume, volume_affine
-    from covidseg.volumes import from_display
+    from covidseg.data.synthetic import make_volume, volume_affine
+    from covidseg.data.volumes import from_display
 
     affine = volume_affine("LPS", (0.7, 0.7, 1.0))
     hu, labels = make_volume(np.random.default_rng(0), slices, size)
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="covidseg-volmem-"))
     os.environ["COVIDSEG_CACHE"] = str(work / "cache")  # the fit subprocess inherits it
-    from covidseg.datamodule import CTDataModule
-    from covidseg.sources import load_image, load_mask
-    from covidseg.volumes import load_volume
+    from covidseg.data.datamodule import CTDataModule
+    from covidseg.data.samples import image_of, mask_of
+    from covidseg.data.volumes import read_voxels
 
     result: dict = {"volumes": a.volumes, "shape": [a.size, a.size, a.slices], "workers": a.workers, "image_size": a.image_size, "batch_size": a.batch_size}
     try:
@@ -149,20 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
         result["generate_s"] = round(time.perf_counter() - t, 1)
         result["volume_gz_mib"] = round((data / "images" / "case000.nii.gz").stat().st_size / MIB, 1)
         t = time.perf_counter()
-        load_volume(data / "images" / "case000.nii.gz")
+        read_voxels(data / "images" / "case000.nii.gz")
         result["decode_one_volume_s"] = round(time.perf_counter() - t, 2)
 
         dm = CTDataModule(str(data), image_size=a.image_size, batch_size=a.batch_size, num_workers=a.workers, lesion_labels=[1, 2], val_fraction=0.1, test_fraction=0.1)
         with PeakMemory() as scan_mem:
             t = time.perf_counter()
-            dm.scan()
+            dm.validated()
             result["scan_s"] = round(time.perf_counter() - t, 1)
         result["scan_peak_rss_mib"] = round(scan_mem.rss / MIB)
         result["cache_gib"] = round(sum(f.stat().st_size for f in (work / "cache").rglob("*.npy")) / 2**30, 2)
         sample = dm.report.samples[a.slices // 2]
         t = time.perf_counter()
         for _ in range(20):
-            load_image(sample), load_mask(sample, [1, 2])
+            image_of(sample), mask_of(sample, [1, 2])
         result["read_cached_slice_ms"] = round((time.perf_counter() - t) / 20 * 1000, 2)
 
         dm.setup("fit")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         if a.fit_batches:
             result.update(_fit_memory(data, ["--data.lesion_labels", "[1, 2]"], a, work / "runs", "fit"))
         if a.fit_batches and a.baseline:
-            from covidseg.synthetic import generate
+            from covidseg.data.synthetic import generate
 
             png = generate(work / "png", cases=a.volumes, slices=8, size=a.size)
             result.update(_fit_memory(png, [], a, work / "runs", "fit_png"))

@@ -1,4 +1,4 @@
-"""scripts/cv_summary.py and covidseg.crossval: each experiment at its own best operating point,
+"""scripts/cv_summary.py and covidseg.evaluation.crossval: each experiment at its own best operating point,
 the paired per-fold table against the reference, lesion-size bins pooled over folds."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidseg import metrics as M
-from covidseg.crossval import best_setting, read_records
+from covidseg.evaluation.crossval import best_setting, read_records
+from covidseg.metrics.summary import by_lesion_size
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cv_summary.py"
 
@@ -23,7 +23,7 @@ def _record(name: str, fold: int, plain: dict, tta: dict, counts: np.ndarray) ->
         by_t = {t: {"medseg50": values[0] - 0.05, "zenodo20": values[1] - 0.05} for t in ("0.3", "0.6", "0.7")}
         by_t["0.4"] = {"medseg50": values[0] - 0.01, "zenodo20": values[1]}
         by_t["0.5"] = {"medseg50": values[0], "zenodo20": values[1]}
-        at = {s: {"images": len(counts), "cases": 1, "dice_image": 0.5, "dice_global": 0.5, "by_lesion_size": M.by_lesion_size(counts)} for s in ("medseg50", "zenodo20")}
+        at = {s: {"images": len(counts), "cases": 1, "dice_image": 0.5, "dice_global": 0.5, "by_lesion_size": by_lesion_size(counts)} for s in ("medseg50", "zenodo20")}
         return {"by_threshold": by_t, "at_0.5": at}
     return {"version": 1, "name": name, "fold": fold, "num_folds": 5, "command": "x", "commit": "abc", "epochs": 20, "train_seconds": 600,
             "scores": {"plain": mode(plain), "tta": mode(tta)}}  # fmt: skip

@@ -21,7 +21,7 @@ def test_drop_small_keeps_large_components_only():
 
 
 def test_dice_edge_cases():
-    from covidseg.metrics import image_dice
+    from covidseg.metrics.scores import image_dice
 
     a = np.array([[1, 1, 0, 0]], bool)
     assert image_dice(a, a) == 1.0

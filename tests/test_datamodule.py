@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from covidseg.datamodule import CTDataModule, SliceDataset
-from covidseg.sources import Sample
-from covidseg.transforms import train_transforms
-from covidseg.io import write_image, write_mask
+from covidseg.data.datamodule import CTDataModule, SliceDataset
+from covidseg.data.io import write_image, write_mask
+from covidseg.data.samples import Sample
+from covidseg.data.transforms import train_transforms
 
 
 def test_samples_follow_the_data_contract(tiny_data):
@@ -45,7 +45,7 @@ def test_eval_splits_are_not_augmented(tiny_data):
 
 
 def test_balanced_sampler_draws_sources_evenly(tiny_data, tmp_path):
-    from covidseg.synthetic import generate
+    from covidseg.data.synthetic import generate
 
     small = generate(tmp_path / "small", cases=4, slices=1, size=40)
     dm = CTDataModule([str(tiny_data), str(small)], image_size=32, num_workers=0, balance_sources=True, val_fraction=0.2, test_fraction=0.0)
@@ -69,8 +69,8 @@ def test_soft_masks_only_for_training(tiny_data):
 def test_split_smaller_than_world_size_is_one_line_error(tmp_path):
     from types import SimpleNamespace
 
-    from covidseg.sources import DataError
-    from covidseg.synthetic import generate
+    from covidseg.data.synthetic import generate
+    from covidseg.errors import DataError
 
     data = generate(tmp_path / "data", cases=10, slices=2, size=32)
     dm = CTDataModule(str(data), image_size=32, num_workers=0, val_fraction=0.1, test_fraction=0.0)

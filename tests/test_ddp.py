@@ -8,12 +8,12 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import FAST_TRAINER, TINY_MODEL
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from covidseg.datamodule import CTDataModule
-from covidseg.inference import load_checkpoint, model_from_checkpoint
-from covidseg.synthetic import generate
-from conftest import FAST_TRAINER, TINY_MODEL
+from covidseg.data.datamodule import CTDataModule
+from covidseg.data.synthetic import generate
+from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
 
 KEYS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "auroc", "dice_image")
 
@@ -45,7 +45,7 @@ def test_ddp_two_processes_match_single_process(tmp_path, progress_bar):
     events.Reload()
     ddp = {k: events.Scalars(f"val/{k}")[-1].value for k in KEYS}
 
-    model = model_from_checkpoint(load_checkpoint(run / "checkpoints" / "last.ckpt"))
+    model = model_from_checkpoint(read_checkpoint(run / "checkpoints" / "last.ckpt"))
     dm = CTDataModule(str(data), image_size=64, batch_size=2, num_workers=0, split_file=str(run / "splits.csv"))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
     single = trainer.validate(model, datamodule=dm, verbose=False)[0]

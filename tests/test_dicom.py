@@ -14,12 +14,13 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from covidseg.dicom import is_series, read_series
-from covidseg.inference import Predictor
+from covidseg.data.dicom import is_series, read_series
+from covidseg.data.synthetic import generate_volumes
+from covidseg.data.volumes import read_volume
+from covidseg.errors import VolumeReadError
+from covidseg.model.predictor import Predictor
 from covidseg.predict import main, predict_paths
 from covidseg.predict_jobs import list_inputs
-from covidseg.synthetic import generate_volumes
-from covidseg.volumes import VolumeReadError, read_volume
 
 
 def write_series(img: nib.Nifti1Image, folder: Path, slope: float = 0.5, intercept: float = -2048.0, series_uid: str | None = None, skip: tuple[int, ...] = ()) -> Path:
@@ -132,15 +133,16 @@ def test_predict_same_mask_from_nifti_and_dicom(tiny_ckpt, ct, tmp_path):
 
 def test_manifest_trains_from_dicom_series_with_nifti_masks(ct, tmp_path):
     """A manifest row may name a DICOM series folder: same slices as the NIfTI form."""
-    from covidseg.sources import load_image, load_mask, scan
+    from covidseg.data.samples import image_of, mask_of
+    from covidseg.data.validate import validate_data
 
     root = tmp_path / "d"
     write_series(nib.load(ct), root / "series" / "case000")
     mask = ct.parents[1] / "masks" / "case000.nii.gz"
     with (root / "manifest.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("image", "mask"), ("series/case000", str(mask))])
-    from_dicom = scan([root], lesion_labels=[1, 2])
-    from_nifti = scan([ct.parents[1]], lesion_labels=[1, 2])
+    from_dicom = validate_data([root], lesion_labels=[1, 2])
+    from_nifti = validate_data([ct.parents[1]], lesion_labels=[1, 2])
     assert [s.case_id for s in from_dicom.samples[:1]] == ["case000"] and len(from_dicom.samples) == len(from_nifti.samples) == 7
     for a, b in zip(from_dicom.samples, from_nifti.samples):
-        assert np.array_equal(load_image(a), load_image(b)) and np.array_equal(load_mask(a, [1, 2]), load_mask(b, [1, 2]))
+        assert np.array_equal(image_of(a), image_of(b)) and np.array_equal(mask_of(a, [1, 2]), mask_of(b, [1, 2]))

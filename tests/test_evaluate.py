@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from covidseg.data.validate import validate_data
 from covidseg.evaluate import main
-from covidseg.report import write_report
-from covidseg.inference import Predictor
-from covidseg.sources import scan
+from covidseg.evaluation.report import write_report
+from covidseg.model.predictor import Predictor
 
 FILES = ("metrics.json", "metrics.md", "per_image.csv", "roc_curve.png", "pr_curve.png", "confusion_matrix.png", "dice_by_lesion_size.png", "prediction_samples.png")
 KEYS = {"checkpoints", "roots", "split", "threshold", "threshold_source", "tta", "counts", "per_image_mean", "per_image_n", "global", "dice_ci95", "by_lesion_size", "policy"}
@@ -82,7 +82,7 @@ def test_all_pairs_with_tensorboard(tiny_ckpt, tiny_data, tmp_path, capsys):
 
 
 def test_several_sources(tiny_ckpt, tiny_data, tmp_path):
-    from covidseg.synthetic import generate
+    from covidseg.data.synthetic import generate
 
     second = generate(tmp_path / "second", cases=2, slices=2, size=72, seed=5)
     m = main(["--ckpt", str(tiny_ckpt), "--data.root", f"[{tiny_data}, {second}]", "--output", str(tmp_path / "r")])
@@ -119,8 +119,8 @@ def test_ensemble_of_two_checkpoints(tiny_ckpt, tiny_run, tmp_path):
 
 
 def test_threshold_auto_writes_a_tuned_copy_and_leaves_the_input_alone(tiny_run, tmp_path, capsys):
-    from covidseg.runs import split_samples
-    from covidseg.scoring import score
+    from covidseg.evaluation.runs import split_samples
+    from covidseg.evaluation.scoring import score
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     ckpt = run / "checkpoints" / "best.ckpt"
@@ -138,7 +138,7 @@ def test_threshold_auto_writes_a_tuned_copy_and_leaves_the_input_alone(tiny_run,
     stored = torch.load(tuned, weights_only=True)
     assert stored["hyper_parameters"]["threshold"] == t
     assert all(torch.equal(stored["state_dict"][k], v) for k, v in original["state_dict"].items())
-    assert Predictor(tuned, device="cpu").settings.threshold == t  # later predict/evaluate default to it
+    assert Predictor(tuned, device="cpu").card.threshold == t  # later predict/evaluate default to it
     # t maximises the mean per-image Dice on the validation split
     val = split_samples(ckpt, "val")
     per_image = score(Predictor(ckpt, device="cpu"), val, 0.5, progress=False).dice_by_threshold()
@@ -193,7 +193,7 @@ def test_bad_checkpoint_one_line_error(kind, tiny_ckpt, tiny_data, tmp_path, cap
 
 
 def test_model_that_cannot_take_the_slices(tiny_ckpt, tiny_data, tmp_path, capsys):
-    from covidseg.model import LitUNet
+    from covidseg.model.unet import LitUNet
 
     model = LitUNet(encoder_depth=3, decoder_channels=[32, 16, 8], in_channels=3, image_size=64)
     path = tmp_path / "rgb.ckpt"
@@ -226,7 +226,7 @@ def test_write_report_for_fit(tiny_ckpt, tiny_data, tmp_path):
     """The call fit makes: given samples, a live SummaryWriter and the run directory."""
     from torch.utils.tensorboard import SummaryWriter
 
-    samples = scan([tiny_data], progress=False).samples[:5]
+    samples = validate_data([tiny_data], progress=False).samples[:5]
     writer = SummaryWriter(str(tmp_path / "tb"))
     m = write_report(Predictor(tiny_ckpt, device="cpu"), samples, tmp_path / "report", split="test", tensorboard=writer, step=7, progress=False)
     writer.close()
@@ -237,8 +237,8 @@ def test_write_report_for_fit(tiny_ckpt, tiny_data, tmp_path):
 
 def test_lung_dice_and_burden_per_case(lung_ckpt, tiny_data, tmp_path):
     """A lung-output model: lung Dice and per-case involvement/grade against the true masks."""
-    from covidseg.io import read_mask
-    from covidseg.severity import GRADES, aggregate_cases, involvement
+    from covidseg.data.io import read_mask
+    from covidseg.metrics.severity import GRADES, aggregate_cases, involvement
 
     m = main(["--ckpt", str(lung_ckpt), "--data.root", str(tiny_data), "--output", str(tmp_path / "r")])
     lungs = m["lungs"]
@@ -248,10 +248,10 @@ def test_lung_dice_and_burden_per_case(lung_ckpt, tiny_data, tmp_path):
     assert sev["cases"] == 8 and sum(sum(row.values()) for row in sev["confusion"].values()) == 8
     assert all(c["true_grade"] in GRADES and c["pred_grade"] in GRADES for c in sev["cases_table"])
     # the true involvement is the summed truth of each case, by hand
-    samples = scan([tiny_data], progress=False).samples
+    samples = validate_data([tiny_data], progress=False).samples
     rows = []
     for s in samples:
-        inside, lung, _ = involvement(read_mask(s.mask), read_mask(s.lungs))
+        inside, lung, _ = involvement(read_mask(s.mask), read_mask(s.lung_mask))
         rows.append({"case_id": s.case_id, "lesion_pixels": 0, "lesion_in_lung_pixels": inside, "lung_pixels": lung})
     truth = {c["case_id"]: c["involvement_percent"] for c in aggregate_cases(rows)}
     for c in sev["cases_table"]:

@@ -10,10 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from covidseg.data.io import read_image, write_image
 from covidseg.errors import CovidSegError
-from covidseg.export import ProbabilityModel, export_onnx, main
-from covidseg.inference import Predictor, Settings, load_checkpoint, model_from_checkpoint, settings_from_checkpoint
-from covidseg.io import read_image, write_image
+from covidseg.export import main
+from covidseg.model.card import card_from_onnx, read_card
+from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
+from covidseg.model.onnx import ProbabilityModel, export_onnx
+from covidseg.model.predictor import Predictor
 from covidseg.predict import predict_paths
 
 
@@ -25,7 +28,7 @@ def onnx_path(tiny_ckpt, tmp_path_factory):
 
 
 def test_onnx_contract(onnx_path, tiny_ckpt):
-    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt = read_checkpoint(tiny_ckpt)
     size = ckpt["hyper_parameters"]["image_size"]
     proto = onnx.load(str(onnx_path))
     assert not list(onnx_path.parent.glob("*.data")) and not list(onnx_path.parent.glob("*.tmp"))  # one self-contained file
@@ -33,7 +36,7 @@ def test_onnx_contract(onnx_path, tiny_ckpt):
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert inp.name == "image" and dims[1] == 1 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))  # dynamic batch, H, W
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert Settings.from_metadata(meta, "x") == settings_from_checkpoint(ckpt)
+    assert card_from_onnx(meta, "x") == read_card(ckpt)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model = model_from_checkpoint(ckpt)
     for batch in (1, 3):

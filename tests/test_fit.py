@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_TRAINER, TINY_MODEL
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from covidseg.evaluate import evaluate
 from covidseg.fit import main
-from conftest import FAST_TRAINER, TINY_MODEL
 
 REQUIRED_TAGS = {"train/loss", "train/dice", "train/dice_image", "val/loss", "val/dice", "val/iou", "val/precision", "val/recall", "val/specificity",
                  "val/accuracy", "val/auroc", "val/dice_image", "lr-AdamW", "test/dice_image", "test/dice", "test/auroc"}  # fmt: skip
@@ -162,9 +162,9 @@ def test_2d_label_maps_are_refused_without_a_mapping_and_train_with_one(tmp_path
     (``L``) or VOC-style palette (``P``) PNGs: a palette PNG's labels are its indices."""
     import cv2
     import numpy as np
-
-    from covidseg.synthetic import generate
     from test_io import write_palette_png
+
+    from covidseg.data.synthetic import generate
 
     data = generate(tmp_path / "labelmaps", cases=6, slices=2, size=64, seed=3)
     for path in sorted((data / "masks").glob("*.png")):
@@ -213,8 +213,8 @@ def test_lung_label_maps_train_and_bad_lung_masks_stop_with_one_line(tmp_path, c
     import cv2
     import numpy as np
 
-    from covidseg.datamodule import CTDataModule
-    from covidseg.synthetic import generate
+    from covidseg.data.datamodule import CTDataModule
+    from covidseg.data.synthetic import generate
 
     data = generate(tmp_path / "d", cases=6, slices=2, size=64, seed=5)
     lungs = sorted((data / "lungs").glob("*.png"))
@@ -225,13 +225,13 @@ def test_lung_label_maps_train_and_bad_lung_masks_stop_with_one_line(tmp_path, c
     dm = CTDataModule(str(data), image_size=64, lung_masks=True, num_workers=0)
     dm.setup("fit")
     item = dm.datasets["val"][0]
-    truth = cv2.imread(str(data / "lungs" / __import__("pathlib").Path(dm.datasets["val"].samples[0].lungs).name), cv2.IMREAD_UNCHANGED)
+    truth = cv2.imread(str(data / "lungs" / __import__("pathlib").Path(dm.datasets["val"].samples[0].lung_mask).name), cv2.IMREAD_UNCHANGED)
     assert set(np.unique(truth).tolist()) == {0, 1, 2}
-    np.testing.assert_array_equal(item["lungs"][0].numpy(), (truth > 0).astype(np.float32))
+    np.testing.assert_array_equal(item["lung_mask"][0].numpy(), (truth > 0).astype(np.float32))
     # lung_labels say otherwise: only the right lung (2)
     right = CTDataModule(str(data), image_size=64, lung_masks=True, lung_labels=[2], num_workers=0)
     right.setup("fit")
-    np.testing.assert_array_equal(right.datasets["val"][0]["lungs"][0].numpy(), (truth == 2).astype(np.float32))
+    np.testing.assert_array_equal(right.datasets["val"][0]["lung_mask"][0].numpy(), (truth == 2).astype(np.float32))
 
     blurred = cv2.GaussianBlur((cv2.imread(str(lungs[0]), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8) * 255, (9, 9), 3)
     cv2.imwrite(str(lungs[0]), blurred)  # anti-aliased/interpolated: grey levels

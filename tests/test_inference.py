@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from covidseg.errors import CovidSegError
-from covidseg.inference import Predictor, onnx_providers
+from covidseg.model.predictor import Predictor, onnx_providers
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 CUDA = ("CUDAExecutionProvider", {"device_id": 0})

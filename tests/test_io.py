@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from covidseg.io import ImageReadError, MaskLabelError, lesion_mask, normalize_intensity, preprocess_image, preprocess_mask, read_image, read_mask
+from covidseg.data.io import ImageReadError, MaskLabelError, lesion_mask, normalize_intensity, preprocess_image, preprocess_mask, read_image, read_mask
 
 
 def test_read_8bit_16bit_and_rgb(tmp_path):
@@ -111,7 +111,7 @@ def test_palette_png_label_maps_are_read_by_label_not_colour(tmp_path):
     """Labels {0, 1, 2} in a VOC-palette PNG: a grayscale conversion reads them as {0, 38, 75}."""
     from PIL import Image
 
-    from covidseg.io import read_label_map
+    from covidseg.data.io import read_label_map
 
     labels = np.zeros((6, 8), np.uint8)
     labels[1:3, 2:6] = 1

@@ -1,4 +1,4 @@
-"""The one metric implementation (covidseg.metrics, covidseg.lightning_metrics) and the report's
+"""The one metric implementation (covidseg.metrics.scores, covidseg.metrics.epoch) and the report's
 writers and figures, on tiny arrays with hand-computed values."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
-from covidseg import metrics as M
-from covidseg.lightning_metrics import SegmentationScores
-from covidseg.report import curves, figures, writers
+from covidseg.evaluation.report import curves, figures, writers
+from covidseg.metrics import scores as M
+from covidseg.metrics import summary as S
+from covidseg.metrics.epoch import SegmentationScores
 
 
 def H(prob, gt, bins=M.BINS):
@@ -71,7 +72,7 @@ def test_segmentation_scores_match_evaluate_maths():
     pos, neg = [0.9, 0.2, 0.6], [0.8, 0.1, 0.3, 0.4, 0.05]
     assert out["auroc"] == pytest.approx(sum(p > n for p in pos for n in neg) / 15, abs=0.01)
     # the same numbers as evaluate's summary of the same counts and histograms
-    summary = M.summarize(M.confusion_counts(probs, target, 0.5).numpy(), np.array([np.nan, np.nan]), *H(probs, target), ["a", "b"], ["s", "s"], 0.5)
+    summary = S.summarize(M.confusion_counts(probs, target, 0.5).numpy(), np.array([np.nan, np.nan]), *H(probs, target), ["a", "b"], ["s", "s"], 0.5)
     assert out["dice_image"] == pytest.approx(summary["per_image_mean"]["dice"])
     for k in ("dice", "iou", "precision", "recall", "specificity", "accuracy", "auroc"):
         assert out[k] == pytest.approx(summary["global"][k]), k
@@ -162,18 +163,18 @@ def test_best_threshold_maximises_mean_per_image_dice():
 
 
 def test_bootstrap_resamples_cases_not_images():
-    assert M.bootstrap_ci([0.3, 0.5, 0.7], ["a", "a", "a"]) == pytest.approx((0.5, 0.5))
-    assert M.bootstrap_ci([0.4, 0.6, 0.5, 0.5], ["a", "a", "b", "b"]) == pytest.approx((0.5, 0.5))  # equal case means
+    assert S.bootstrap_ci([0.3, 0.5, 0.7], ["a", "a", "a"]) == pytest.approx((0.5, 0.5))
+    assert S.bootstrap_ci([0.4, 0.6, 0.5, 0.5], ["a", "a", "b", "b"]) == pytest.approx((0.5, 0.5))  # equal case means
     # 99 perfect slices of case a, 1 failed slice of case b: image resampling would give a
     # tight interval near 0.99; drawing {b, b} (p = 1/4) gives 0 and {a, a} gives 1.
     values, groups = [1.0] * 99 + [0.0], ["a"] * 99 + ["b"]
-    assert M.bootstrap_ci(values, groups) == pytest.approx((0.0, 1.0))
-    assert M.bootstrap_ci(values, groups, seed=3) == M.bootstrap_ci(values, groups, seed=3)
+    assert S.bootstrap_ci(values, groups) == pytest.approx((0.0, 1.0))
+    assert S.bootstrap_ci(values, groups, seed=3) == S.bootstrap_ci(values, groups, seed=3)
 
 
 def test_summarize_every_number():
     pos, neg = H(PROB4, GT4)
-    m = M.summarize(COUNTS, np.array([0.75, np.nan, np.nan, 0.5]), pos, neg, ["A", "A", "B", "C"], ["s1", "s1", "s2", "s2"], 0.4)
+    m = S.summarize(COUNTS, np.array([0.75, np.nan, np.nan, 0.5]), pos, neg, ["A", "A", "B", "C"], ["s1", "s1", "s2", "s2"], 0.4)
     assert m["threshold"] == 0.4
     assert m["counts"] == {"images": 4, "cases": 3, "images_without_lesion": 2, "pixels": 16, "lesion_pixels": 6, "predicted_pixels": 4}
     assert m["per_image_mean"] == pytest.approx(
@@ -185,15 +186,15 @@ def test_summarize_every_number():
         {"dice": 0.4, "iou": 0.25, "recall": 1 / 3, "specificity": 0.8, "precision": 0.5, "accuracy": 0.625, "auroc": 0.75, "average_precision": 5 / 6}
     )
     ci = m["dice_ci95"]
-    assert (ci["low"], ci["high"]) == pytest.approx(M.bootstrap_ci([0.8, 1.0, 0.0, 0.0], ["A", "A", "B", "C"]))
+    assert (ci["low"], ci["high"]) == pytest.approx(S.bootstrap_ci([0.8, 1.0, 0.0, 0.0], ["A", "A", "B", "C"]))
     assert ci["mean"] == pytest.approx(0.45) and ci["low"] <= 0.45 <= ci["high"]
     assert (ci["cases"], ci["resamples"]) == (3, 1000)
     assert m["per_source"].keys() == {"s1", "s2"}
     per_source = {s: {k: v for k, v in m["per_source"][s].items() if k != "by_lesion_size"} for s in ("s1", "s2")}
     assert per_source["s1"] == pytest.approx({"images": 2, "cases": 1, "dice_image": 0.9, "dice_global": 0.8})
     assert per_source["s2"] == pytest.approx({"images": 2, "cases": 2, "dice_image": 0.0, "dice_global": 0.0})
-    assert m["per_source"]["s1"]["by_lesion_size"] == M.by_lesion_size(COUNTS[:2])
-    assert m["by_lesion_size"] == M.by_lesion_size(COUNTS)
+    assert m["per_source"]["s1"]["by_lesion_size"] == S.by_lesion_size(COUNTS[:2])
+    assert m["by_lesion_size"] == S.by_lesion_size(COUNTS)
     assert "scores 1" in m["policy"]["dice_iou_empty"]
     json.dumps(m, allow_nan=False)  # undefined values are null, never NaN
     table = writers.metric_table(m)
@@ -212,8 +213,8 @@ def test_dice_by_lesion_size_by_hand():
             (2000, 0, 0, 0),  # 2000 px: >= 2000, Dice 1
         ]
     )
-    bins = M.by_lesion_size(counts)
-    assert list(bins) == ["none", "<500", "500-2000", ">=2000"] == M.lesion_size_labels()
+    bins = S.by_lesion_size(counts)
+    assert list(bins) == ["none", "<500", "500-2000", ">=2000"] == S.lesion_size_labels()
     assert [b["images"] for b in bins.values()] == [2, 2, 2, 1]
     assert bins["none"]["dice_image"] == 0.5 and bins["none"]["dice_global"] == 0.0
     assert bins["<500"]["dice_image"] == pytest.approx((2 / 3 + 1) / 2)
@@ -222,7 +223,7 @@ def test_dice_by_lesion_size_by_hand():
     assert bins[">=2000"]["dice_image"] == 1.0
     assert (bins["<500"]["min_px"], bins["<500"]["max_px"], bins[">=2000"]["max_px"]) == (1, 500, None)
     # an empty bin is null, and other edges name the bins after them
-    few = M.by_lesion_size(counts[:3], edges=(100, 1000, 5000))
+    few = S.by_lesion_size(counts[:3], edges=(100, 1000, 5000))
     assert list(few) == ["none", "<100", "100-1000", "1000-5000", ">=5000"]
     assert few["<100"] == {"images": 0, "dice_image": None, "dice_global": None, "min_px": 1, "max_px": 100}
     assert few["100-1000"]["dice_image"] == pytest.approx(2 / 3)
@@ -233,7 +234,7 @@ def test_dice_by_lesion_size_by_hand():
 
 def test_summarize_all_empty():
     pos, neg = H(np.zeros(8), np.zeros(8))
-    m = M.summarize(np.array([(0, 0, 0, 4), (0, 0, 0, 4)]), np.array([np.nan, np.nan]), pos, neg, ["a", "b"], ["s", "s"], 0.5)
+    m = S.summarize(np.array([(0, 0, 0, 4), (0, 0, 0, 4)]), np.array([np.nan, np.nan]), pos, neg, ["a", "b"], ["s", "s"], 0.5)
     assert m["per_image_mean"]["dice"] == 1.0 and m["global"]["dice"] == 1.0
     assert m["per_image_mean"]["recall"] is None and m["global"]["recall"] is None and m["global"]["auroc"] is None
     assert "per_source" not in m
@@ -250,7 +251,7 @@ def test_figures_render(tmp_path):
         figures.pr_figure(pos, neg, (0.5, 1.0), 0.4),
         figures.pr_figure(empty_pos, empty_neg, (None, None), 0.5),
         figures.confusion_figure(2, 2, 4, 8, 0.4),
-        figures.lesion_size_figure(M.by_lesion_size(COUNTS)),
+        figures.lesion_size_figure(S.by_lesion_size(COUNTS)),
         figures.samples_figure([("a", image, image > 0.5, image), ("b", image[:4], image[:4] > 2, image[:4])], 0.5),
         curves.learning_curves_figure({"v0": {"train/loss": {0: 1.0, 1: 0.5}, "val/dice_image": {0: 0.2, 1: 0.4}}}),
     ]
@@ -267,7 +268,7 @@ def test_no_nan_in_degenerate_rates():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (counts device->host syncs)")
 def test_training_metric_updates_do_not_sync_on_cuda():
-    from covidseg.lightning_metrics import loss_metric
+    from covidseg.metrics.epoch import loss_metric
 
     scores, loss = SegmentationScores(0.5).cuda(), loss_metric().cuda()
     probs = torch.rand(4, 1, 64, 64, device="cuda")

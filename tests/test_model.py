@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from covidseg.errors import CovidSegError
-from covidseg.model import LitUNet
+from covidseg.model.unet import LitUNet
 
 SMALL = dict(encoder_depth=3, decoder_channels=[32, 16, 8])
 
@@ -64,7 +64,7 @@ def test_imagenet_weights_offline_is_a_clear_error(monkeypatch):
 
 
 def test_per_image_dice_loss_weighs_each_slice_equally():
-    from covidseg.model import soft_dice_per_image
+    from covidseg.model.unet import soft_dice_per_image
 
     target = torch.zeros(2, 1, 8, 8)
     target[0, 0, :4, :4] = 1  # large lesion, predicted exactly
@@ -123,7 +123,7 @@ def test_validation_scores_at_the_stored_operating_point():
 
 
 def test_partial_label_lung_loss_ignores_slices_without_lung_masks():
-    from covidseg.model import partial_label_loss
+    from covidseg.model.unet import partial_label_loss
 
     logits = torch.zeros(2, 1, 2, 2, requires_grad=True)  # p = 0.5 everywhere
     lungs = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
@@ -141,17 +141,17 @@ def test_lung_output_is_a_second_channel_trained_where_labelled():
     x = torch.rand(3, 1, 32, 32)
     logits = model(x)
     assert logits.shape == (3, 2, 32, 32)
-    batch = {"mask": torch.zeros(3, 1, 32, 32), "lungs": torch.ones(3, 1, 32, 32), "has_lungs": torch.tensor([True, False, True])}
+    batch = {"mask": torch.zeros(3, 1, 32, 32), "lung_mask": torch.ones(3, 1, 32, 32), "has_lung_mask": torch.tensor([True, False, True])}
     lesion_only = model.loss(logits, batch["mask"])
     with_lungs = model.loss(logits, batch["mask"], batch)
     assert float(with_lungs) > float(lesion_only)
-    model.loss(logits, batch["mask"], {**batch, "has_lungs": torch.zeros(3, dtype=torch.bool)}).backward()
-    assert float(model.loss(logits, batch["mask"], {**batch, "has_lungs": torch.zeros(3, dtype=torch.bool)})) == pytest.approx(float(lesion_only))
+    model.loss(logits, batch["mask"], {**batch, "has_lung_mask": torch.zeros(3, dtype=torch.bool)}).backward()
+    assert float(model.loss(logits, batch["mask"], {**batch, "has_lung_mask": torch.zeros(3, dtype=torch.bool)})) == pytest.approx(float(lesion_only))
     assert model.probabilities(x).shape == (3, 2, 32, 32)
 
 
 def test_lung_scores_skip_unlabelled_slices():
-    from covidseg.lightning_metrics import SegmentationScores
+    from covidseg.metrics.epoch import SegmentationScores
 
     m = SegmentationScores(0.5, auroc=True)
     probs = torch.tensor([[[[0.9, 0.1]]], [[[0.9, 0.9]]]])

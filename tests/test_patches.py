@@ -8,19 +8,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import FAST_TRAINER, TINY_MODEL
 
-from covidseg.datamodule import CTDataModule, SliceDataset
-from covidseg.errors import CovidSegError
+from covidseg.data.datamodule import CTDataModule, SliceDataset
+from covidseg.data.io import read_image, read_mask, write_image
+from covidseg.data.patches import random_patch
+from covidseg.data.samples import Sample
+from covidseg.errors import CovidSegError, DataError
 from covidseg.export import main as export_main
 from covidseg.fit import main as fit_main
-from covidseg.inference import Predictor, Settings, load_checkpoint, model_from_checkpoint, settings_from_checkpoint
-from covidseg.io import read_image, read_mask, write_image
-from covidseg.model import LitUNet
-from covidseg.patches import random_patch
+from covidseg.model.card import ModelCard, card_from_onnx, read_card
+from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
+from covidseg.model.predictor import Predictor
+from covidseg.model.unet import LitUNet
 from covidseg.predict import predict_paths
-from covidseg.sources import Sample
-from covidseg.sources import DataError
-from conftest import FAST_TRAINER, TINY_MODEL
 
 IMAGE, PATCH = 96, 48  # whole slices at 96 px (tiny_data is 80 px), patches of 48 px
 
@@ -85,14 +86,14 @@ def test_one_window_for_the_image_and_every_target(tmp_path):
     write_image(tmp_path / "i.png", img)
     write_image(tmp_path / "m.png", lesion)
     write_image(tmp_path / "l.png", img)
-    sample = Sample(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "c", "s", lungs=str(tmp_path / "l.png"))
+    sample = Sample(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "c", "s", lung_mask=str(tmp_path / "l.png"))
     ds = SliceDataset([sample], 64, lung_masks=True, patch_size=32, foreground_fraction=0.5)
     torch.manual_seed(0)
     for _ in range(10):
         item = ds[0]
-        assert item["image"].shape == item["mask"].shape == item["lungs"].shape == (1, 32, 32)
-        assert torch.equal(item["lungs"], (item["image"] > 0.5).float())
-        assert torch.equal(item["mask"], item["mask"] * item["lungs"])  # lesion stays inside the lungs
+        assert item["image"].shape == item["mask"].shape == item["lung_mask"].shape == (1, 32, 32)
+        assert torch.equal(item["lung_mask"], (item["image"] > 0.5).float())
+        assert torch.equal(item["mask"], item["mask"] * item["lung_mask"])  # lesion stays inside the lungs
 
 
 @pytest.mark.parametrize(
@@ -130,9 +131,9 @@ def patch_run(tiny_data, tmp_path_factory):
 
 def test_fit_with_patches_end_to_end(patch_run):
     ckpt = patch_run / "checkpoints" / "best.ckpt"
-    hp = load_checkpoint(ckpt)["hyper_parameters"]
+    hp = read_checkpoint(ckpt)["hyper_parameters"]
     assert (hp["image_size"], hp["patch_size"], hp["foreground_fraction"]) == (IMAGE, PATCH, 0.33)
-    assert settings_from_checkpoint(load_checkpoint(ckpt)) == Settings(IMAGE, "auto", 0.5, False, patch_size=PATCH)
+    assert read_card(read_checkpoint(ckpt)) == ModelCard(IMAGE, patch_size=PATCH, foreground_fraction=0.33)
     config = (patch_run / "config.yaml").read_text()
     assert f"patch_size: {PATCH}" in config and "foreground_fraction: 0.33" in config
     assert (patch_run / "report" / "metrics.json").is_file() and (patch_run / "report" / "dice_by_lesion_size.png").is_file()
@@ -144,7 +145,7 @@ def test_predict_returns_masks_at_the_input_size(patch_run, tiny_data, tmp_path)
     for name, (h, w) in sizes.items():
         write_image(tmp_path / "in" / f"{name}.png", cv2.resize(src, (w, h)))
     predictor = Predictor(patch_run / "checkpoints" / "best.ckpt", device="cpu")
-    assert predictor.settings.image_size == IMAGE and predictor.settings.patch_size == PATCH
+    assert predictor.card.image_size == IMAGE and predictor.card.patch_size == PATCH
     rows = predict_paths(predictor, [tmp_path / "in"], tmp_path / "out", probabilities=True)
     assert [r["status"] for r in rows] == ["ok"] * 3
     for name, shape in sizes.items():
@@ -153,19 +154,19 @@ def test_predict_returns_masks_at_the_input_size(patch_run, tiny_data, tmp_path)
 
 
 def test_old_checkpoint_without_the_new_keys_still_predicts(tiny_ckpt, tiny_data, tmp_path):
-    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt = read_checkpoint(tiny_ckpt)
     old = {**ckpt, "hyper_parameters": {k: v for k, v in ckpt["hyper_parameters"].items() if k not in ("patch_size", "foreground_fraction")}}
     torch.save(old, tmp_path / "old.ckpt")
     raws = [read_image(p) for p in sorted((tiny_data / "images").glob("*.png"))[:3]]
     new_pred, old_pred = Predictor(tiny_ckpt, device="cpu"), Predictor(tmp_path / "old.ckpt", device="cpu")
-    assert old_pred.settings.patch_size is None and old_pred.settings.image_size == 64
+    assert old_pred.card.patch_size is None and old_pred.card.image_size == 64
     for a, b in zip(new_pred.predict(raws), old_pred.predict(raws)):
         assert a.shape == (80, 80) and np.array_equal(a, b)
     assert export_main(["--ckpt", str(tmp_path / "old.ckpt"), "--output", str(tmp_path / "old.onnx")]) == 0
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "old.onnx")).metadata_props}
-    assert meta["covidseg.patch_size"] == "None" and Settings.from_metadata(meta, "x").patch_size is None
+    assert meta["covidseg.patch_size"] == "None" and card_from_onnx(meta, "x").patch_size is None
     del meta["covidseg.patch_size"]  # ONNX files exported before patches existed
-    assert Settings.from_metadata(meta, "x") == Settings(64, "auto", 0.5, False)
+    assert card_from_onnx(meta, "x") == ModelCard(64)
 
 
 def test_onnx_export_at_the_new_size_agrees_with_the_checkpoint(patch_run, tiny_data, tmp_path):
@@ -176,9 +177,9 @@ def test_onnx_export_at_the_new_size_agrees_with_the_checkpoint(patch_run, tiny_
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == 1 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))  # dynamic batch, height, width
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert Settings.from_metadata(meta, "x") == settings_from_checkpoint(load_checkpoint(ckpt))
+    assert card_from_onnx(meta, "x") == read_card(read_checkpoint(ckpt))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model = model_from_checkpoint(load_checkpoint(ckpt))
+    model = model_from_checkpoint(read_checkpoint(ckpt))
     for shape in ((2, 1, IMAGE, IMAGE), (1, 1, PATCH, 3 * PATCH)):
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         with torch.inference_mode():

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from covidseg.data.io import preprocess_image, read_image, resize, write_image
+from covidseg.data.volumes import to_display
 from covidseg.errors import CovidSegError
-from covidseg.inference import Predictor, load_checkpoint, model_from_checkpoint
-from covidseg.io import preprocess_image, read_image, resize, write_image
+from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
+from covidseg.model.predictor import Predictor
 from covidseg.predict import main, predict_paths
-from covidseg.volumes import to_display
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_folder_of_mixed_images(predictor, mixed_folder, tmp_path):
         prob = np.load(tmp_path / f"{name}.npy")
         assert mask.shape == shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
         assert prob.shape == shape and prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
-        assert np.array_equal(mask > 0, prob >= predictor.settings.threshold)
+        assert np.array_equal(mask > 0, prob >= predictor.card.threshold)
         assert cv2.imread(str(tmp_path / f"{name}_overlay.png")).shape == (*shape, 3)
         row = summary[next(n for n in summary if n.startswith(name))]
         assert row["status"] == "ok" and row["shape"] == f"{shape[0]}x{shape[1]}"
@@ -94,7 +95,7 @@ def test_nifti_volume_round_trip(predictor, tiny_data, tmp_path):
     # the same slices predicted as 8-bit images: same orientation, same preprocessing
     expected = np.stack(list(predictor.predict(display)))
     assert np.allclose(to_display(prob, affine), expected, atol=1e-6)
-    assert np.array_equal(to_display(mask, affine), expected >= predictor.settings.threshold)
+    assert np.array_equal(to_display(mask, affine), expected >= predictor.card.threshold)
     (row,) = rows
     assert row["status"] == "ok" and row["shape"] == "70x90x3" and row["lesion_pixels"] == mask.sum()
     assert float(_rows(tmp_path / "out")["ct.nii.gz"]["lesion_ml"]) == pytest.approx(mask.sum() * 0.7 * 0.7 * 2.5 / 1000)
@@ -108,7 +109,7 @@ def test_tta_is_the_mean_over_flips(tiny_ckpt, tiny_data, tmp_path):
         assert main(args) == 0
     tta, plain = np.load(tmp_path / "true" / "x.npy"), np.load(tmp_path / "false" / "x.npy")
     # by hand: the shared preprocessing, the model on the 4 flips, un-flip, mean, resize back
-    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt = read_checkpoint(tiny_ckpt)
     model = model_from_checkpoint(ckpt)
     x = torch.from_numpy(preprocess_image(raw, ckpt["hyper_parameters"]["image_size"], ckpt["hyper_parameters"]["normalization"]))[None, None]
     with torch.inference_mode():
@@ -205,7 +206,7 @@ def test_volume_into_an_image_trained_model_warns_once(predictor, tmp_path, caps
 
 
 def test_lungs_write_masks_burden_and_cases(lung_ckpt, tiny_data, tmp_path, capsys):
-    from covidseg.severity import GRADES
+    from covidseg.metrics.severity import GRADES
 
     images = sorted((tiny_data / "images").glob("*.png"))[:8]  # cases 000 and 001, 4 slices each
     assert main(["--ckpt", str(lung_ckpt), "--input", "[" + ", ".join(map(str, images)) + "]", "--output", str(tmp_path / "out"),

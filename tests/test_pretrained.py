@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from covidseg import pretrained
 from covidseg.errors import CovidSegError
-from covidseg.inference import load_checkpoint
-from covidseg.pretrained import packaging
+from covidseg.model import pretrained
+from covidseg.model.checkpoint import read_checkpoint
+from covidseg.model.pretrained import packaging
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -53,7 +53,7 @@ def test_packaged_model_is_slim_fp16_with_its_card(models_dir, lung_ckpt):
         if name != "rule":
             assert report["lesion_dice_mean"] >= 0.99 and report["lung_dice_mean"] >= 0.99 and report["max_prob_diff"] <= 0.02, name
     assert {"slices:data", "volume:generated 512x512x3 CT"} <= set(card["agreement"])
-    load_checkpoint(path)  # a checkpoint like any other for the predictor
+    read_checkpoint(path)  # a checkpoint like any other for the predictor
 
 
 def test_predict_without_ckpt_uses_the_builtin_model(models_dir, tmp_path, monkeypatch, capsys):
@@ -100,10 +100,11 @@ def test_no_builtin_model_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_packaging_refuses_when_masks_disagree(lung_ckpt, tiny_ckpt, tiny_data, tmp_path):
-    from covidseg.inference import Predictor
-    from covidseg.sources import load_image, scan
+    from covidseg.data.samples import image_of
+    from covidseg.data.validate import validate_data
+    from covidseg.model.predictor import Predictor
 
-    raws = [load_image(s) for s in scan([tiny_data]).samples[:6]]
+    raws = [image_of(s) for s in validate_data([tiny_data]).samples[:6]]
     # two different models disagree: the gate names why
     report = packaging.agreement(Predictor(lung_ckpt, device="cpu"), Predictor(tiny_ckpt, device="cpu"), raws)
     assert report["max_prob_diff"] > 0.02 and packaging.check(report)

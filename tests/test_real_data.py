@@ -1,16 +1,16 @@
 """Checks on the real datasets in ../shared/data; skipped where that folder is absent."""
 
 import pytest
-
 from conftest import SHARED_DATA
-from covidseg.sources import scan
-from covidseg.splits import assign_splits
+
+from covidseg.data.splits import assign_splits
+from covidseg.data.validate import validate_data
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "zenodo20" / "manifest.csv").is_file(), reason="../shared/data not present")
 
 
 def test_real_sources_scan_and_split_by_patient():
-    report = scan([SHARED_DATA / "medseg50", SHARED_DATA / "zenodo20"], progress=False)
+    report = validate_data([SHARED_DATA / "medseg50", SHARED_DATA / "zenodo20"], progress=False)
     assert len(report.samples) == 50 + 1319
     assert report.layouts[str(SHARED_DATA / "zenodo20")] == "manifest"
     for fold in range(5):

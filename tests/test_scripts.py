@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from covidseg.fit import build_cli
-from covidseg.synthetic import generate
 from conftest import FAST_TRAINER, TINY_MODEL
+
+from covidseg.data.synthetic import generate
+from covidseg.fit import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 

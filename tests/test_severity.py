@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from covidseg.severity import aggregate_cases, grade, involvement, write_cases
+from covidseg.metrics.severity import aggregate_cases, grade, involvement, write_cases
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_unequal_lungs_are_not_averaged_per_slice():
 
 
 def test_restrict_to_lungs_with_dilation():
-    from covidseg.severity import restrict_to_lungs
+    from covidseg.metrics.severity import restrict_to_lungs
 
     lungs = np.zeros((9, 9), bool)
     lungs[2:7, 2:7] = True

@@ -4,7 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from covidseg.sources import DataError, case_id_from_name, find_pairs, scan
+from covidseg.data.layouts.find import find_pairs
+from covidseg.data.samples import case_id_from_name
+from covidseg.data.validate import validate_data
+from covidseg.errors import DataError
 
 
 def _pair(folder_img, folder_mask, name, mask_name=None, size=(16, 16), lesion=True):
@@ -50,7 +53,7 @@ def test_manifest_and_multi_root_prefixes(tmp_path, tiny_data):
     other = tmp_path / "other"
     _pair(other / "images", other / "masks", "a.png")
     _pair(other / "images", other / "masks", "b.png")
-    report = scan([tiny_data, other])
+    report = validate_data([tiny_data, other])
     assert report.layouts == {str(tiny_data): "manifest", str(other): "images-masks"}
     assert len(report.samples) == 8 * 4 + 2
     assert {s.case_id for s in report.samples if s.source == "other"} == {"other/a", "other/b"}
@@ -70,7 +73,7 @@ def test_every_problem_is_named_at_once(tmp_path):
     _pair(root / "images", root / "masks", "corrupt.png")
     (root / "images" / "corrupt.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError) as err:
-        scan([root])
+        validate_data([root])
     msg = str(err.value)
     assert "4 problem(s)" in msg
     assert "orphan.png: image without mask" in msg
@@ -90,32 +93,32 @@ def test_mask_policies(tmp_path):
     cv2.imwrite(str(root / "masks" / "gray.png"), gray)
     # grey levels are never cut at a guessed threshold: refused, naming the file and values
     with pytest.raises(DataError, match=r"1 mask\(s\) have label values \{0, 60, 200\} \(.*gray.png\)"):
-        scan([root])
-    report = scan([root], lesion_labels=[200])
+        validate_data([root])
+    report = validate_data([root], lesion_labels=[200])
     assert len(report.samples) == 3 and report.empty == 2  # 255 is not in the list
     assert report.lesion_fraction == pytest.approx(9 / (3 * 256))
     cv2.imwrite(str(root / "masks" / "gray.png"), (gray > 0).astype(np.uint8) * 255)
-    dropped = scan([root], empty_masks="drop")
+    dropped = validate_data([root], empty_masks="drop")
     assert len(dropped.samples) == 2 and dropped.dropped == 1 and "dropped 1" in dropped.summary()
     with pytest.raises(DataError, match="empty.png: mask has no lesion"):
-        scan([root], empty_masks="error")
+        validate_data([root], empty_masks="error")
 
 
 def test_bad_roots(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
-        scan([tmp_path / "missing"])
+        validate_data([tmp_path / "missing"])
     with pytest.raises(DataError, match="no data layout found"):
-        scan([tmp_path])
+        validate_data([tmp_path])
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(DataError, match="no image/mask pairs found"):
-        scan([tmp_path])
+        validate_data([tmp_path])
     bad = tmp_path / "m"
     bad.mkdir()
     with (bad / "manifest.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["image", "mask"], ["images/x.png", "masks/x.png"]])
     with pytest.raises(DataError, match="x.png: image listed on line 2 does not exist"):
-        scan([bad])
+        validate_data([bad])
 
 
 def test_palette_label_maps_scan_by_label_and_grey_level_masks_are_named(tmp_path):
@@ -129,10 +132,10 @@ def test_palette_label_maps_scan_by_label_and_grey_level_masks_are_named(tmp_pat
         labels[2:6, 2:6], labels[8:10, 8:12] = 1, 2
         write_palette_png(root / "masks" / name, labels)
     with pytest.raises(DataError) as err:
-        scan([root])
+        validate_data([root])
     assert str(err.value).count("\n") == 0  # one line
     assert 'label values {0, 1, 2} (' in str(err.value) and '"[1, 2]"' in str(err.value) and "a.png" in str(err.value)
-    report = scan([root], lesion_labels=[1, 2])
+    report = validate_data([root], lesion_labels=[1, 2])
     assert report.mask_values == [0, 1, 2] and report.lesion_fraction == pytest.approx(24 / 256)
 
     # lossy masks: many grey levels, their own message, also when lesion_labels are given
@@ -144,7 +147,7 @@ def test_palette_label_maps_scan_by_label_and_grey_level_masks_are_named(tmp_pat
         cv2.imwrite(str(lossy / "masks" / f"{name}.jpg"), cv2.GaussianBlur(mask, (9, 9), 3), [cv2.IMWRITE_JPEG_QUALITY, 70])
     for labels in (None, [255]):
         with pytest.raises(DataError) as err:
-            scan([lossy], lesion_labels=labels)
+            validate_data([lossy], lesion_labels=labels)
         message = str(err.value)
         assert message.startswith("2 mask(s) hold") and "grey levels" in message and "a.jpg" in message, message
         assert "every non-zero value" not in message and "\n" not in message

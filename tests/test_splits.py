@@ -2,8 +2,9 @@ from collections import defaultdict
 
 import pytest
 
-from covidseg.sources import DataError, Sample
-from covidseg.splits import assign_splits, read_splits, write_splits
+from covidseg.data.samples import Sample
+from covidseg.data.splits import assign_splits, read_splits, write_splits
+from covidseg.errors import DataError
 
 
 def _samples(sizes, root="/d"):

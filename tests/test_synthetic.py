@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from covidseg import synthetic
+from covidseg.data import synthetic
 
 
 def test_demo_race_loser_leaves_no_temp_folder(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidseg.inference import Predictor
+from covidseg.model.predictor import Predictor
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 spec = importlib.util.spec_from_file_location("tta_variants", SCRIPTS / "tta_variants.py")

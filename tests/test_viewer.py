@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from covidseg.data.synthetic import generate_volumes, make_volume
+from covidseg.data.volumes import apply_window
 from covidseg.evaluate import main as evaluate_main
 from covidseg.predict import main as predict_main
-from covidseg.synthetic import generate_volumes, make_volume
 from covidseg.viewer import ViewerWriter
-from covidseg.volumes import window
 
 
 def _page_data(page: Path) -> dict:
@@ -90,7 +90,7 @@ def test_predict_volumes_lists_every_case_with_burden(predicted_volumes):
 
 
 def _display_sums(mask_path: Path) -> np.ndarray:
-    from covidseg.volumes import to_display
+    from covidseg.data.volumes import to_display
 
     img = nib.load(mask_path)
     return to_display(np.asanyarray(img.dataobj), img.affine).reshape(img.shape[2], -1).sum(1)
@@ -132,7 +132,7 @@ def test_a_512_volume_stays_small(tmp_path):
     """Bytes per slice of a 512x512 synthetic CT (real CT compresses worse: docs/PERFORMANCE.md)."""
     hu, labels = make_volume(np.random.default_rng(0), 12, 512)
     writer = ViewerWriter(tmp_path, "size", lungs=True)
-    for image, lesion in zip(window(hu), labels > 0):
+    for image, lesion in zip(apply_window(hu), labels > 0):
         writer.add_slice("big", image / 255.0, lesion, lungs=image < 60, kind="volume", ml_per_voxel=0.001)
     writer.write()
     folder = tmp_path / "viewer" / "big"

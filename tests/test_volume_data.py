@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from conftest import FAST_TRAINER, TINY_MODEL
 
-from covidseg.datamodule import CTDataModule, SliceDataset
-from covidseg.sources import DataError, load_image, load_mask, scan
-from covidseg.synthetic import generate_volumes, volume_affine
-from covidseg.volumes import cache_dir, read_volume, to_display
+from covidseg.data.cache import cache_dir
+from covidseg.data.datamodule import CTDataModule, SliceDataset
+from covidseg.data.samples import image_of, mask_of
+from covidseg.data.synthetic import generate_volumes, volume_affine
+from covidseg.data.validate import validate_data
+from covidseg.data.volumes import read_volume, to_display
+from covidseg.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def volume_sets(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("layout", ["images-masks", "nnunet", "manifest"])
 def test_layouts_give_one_case_per_volume_and_its_slices(volume_sets, layout):
-    report = scan([volume_sets[layout]], lesion_labels=[1, 2])
+    report = validate_data([volume_sets[layout]], lesion_labels=[1, 2])
     assert report.layouts == {str(volume_sets[layout]): layout}
     assert report.volumes == 4 and len(report.samples) == 24
     assert sorted({s.case_id for s in report.samples}) == ["case000", "case001", "case002", "case003"]
@@ -40,37 +43,37 @@ def test_layouts_give_one_case_per_volume_and_its_slices(volume_sets, layout):
 def test_orientation_does_not_change_the_slices(volume_sets):
     """The same anatomy stored LPS, slices-first and RAS reads back as the same display
     slices and masks, and a training slice is exactly predict's windowed slice."""
-    reports = {k: scan([v], lesion_labels=[1, 2]) for k, v in volume_sets.items()}
+    reports = {k: validate_data([v], lesion_labels=[1, 2]) for k, v in volume_sets.items()}
     for k in (0, 3, 5):
-        images = [load_image(r.samples[k]) for r in reports.values()]
-        masks = [load_mask(r.samples[k], [1, 2]) for r in reports.values()]
+        images = [image_of(r.samples[k]) for r in reports.values()]
+        masks = [mask_of(r.samples[k], [1, 2]) for r in reports.values()]
         assert images[0].dtype == np.uint8 and images[0].shape == (48, 48)
         assert all(np.array_equal(images[0], x) for x in images) and all(np.array_equal(masks[0], m) for m in masks)
     s = reports["nnunet"].samples[4]
     _, slices = read_volume(s.image)
-    assert np.array_equal(load_image(s), slices[4])
+    assert np.array_equal(image_of(s), slices[4])
 
 
 def test_label_map_without_mapping_is_refused_naming_files_values_and_names(volume_sets):
     with pytest.raises(DataError) as err:
-        scan([volume_sets["nnunet"]])
+        validate_data([volume_sets["nnunet"]])
     message = str(err.value)
     assert message.startswith("4 mask(s) have label values {0, 1, 2, 3}")
     assert "dataset.json: 1 ground-glass, 2 consolidation, 3 effusion" in message and "case000.nii.gz" in message
     assert '--data.lesion_labels to say which labels are lesion, e.g. "[1, 2, 3]"' in message
     with pytest.raises(DataError, match=r"lesion_labels \[7\] match no mask value; the masks hold \{0, 1, 2, 3\}"):
-        scan([volume_sets["nnunet"]], lesion_labels=[7])
+        validate_data([volume_sets["nnunet"]], lesion_labels=[7])
 
 
 def test_mapping_is_the_same_for_every_reader(volume_sets):
-    report = scan([volume_sets["images-masks"]], lesion_labels=[2])
-    s = next(s for s in report.samples if load_mask(s, [2]).any())
+    report = validate_data([volume_sets["images-masks"]], lesion_labels=[2])
+    s = next(s for s in report.samples if mask_of(s, [2]).any())
     labels = to_display(np.asanyarray(nib.load(s.mask).dataobj), nib.load(s.mask).affine)[s.slice]
-    assert np.array_equal(load_mask(s, [2]), (labels == 2).astype(np.uint8))
+    assert np.array_equal(mask_of(s, [2]), (labels == 2).astype(np.uint8))
     ds = SliceDataset([s], 48, lesion_labels=[2])
     assert np.array_equal(ds[0]["mask"][0].numpy(), (labels == 2).astype(np.float32))
     with pytest.raises(ValueError, match="mask has label values"):
-        load_mask(s)  # judged on the whole volume, even where this slice looks binary
+        mask_of(s)  # judged on the whole volume, even where this slice looks binary
 
 
 def test_bad_volumes_are_named_in_one_error(tmp_path):
@@ -86,7 +89,7 @@ def test_bad_volumes_are_named_in_one_error(tmp_path):
     labels = nib.load(mask / "case004.nii.gz")
     nib.save(nib.Nifti1Image(np.asanyarray(labels.dataobj), other), mask / "case004.nii.gz")  # affine
     with pytest.raises(DataError) as err:
-        scan([root], lesion_labels=[1, 2])
+        validate_data([root], lesion_labels=[1, 2])
     lines = str(err.value).splitlines()
     assert lines[0] == "5 problem(s) in the input data:"
     assert "case000.nii.gz: unreadable or corrupt NIfTI" in lines[1]
@@ -98,14 +101,14 @@ def test_bad_volumes_are_named_in_one_error(tmp_path):
 
 def test_slice_cache_is_keyed_by_file_and_refreshed_on_change(tmp_path):
     root = generate_volumes(tmp_path / "d", cases=2, slices=3, size=16, layout="images-masks")
-    report = scan([root], lesion_labels=[1, 2])
+    report = validate_data([root], lesion_labels=[1, 2])
     s = report.samples[1]
-    before = load_image(s)
+    before = image_of(s)
     assert len(list(cache_dir().glob("*.npy"))) >= 4
     img = nib.load(s.image)
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj) + 100, img.affine, img.header), s.image)
     os.utime(s.image, ns=(1, 1))  # a new mtime even on coarse file systems
-    assert not np.array_equal(load_image(s), before)
+    assert not np.array_equal(image_of(s), before)
 
 
 def test_intensity_protocol_is_resolved_and_checked(volume_sets, tiny_data):
@@ -115,10 +118,10 @@ def test_intensity_protocol_is_resolved_and_checked(volume_sets, tiny_data):
     with pytest.raises(DataError, match="data.intensity=image but the data are volumes"):
         CTDataModule(str(volume_sets["manifest"]), intensity="image")
     with pytest.raises(DataError, match="both 2D slices and volumes"):
-        CTDataModule([str(volume_sets["manifest"]), str(tiny_data)]).scan()
+        CTDataModule([str(volume_sets["manifest"]), str(tiny_data)]).validated()
     narrow = CTDataModule(str(volume_sets["manifest"]), image_size=32, lesion_labels=[1, 2], window=(-600, 100), num_workers=0)
     for module in (dm, narrow):
-        module.scan()
+        module.validated()
         module.split = module.make_split()
     wide = SliceDataset(dm.samples("train"), 32, lesion_labels=[1, 2], window=dm.hparams.window)[0]["image"]
     tight = SliceDataset(narrow.samples("train"), 32, lesion_labels=[1, 2], window=narrow.hparams.window)[0]["image"]
@@ -165,7 +168,8 @@ def test_truncated_gzip_is_not_a_cache_hit(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.eye(4)), path)
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw)[:-20])
-    from covidseg.volumes import VolumeReadError, cache_volume
+    from covidseg.data.cache import cache_volume
+    from covidseg.errors import VolumeReadError
 
     with pytest.raises(VolumeReadError, match="x.nii.gz: unreadable or corrupt NIfTI"):
         cache_volume(path)
@@ -184,16 +188,16 @@ def test_volume_memory_script_smoke(tmp_path):
     assert (tmp_path / "m.json").is_file()
 
 
-def test_load_volume_keeps_integer_hu_and_scales_to_float32(tmp_path):
-    from covidseg.volumes import load_volume
+def test_read_voxels_keeps_integer_hu_and_scales_to_float32(tmp_path):
+    from covidseg.data.volumes import read_voxels
 
     raw = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
     nib.save(nib.Nifti1Image(raw, np.eye(4)), tmp_path / "plain.nii")
     scaled = nib.Nifti1Image(raw, np.eye(4))
     scaled.header.set_slope_inter(2.0, -1024.0)
     nib.save(scaled, tmp_path / "scaled.nii.gz")
-    assert load_volume(tmp_path / "plain.nii")[1].dtype == np.int16
-    data = load_volume(tmp_path / "scaled.nii.gz")[1]
+    assert read_voxels(tmp_path / "plain.nii")[1].dtype == np.int16
+    data = read_voxels(tmp_path / "scaled.nii.gz")[1]
     assert data.dtype == np.float32 and np.array_equal(data, raw * 2.0 - 1024)
 
 
@@ -208,16 +212,16 @@ def test_split_sizes_count_slices_not_volumes(volume_sets):
 def test_whole_mask_volume_and_display_spacing_for_case_metrics(volume_sets):
     """Per-case scoring reads the truth in display order with its spacing, whatever the
     stored orientation: the SLP volume (slices along the first axis) gives (2.5, 0.7, 0.7)."""
-    from covidseg.volume_metrics import case_metrics
-    from covidseg.volumes import read_mask_volume
+    from covidseg.data.cache import read_mask_volume
+    from covidseg.metrics.volume import case_metrics
 
     masks = {}
     for layout, root in volume_sets.items():
-        report = scan([root], lesion_labels=[1, 2])
+        report = validate_data([root], lesion_labels=[1, 2])
         s = report.samples[0]
         truth, spacing = read_mask_volume(s.mask, [1, 2])
         assert truth.shape == (6, 48, 48) and spacing == pytest.approx((2.5, 0.7, 0.7))
-        assert all(np.array_equal(truth[k], load_mask(r, [1, 2])) for k, r in enumerate(report.samples[:6]))
+        assert all(np.array_equal(truth[k], mask_of(r, [1, 2])) for k, r in enumerate(report.samples[:6]))
         masks[layout] = truth
     assert all(np.array_equal(masks["nnunet"], m) for m in masks.values())
     row = case_metrics(masks["nnunet"], masks["manifest"], spacing)
@@ -227,17 +231,17 @@ def test_whole_mask_volume_and_display_spacing_for_case_metrics(volume_sets):
 
 
 def test_binary_mask_volumes_need_no_mapping(tmp_path):
-    from covidseg.volumes import read_mask_volume
+    from covidseg.data.cache import read_mask_volume
 
     root = generate_volumes(tmp_path / "d", cases=2, slices=4, size=16)
     for path in (root / "masks").iterdir():
         img = nib.load(path)
         nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8) * 255, img.affine), path)
-    report = scan([root])
+    report = validate_data([root])
     assert report.mask_values == [0, 255] and report.lesion_labels is None and "binary masks" in report.summary()
     truth, _ = read_mask_volume(report.samples[0].mask)
     assert set(np.unique(truth)) <= {0, 1} and truth.any()
-    assert np.array_equal(truth[2], load_mask(report.samples[2]))
+    assert np.array_equal(truth[2], mask_of(report.samples[2]))
 
 
 def _add_lung_volumes(root, layout: str) -> None:
@@ -260,20 +264,20 @@ def _add_lung_volumes(root, layout: str) -> None:
 
 @pytest.mark.parametrize("layout", ["images-masks", "nnunet", "manifest"])
 def test_lung_masks_stored_with_volumes_are_kept(tmp_path, layout):
-    from covidseg.sources import load_lungs
-    from covidseg.volumes import read_slice
+    from covidseg.data.cache import read_slice
+    from covidseg.data.samples import lung_mask_of
 
     root = generate_volumes(tmp_path / layout, cases=2, slices=3, size=16, layout=layout)
     _add_lung_volumes(root, layout)
-    report = scan([root], lesion_labels=[1, 2])
-    assert len(report.samples) == 6 and all(s.lungs is not None and s.lungs.endswith(".nii.gz") for s in report.samples)
+    report = validate_data([root], lesion_labels=[1, 2])
+    assert len(report.samples) == 6 and all(s.lung_mask is not None and s.lung_mask.endswith(".nii.gz") for s in report.samples)
     assert "6 with lung masks" in report.summary()
     for s in report.samples:
-        np.testing.assert_array_equal(load_lungs(s), (read_slice(s.mask, s.slice) != 0).astype(np.uint8))
+        np.testing.assert_array_equal(lung_mask_of(s), (read_slice(s.mask, s.slice) != 0).astype(np.uint8))
     dm = CTDataModule(str(root), image_size=16, lesion_labels=[1, 2], lung_masks=True, num_workers=0, val_fraction=0, test_fraction=0)
     dm.setup("fit")
     item = dm.datasets["train"][0]
-    assert item["has_lungs"] and item["lungs"].shape == (1, 16, 16)
+    assert item["has_lung_mask"] and item["lung_mask"].shape == (1, 16, 16)
 
 
 def test_bad_lung_volumes_are_named_before_training(tmp_path):
@@ -284,7 +288,7 @@ def test_bad_lung_volumes_are_named_before_training(tmp_path):
     grey = np.random.default_rng(0).uniform(0, 1, ref.shape).astype(np.float32)  # interpolated probabilities
     nib.save(nib.Nifti1Image(grey, ref.affine), root / "lungs" / "case001.nii.gz")
     with pytest.raises(DataError) as err:
-        scan([root], lesion_labels=[1, 2])
+        validate_data([root], lesion_labels=[1, 2])
     message = str(err.value)
     assert message.startswith("2 problem(s)") and "case000.nii.gz: the lung mask does not match its image" in message
     assert "case001.nii.gz: lung mask holds" in message and "grey levels" in message
@@ -292,12 +296,12 @@ def test_bad_lung_volumes_are_named_before_training(tmp_path):
 
 def test_fit_trains_the_lung_output_on_volumes_with_left_right_lung_maps(tmp_path):
     root = generate_volumes(tmp_path / "d", cases=5, slices=3, size=32, layout="nnunet", lungs=True)
-    report = scan([root], lesion_labels=[1, 2])
-    assert report.volumes == 5 and all(s.lungs for s in report.samples)
-    from covidseg.sources import load_lungs
-    from covidseg.volumes import read_slice
+    report = validate_data([root], lesion_labels=[1, 2])
+    assert report.volumes == 5 and all(s.lung_mask for s in report.samples)
+    from covidseg.data.cache import read_slice
+    from covidseg.data.samples import lung_mask_of
 
-    assert set(np.unique(read_slice(report.samples[1].lungs, 1)).tolist()) == {0, 1, 2}  # left/right lung labels
+    assert set(np.unique(read_slice(report.samples[1].lung_mask, 1)).tolist()) == {0, 1, 2}  # left/right lung labels
     results = _fit(root, tmp_path / "runs", "--data.lesion_labels", "[1, 2]", "--data.lung_masks", "true", "--data.image_size", "32")
     assert results["lungs"]["slices"] > 0 and 0 <= results["lungs"]["lung_dice_image"] <= 1
-    assert load_lungs(report.samples[1]).max() == 1
+    assert lung_mask_of(report.samples[1]).max() == 1

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from covidseg.volume_metrics import case_metrics
+from covidseg.metrics.volume import case_metrics
 
 
 def _cube(lo: tuple[int, int, int], n: int = 10, shape=(24, 24, 24)) -> np.ndarray:

@@ -6,22 +6,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from covidseg.volumes import VolumeReadError, from_display, is_volume, read_volume, to_display, volume_stem, voxel_ml, window, write_like
+from covidseg.data.volumes import apply_window, from_display, is_volume, read_volume, to_display, volume_stem, voxel_ml, write_like
+from covidseg.errors import VolumeReadError
 
 
 def test_window_maps_lung_window_to_8bit():
     hu = np.array([-3000, -1350, -600, 150, 2000], np.float32)
-    assert window(hu).tolist() == [0, 0, 128, 255, 255]  # center -600, width 1500
-    assert window(hu, center=0, width=100).tolist() == [0, 0, 0, 255, 255]
-    assert window(hu).dtype == np.uint8
+    assert apply_window(hu).tolist() == [0, 0, 128, 255, 255]  # center -600, width 1500
+    assert apply_window(hu, center=0, width=100).tolist() == [0, 0, 0, 255, 255]
+    assert apply_window(hu).dtype == np.uint8
     with pytest.raises(ValueError):
-        window(hu, width=0)
+        apply_window(hu, width=0)
 
 
 def test_window_inverts_an_8bit_encoding_stored_as_int16():
     u8 = np.arange(256, dtype=np.uint8)
     hu = np.rint(-1350 + u8 * (1500 / 255)).astype(np.int16)  # what a CT exporter might store
-    assert np.array_equal(window(hu), u8)
+    assert np.array_equal(apply_window(hu), u8)
 
 
 def test_display_orientation_anterior_up_patient_right_on_left():
@@ -58,7 +59,7 @@ def test_read_write_keeps_shape_affine_header(tmp_path):
     assert out.shape == hu.shape and np.allclose(out.affine, affine)
     assert out.get_data_dtype() == np.uint8
     assert np.allclose(out.header.get_zooms(), (0.7, 0.7, 2.5))
-    assert np.array_equal(np.asanyarray(out.dataobj), (window(hu) > 100).astype(np.uint8))
+    assert np.array_equal(np.asanyarray(out.dataobj), (apply_window(hu) > 100).astype(np.uint8))
     assert voxel_ml(out) == pytest.approx(0.7 * 0.7 * 2.5 / 1000)
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.overlay import LUNG_RGB, layer, overlay
-from covidseg.severity import aggregate_cases, involvement
+from covidseg.data.overlay import LUNG_RGB, layer, overlay
+from covidseg.metrics.severity import aggregate_cases, involvement
 
 INDEX = "index.html"
 FOLDER = "viewer"

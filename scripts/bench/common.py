@@ -17,8 +17,8 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from covidseg.datamodule import CTDataModule  # noqa: E402
-from covidseg.model import LitUNet  # noqa: E402
+from covidseg.data.datamodule import CTDataModule  # noqa: E402
+from covidseg.model.unet import LitUNet  # noqa: E402
 
 TINY_MODEL = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 TINY_FIT_FLAGS = ["--model.encoder_depth", "3", "--model.decoder_channels", "[32, 16, 8]"]

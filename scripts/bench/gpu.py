@@ -27,7 +27,7 @@ from bench.common import (
     tail,
     trainer_kwargs,
 )
-from covidseg.synthetic import generate
+from covidseg.data.synthetic import generate
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmark.py"
 

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from bench.common import Clock, median, short
-from covidseg.model import LitUNet
+from covidseg.model.unet import LitUNet
 
 
 def load_lit(ckpt_path: Path, channels_last: bool) -> LitUNet:
-    from covidseg.inference import load_checkpoint
+    from covidseg.model.checkpoint import read_checkpoint
 
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path)
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     hp.update(encoder_weights=None, channels_last=channels_last)
     model = LitUNet(**hp)
@@ -26,7 +26,7 @@ def load_lit(ckpt_path: Path, channels_last: bool) -> LitUNet:
 def bench_inference(args, device: torch.device, ckpt_path: Path, onnx_path: Path, x_np: np.ndarray) -> dict:
     import onnxruntime as ort
 
-    from covidseg.export import export_onnx
+    from covidseg.model.onnx import export_onnx
 
     notes: list[str] = []
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from bench.common import median
-from covidseg.datamodule import CTDataModule
+from covidseg.data.datamodule import CTDataModule
 
 
 def bench_loader(args, data_dir: Path) -> dict:

@@ -13,7 +13,6 @@ import torch
 
 from bench.common import TINY_FIT_FLAGS, tail
 
-
 RSS_WRAPPER = (
     "import resource, subprocess, sys\n"
     "r = subprocess.run(sys.argv[1:])\n"

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from bench.common import Clock, in_memory_loader, make_model, make_optimizer, median, trainer_kwargs
-from covidseg.model import LitUNet
+from covidseg.model.unet import LitUNet
 
 
 class InterleavedTimer(pl.Callback):

@@ -1,0 +1,133 @@
+"""The slice cache for training: volumes decoded once, read one slice at a time.
+
+A ``.nii.gz`` cannot be memory mapped and decoding a 512x512x300 volume per sample takes seconds,
+so each volume is decoded once (during validation) into an uncompressed ``.npy`` in display
+order ``[Z, H, W]`` under ``$COVIDSEG_CACHE/volumes`` (default ``~/.cache/covidseg/volumes``),
+keyed by path, modification time and size. A sample maps the file, copies its one slice and
+unmaps it, so a worker holds one slice, not volumes (measured: ``scripts/volume_memory.py``,
+docs/PERFORMANCE.md). The cache is never pruned; delete the folder to reclaim disk.
+
+Mask volumes are read through the one label rule (``io.lesion_mask``), as 2D masks are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from covidseg.data.io import MaskLabelError, is_binary, lesion_mask
+from covidseg.data.volumes import LUNG_WINDOW, apply_window, display_spacing, read_voxels, to_display
+from covidseg.errors import VolumeReadError
+
+CACHE_VERSION = "v1"
+
+
+# -- the slice cache for training ------------------------------------------------------------
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A cached volume: ``shape`` is the display shape ``[Z, H, W]``; ``affine`` and ``zooms``
+    are the file's; ``values`` are its distinct values when it is a mask (else ``None``)."""
+
+    path: str
+    cache: str
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+    zooms: tuple[float, float, float]
+    dtype: str
+    values: tuple | None = None
+
+    @classmethod
+    def from_json(cls, text: str) -> "VolumeInfo":
+        d = json.loads(text)
+        d["affine"] = tuple(map(tuple, d["affine"]))
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COVIDSEG_CACHE", Path.home() / ".cache" / "covidseg")) / "volumes"
+
+
+def _cache_key(path: Path) -> str:
+    """Path, modification time and size; for a DICOM folder, the newest file and total size."""
+    stats = [p.stat() for p in path.iterdir() if p.is_file()] if path.is_dir() else [path.stat()]
+    mtime, size = max((st.st_mtime_ns for st in stats), default=0), sum(st.st_size for st in stats)
+    return hashlib.sha1(f"{path.resolve()}|{mtime}|{size}|{len(stats)}|{CACHE_VERSION}".encode()).hexdigest()
+
+
+def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:
+    """Decodes a volume once into the slice cache (see the module docstring) and describes it.
+
+    Raises:
+        VolumeReadError: naming the file (missing, truncated gzip, not 3D, ...).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeReadError(f"{path}: file not found")
+    key = _cache_key(path)
+    meta = cache_dir() / f"{key}.json"
+    if meta.is_file():
+        info = VolumeInfo.from_json(meta.read_text())
+        if Path(info.cache).is_file() and (not mask or info.values is not None):
+            return info
+    img, data = read_voxels(path)
+    display = to_display(data, img.affine)
+    del data
+    values = tuple(v.item() for v in np.unique(np.concatenate([np.unique(x) for x in display]))) if mask else None  # per slice: no sort of the whole volume
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    npy = meta.with_suffix(".npy")
+    tmp = npy.with_name(f"{key}.{os.getpid()}.tmp.npy")
+    np.save(tmp, display)
+    os.replace(tmp, npy)  # atomic: DDP ranks and workers may race here
+    info = VolumeInfo(str(path), str(npy), tuple(display.shape), tuple(map(tuple, img.affine.tolist())), tuple(float(z) for z in img.header.get_zooms()[:3]), str(display.dtype), values)
+    tmp = meta.with_name(f"{key}.{os.getpid()}.tmp.json")
+    tmp.write_text(json.dumps(info.__dict__))
+    os.replace(tmp, meta)
+    return info
+
+
+def read_slice(path: str | Path, index: int) -> np.ndarray:
+    """Display slice ``index`` of a cached volume, ``[H, W]`` in the stored dtype (HU or labels).
+
+    The cache file is mapped for this one read and unmapped, so no volume stays in memory.
+    """
+    volume = np.load(cache_volume(path).cache, mmap_mode="r")
+    out = np.array(volume[index])
+    del volume
+    return out
+
+
+def read_hu_slice(path: str | Path, index: int, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+    """The training input of a volume slice: ``uint8 [H, W]`` through the HU ``window``, the
+    same step ``read_volume`` applies for predict."""
+    return apply_window(read_slice(path, index), *window)
+
+
+def _mask_labels(path: str | Path, lesion_labels: list[int] | None) -> tuple[VolumeInfo, list]:
+    """The lesion values of a mask volume: ``lesion_labels``, or without them (a binary mask,
+    judged on the whole volume, not one slice) its non-zero value; ``MaskLabelError`` otherwise."""
+    info = cache_volume(path, mask=True)
+    if lesion_labels is not None:
+        return info, list(lesion_labels)
+    if not is_binary(list(info.values), np.dtype(info.dtype)):
+        raise MaskLabelError(str(path), list(info.values))
+    return info, [v for v in info.values if v != 0]
+
+
+def read_mask_volume(path: str | Path, lesion_labels: list[int] | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A whole mask volume for per-case scoring: ``uint8 [Z, H, W]`` in {0, 1} in display
+    order (as ``read_mask_slice`` and predict's slices) through ``io.lesion_mask``, and its
+    ``display_spacing`` in mm."""
+    info, labels = _mask_labels(path, lesion_labels)
+    return lesion_mask(np.load(info.cache, mmap_mode="r"), labels, str(path)), display_spacing(np.array(info.affine))
+
+
+def read_mask_slice(path: str | Path, index: int, lesion_labels: list[int] | None = None) -> np.ndarray:
+    """Display slice ``index`` of a mask volume as ``uint8 [H, W]`` in {0, 1}, through the one
+    label rule ``io.lesion_mask`` (the volume equivalent of ``io.read_mask``)."""
+    _, labels = _mask_labels(path, lesion_labels)
+    return lesion_mask(read_slice(path, index), labels, str(path))

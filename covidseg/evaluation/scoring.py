@@ -1,0 +1,166 @@
+"""Scoring slices with a ``Predictor``: per-slice counts and histograms kept, maps dropped.
+
+Each probability map (``float32 [H, W]``, the slice's own size) is compared with the mask as
+read from disk, never resized, through ``metrics.confusion_counts`` and ``metrics.histograms``;
+only ``batch_size`` maps live at once, so memory stays bounded whatever the number of slices.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from covidseg.data.samples import Sample, image_of, lung_mask_of, mask_of
+from covidseg.errors import CovidSegError
+from covidseg.metrics import scores as metrics
+from covidseg.metrics.severity import LUNG_THRESHOLD, involvement
+from covidseg.model.card import read_card, write_card
+from covidseg.model.predictor import Predictor
+
+
+@dataclass
+class Scores:
+    """What streaming the slices leaves behind.
+
+    Shapes: ``rows``, ``counts`` (tp, fp, fn, tn), ``auroc`` one entry per slice ``[N]``;
+    ``hists`` per-slice ``[N, 2, BINS]`` background/lesion histograms (int32); ``cases`` one
+    ``metrics.volume.case_metrics`` row per volume (volume sources only).
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    cases: list[dict] = field(default_factory=list)
+    lungs: list[dict] = field(default_factory=list)  # per slice with a true lung mask (lung-output models)
+    counts: list[tuple[int, int, int, int]] = field(default_factory=list)
+    auroc: list[float] = field(default_factory=list)
+    hists: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def pos(self) -> np.ndarray:
+        return np.sum([h[1] for h in self.hists], 0, dtype=np.int64) if self.hists else np.zeros(metrics.BINS, np.int64)
+
+    @property
+    def neg(self) -> np.ndarray:
+        return np.sum([h[0] for h in self.hists], 0, dtype=np.int64) if self.hists else np.zeros(metrics.BINS, np.int64)
+
+    def dice_by_threshold(self, thresholds=metrics.THRESHOLD_GRID) -> np.ndarray:
+        """Per-image Dice of every slice at every threshold, ``[N, T]``."""
+        h = np.stack(self.hists)
+        return metrics.dice_by_threshold(h[:, 1], h[:, 0], thresholds)
+
+
+def score(
+    predictor: Predictor,
+    samples: Sequence[Sample],
+    threshold: float,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "evaluating",
+    lesion_labels: list[int] | None = None,
+    tolerance_mm: float = 1.0,
+    on_slice: Callable[[Sample, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], None] | None = None,
+    lung_labels: list[int] | None = None,
+) -> Scores:
+    """Predicts every slice of ``samples`` and scores it at ``threshold``; slices of volumes are
+    also gathered per volume and scored in 3D (``metrics.volume.case_metrics``).
+
+    Args:
+        lesion_labels: the label values that are lesion (label-map masks), as in training.
+        lung_labels: the lung mask values that are lung (``None``: every non-zero value).
+        tolerance_mm: surface distance that counts as agreement for the volumes' NSD.
+        on_slice: called for each slice with ``(sample, raw image, predicted mask, true mask,
+            lung mask or None)`` (the HTML viewer); the maps are not kept otherwise.
+    """
+    out = Scores()
+    volume: _Volume | None = None
+    raws: deque[np.ndarray] = deque()  # inputs read ahead by predict_maps, until their map comes back
+
+    def images():
+        for s in samples:
+            raw = image_of(s, predictor.card.window)
+            if on_slice:
+                raws.append(raw)
+            yield raw
+
+    maps = predictor.predict_maps(images(), batch_size)
+    for s in tqdm(samples, desc=desc, unit="img", disable=not progress):
+        try:
+            m = next(maps)
+        except RuntimeError as err:  # shape/channel mismatch inside the network
+            names = ", ".join(str(p) for p in predictor.paths)
+            raise CovidSegError(f"{names}: the model cannot take these slices ({str(err).splitlines()[0][:160]})") from None
+        prob, truth = m[0], mask_of(s, lesion_labels)
+        if predictor.card.lung_output and s.lung_mask is not None:
+            out.lungs.append(_lung_row(s, prob >= threshold, truth, m[1] >= LUNG_THRESHOLD, lung_mask_of(s, lung_labels)))
+        if on_slice:
+            on_slice(s, raws.popleft(), prob >= threshold, truth.astype(bool), m[1] >= LUNG_THRESHOLD if predictor.card.lung_output else None)
+        p, gt = torch.from_numpy(prob)[None], torch.from_numpy(truth)[None]
+        tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(p, gt, threshold)[0])
+        hist = metrics.histograms(p, gt).numpy().astype(np.int32)
+        auc = metrics.roc_from_histograms(hist[1], hist[0])[2]
+        out.counts.append((tp, fp, fn, tn))
+        out.hists.append(hist)
+        out.auroc.append(np.nan if auc is None else auc)
+        r = metrics.rates(tp, fp, fn, tn)
+        out.rows.append(
+            {"file": s.image if s.slice is None else f"{s.image}#{s.slice}", "case_id": s.case_id, "source": s.source,
+             "dice": float(r["dice"]), "iou": float(r["iou"]), "gt_pixels": tp + fn, "pred_pixels": tp + fp}
+        )  # fmt: skip
+        if s.slice is not None:
+            if volume is not None and volume.sample.image != s.image:
+                out.cases.append(volume.finish(lesion_labels, tolerance_mm))
+                volume = None
+            volume = volume or _Volume(s)
+            volume.slices[s.slice] = prob >= threshold
+    if volume is not None:
+        out.cases.append(volume.finish(lesion_labels, tolerance_mm))
+    return out
+
+
+def _lung_row(s: Sample, lesion: np.ndarray, truth: np.ndarray, lungs: np.ndarray, true_lungs: np.ndarray) -> dict:
+    """Lung agreement and lesion burden of one slice, predicted and true."""
+    tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(torch.from_numpy(lungs.astype(np.float32))[None], torch.from_numpy(true_lungs)[None], 0.5)[0])
+    pred_inside, pred_lung, _ = involvement(lesion, lungs)
+    true_inside, true_lung, _ = involvement(truth, true_lungs)
+    return {"case_id": s.case_id, "counts": (tp, fp, fn, tn), "pred": (pred_inside, pred_lung), "true": (true_inside, true_lung),
+            "lesion": (int(lesion.sum()), int(truth.sum()))}  # fmt: skip
+
+
+class _Volume:
+    """The predicted slices of one volume, scored in 3D against its whole mask once complete."""
+
+    def __init__(self, sample: Sample):
+        self.sample, self.slices = sample, {}
+
+    def finish(self, lesion_labels: list[int] | None, tolerance_mm: float) -> dict:
+        from covidseg.data.cache import read_mask_volume
+        from covidseg.metrics.volume import case_metrics
+
+        truth, spacing = read_mask_volume(self.sample.mask, lesion_labels)
+        pred = np.zeros(truth.shape, bool)  # slices left out of the split (e.g. empty_masks=drop) predict nothing
+        for k, mask in self.slices.items():
+            pred[k] = mask
+        return {"case_id": self.sample.case_id, "file": self.sample.image, "slices": len(self.slices), **case_metrics(pred, truth, spacing, tolerance_mm)}
+
+
+def tuned_path(ckpt: str | Path) -> Path:
+    """``RUN/checkpoints/best.ckpt`` -> ``RUN/checkpoints/best.tuned.ckpt``."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(f"{ckpt.stem}.tuned{ckpt.suffix}")
+
+
+def write_tuned(ckpt: str | Path, loaded: dict, threshold: float, note: str) -> Path:
+    """Writes a copy of a loaded checkpoint with ``threshold`` as its operating point next to the
+    input (``tuned_path``); the input file is never modified."""
+    out = tuned_path(ckpt)
+    copy = {**write_card(loaded, replace(read_card(loaded), threshold=float(threshold))), "covidseg_tuning": note}
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(copy, tmp)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,102 @@
+"""Making a built-in model: a trained checkpoint slimmed to fp16 weights with its model card,
+kept only if its masks agree with the checkpoint's (``scripts/package_model.py``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidseg.errors import CovidSegError
+from covidseg.metrics.scores import image_dice
+from covidseg.metrics.severity import LUNG_THRESHOLD
+from covidseg.model.checkpoint import read_checkpoint
+from covidseg.model.predictor import Predictor
+from covidseg.model.pretrained import CARD_KEY, TERMS
+
+MIN_DICE = 0.99  # mean per-slice Dice of the slim model's masks against the checkpoint's
+MAX_PROB_DIFF = 0.02  # largest probability difference allowed on any pixel
+
+
+def slim(ckpt: dict, card: dict) -> dict:
+    """What a built-in model keeps of a checkpoint: floating weights in fp16, the
+    hyper-parameters (encoder weights never downloaded), the card; no optimizer state, no data."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    hp["encoder_weights"] = None
+    return {"state_dict": state, "hyper_parameters": hp, "epoch": ckpt.get("epoch"), CARD_KEY: {"terms": TERMS, **card}}
+
+
+def agreement(original: Predictor, candidate: Predictor, raws: Iterable[np.ndarray], batch_size: int = 16) -> dict:
+    """How closely two predictors agree on raw slices, each at the original's operating point.
+
+    Returns:
+        ``{"slices", "lesion_dice_mean", "lesion_dice_min", "lung_dice_mean", "lung_dice_min",
+        "max_prob_diff", "same_outputs"}`` (lung entries ``None`` without a lung output); a slice where both masks
+        are empty has Dice 1.
+    """
+    t = original.card.threshold
+    raws = list(raws)
+    lesion, lungs, worst, same_outputs = [], [], 0.0, True
+    for a, b in zip(original.predict_maps(raws, batch_size), candidate.predict_maps(raws, batch_size)):
+        same_outputs &= len(a) == len(b)
+        worst = max(worst, float(np.abs(a[: len(b)] - b[: len(a)]).max()))
+        lesion.append(image_dice(a[0] >= t, b[0] >= t))
+        if len(a) > 1 and len(b) > 1:
+            lungs.append(image_dice(a[1] >= LUNG_THRESHOLD, b[1] >= LUNG_THRESHOLD))
+    return {
+        "slices": len(raws),
+        "lesion_dice_mean": float(np.mean(lesion)),
+        "lesion_dice_min": float(np.min(lesion)),
+        "lung_dice_mean": float(np.mean(lungs)) if lungs else None,
+        "lung_dice_min": float(np.min(lungs)) if lungs else None,
+        "max_prob_diff": worst,
+        "same_outputs": bool(same_outputs),
+    }
+
+
+def check(report: dict, min_dice: float = MIN_DICE, max_prob_diff: float = MAX_PROB_DIFF) -> list[str]:
+    """The reasons an agreement report fails (empty when it passes)."""
+    bad = [] if report["same_outputs"] else ["the models have different outputs (lesion / lungs)"]
+    if report["lesion_dice_mean"] < min_dice:
+        bad.append(f"lesion masks agree with mean Dice {report['lesion_dice_mean']:.4f} < {min_dice}")
+    if report["lung_dice_mean"] is not None and report["lung_dice_mean"] < min_dice:
+        bad.append(f"lung masks agree with mean Dice {report['lung_dice_mean']:.4f} < {min_dice}")
+    if report["max_prob_diff"] > max_prob_diff:
+        bad.append(f"probabilities differ by up to {report['max_prob_diff']:.4f} > {max_prob_diff}")
+    return bad
+
+
+def write(ckpt_path: str | Path, output: str | Path, card: dict, checks: dict[str, list[np.ndarray]], min_dice: float = MIN_DICE,
+          max_prob_diff: float = MAX_PROB_DIFF) -> dict:  # fmt: skip
+    """Slims ``ckpt_path`` into ``output`` if, on every named set of raw slices in ``checks``, its
+    masks agree with the checkpoint's; raises ``CovidSegError`` (nothing written) otherwise.
+
+    Returns:
+        The card written, with ``agreement`` ``{set name: agreement report}``.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp.ckpt")
+    original = Predictor(ckpt_path, device="cpu")
+    card = dict(card)
+    torch.save(slim(read_checkpoint(ckpt_path), card), tmp)
+    try:
+        candidate = Predictor(tmp, device="cpu")
+        reports, failures = {}, []
+        for name, raws in checks.items():
+            reports[name] = agreement(original, candidate, raws)
+            failures += [f"{name}: {reason}" for reason in check(reports[name], min_dice, max_prob_diff)]
+        if failures:
+            raise CovidSegError(f"{ckpt_path}: not packaged, the slim model disagrees with it ({'; '.join(failures)})")
+        card["agreement"] = {"rule": f"mean per-slice Dice >= {min_dice} (lesion and lungs), probabilities within {max_prob_diff}", **reports}
+        payload = torch.load(tmp, map_location="cpu", weights_only=True)
+        payload[CARD_KEY] = {**payload[CARD_KEY], **card}
+        torch.save(payload, tmp)
+        os.replace(tmp, output)
+        return payload[CARD_KEY]
+    finally:
+        tmp.unlink(missing_ok=True)

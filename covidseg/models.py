@@ -1,0 +1,60 @@
+"""``covidseg models``: the built-in models and their cards.
+
+    covidseg models            # one block per built-in model: name, file, size, card
+    covidseg models --json     # the cards as JSON
+"""
+
+from __future__ import annotations
+
+import json
+
+from covidseg import options
+from covidseg.errors import user_errors
+from covidseg.model import pretrained
+
+
+def card_text(name: str, path, card: dict) -> str:
+    """A readable model card: what it is, what it was trained on, how well it does, its terms."""
+    lines = [f"{name}  (version {card.get('version', '?')}, {path.stat().st_size / 2**20:.1f} MB, {path})"]
+    s = card.get("model", {})
+    if s:
+        lines.append(f"  input: {s.get('intensity')} at {s.get('image_size')} px, window {s.get('window')}; threshold {s.get('threshold')}, "
+                     f"flip TTA {'on' if s.get('tta') else 'off'}; lung output {'yes' if s.get('lung_output') else 'no'}")  # fmt: skip
+    if card.get("trained_on"):
+        lines.append(f"  trained on: {json.dumps(card['trained_on'])}")
+    cv = card.get("cross_validation") or {}
+    if cv:
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in cv.get("per_image_dice", {}).items())
+        lines.append(f"  cross-validated ({len(cv.get('folds', []))} folds, patients never seen): per-image Dice {dice}")
+        if cv.get("lung_dice_image") is not None:
+            lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error {json.dumps(cv.get('involvement_abs_error_pp'))}")
+    if card.get("agreement"):
+        lines.append(f"  agreement with its checkpoint: {card['agreement'].get('rule')}")
+    lines.append(f"  commit {card.get('commit', '?')}, created {card.get('created', '?')}")
+    lines.append(f"  terms: {card.get('terms', pretrained.TERMS)}")
+    return "\n".join(lines)
+
+
+def build_parser():
+    p = options.parser("covidseg models", __doc__)
+    p.add_argument("--json", type=bool, default=False, help="print the cards as JSON")
+    return p
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    models = pretrained.available()
+    if not models:
+        print("no built-in models installed in this covidseg (covidseg/model/pretrained holds none); predict needs --ckpt")
+        return 0
+    cards = {name: pretrained.card(path) for name, path in models.items()}
+    if a.json:
+        print(json.dumps(cards, indent=1))
+    else:
+        print("\n\n".join(card_text(name, models[name], cards[name]) for name in models))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
