@@ -282,3 +282,18 @@ def test_training_metric_updates_do_not_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert float(scores.compute()["dice"]) >= 0
+
+
+def test_epoch_loss_is_weighted_by_batch_size():
+    """Two batches, 4 slices at loss 1 and a short last one of 1 slice at loss 4: the epoch's
+    loss is the mean over slices, 8 / 5. torchmetrics' MeanMetric(nan_strategy="disable")
+    dropped the weights and gave (1 + 4) / 2."""
+    from covidseg.lightning_metrics import loss_metric
+
+    loss = loss_metric()
+    loss.update(torch.tensor(1.0), 4)
+    loss.update(torch.tensor(4.0), 1)
+    assert float(loss.compute()) == pytest.approx(8 / 5)
+    loss.reset()
+    loss.update(torch.tensor(2.0), torch.tensor(3))
+    assert float(loss.compute()) == pytest.approx(2.0)
