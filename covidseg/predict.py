@@ -10,17 +10,17 @@ Preprocessing, threshold and TTA come with the model(s) through ``inference.Pred
 ``--threshold`` and ``--tta true|false`` override them. A pixel is lesion where its probability
 is at or above the threshold (as in ``covidseg.evaluate``). Volumes go through the HU window the
 model was trained with (its intensity protocol; the lung window -600/1500 for a model trained on
-image exports); ``--window`` overrides it. An input of another kind than the model was trained
+image exports); ``--data.window`` overrides it. An input of another kind than the model was trained
 on (a HU volume into a model trained on 8-bit exports, or the reverse) is predicted with one
 warning that names the mismatch.
 
 With ``--lungs`` (a model with a lung output), ``NAME_lungs.png`` / ``NAME_lungs.nii.gz`` and
 the lesion burden (lung pixels, lung mL, involvement % = lesion inside the lungs / lungs, the
-CT-0..CT-4 grade of ``covidseg.severity``) are written too; ``--case_regex`` groups image
+CT-0..CT-4 grade of ``covidseg.severity``) are written too; ``--data.case_regex`` groups image
 files into cases (patients) and writes ``cases.csv`` with per-case sums and grades.
 
 With ``--viewer true``, ``index.html`` and ``viewer/`` (``covidseg.viewer``) show every case
-(a volume, the images of a ``--case_regex`` case, or one image) in a browser, offline: a
+(a volume, the images of a ``--data.case_regex`` case, or one image) in a browser, offline: a
 sortable index with involvement and grade, and a slice-by-slice view with the overlay.
 
 Outputs in ``--output`` for ``NAME.ext``: ``NAME.png`` (mask {0, 255} at the input's size),
@@ -185,7 +185,7 @@ def warn_kind_mismatch(settings, jobs: list[Job], window) -> None:
     if settings.intensity == "image" and "volume" in kinds and window is None:
         center, width = settings.window
         print(f"warning: the model was trained on 2D image exports (intensity 'image'), not on HU volumes; volumes are windowed "
-              f"to 8-bit with center {center:g} / width {width:g} HU, which its training data may not match. Pass --window "
+              f"to 8-bit with center {center:g} / width {width:g} HU, which its training data may not match. Pass --data.window "
               f"\"[CENTER, WIDTH]\" to choose the window, or train on volumes for a model that knows them.", file=sys.stderr)  # fmt: skip
     elif settings.intensity == "hu_window" and "image" in kinds:
         print("warning: the model was trained on HU volumes (intensity 'hu_window'), not on 2D image exports; image files are "
@@ -300,9 +300,9 @@ def build_parser():
     options.add_inference(p)
     p.add_argument("--overwrite", type=bool, default=False, help="replace existing outputs")
     p.add_argument("--lungs", type=bool, default=False, help="also write lung masks (NAME_lungs.png / _lungs.nii.gz) and the lesion burden: lung pixels, involvement %%, CT-0..CT-4 (a model with a lung output)")
-    p.add_argument("--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem; writes cases.csv (summed pixels, involvement, grade)")
+    p.add_argument("--data.case_regex", "--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem (name without extension); writes cases.csv (summed pixels, involvement, grade)")
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with involvement, grade and a slice-by-slice overlay")
-    p.add_argument("--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
+    p.add_argument("--data.window", "--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
     return p
 
 
@@ -311,11 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 when an input failed)."""
     args = build_parser().parse_args(argv)
     options.checked(args)
-    if args.window is not None and args.window[1] <= 0:
-        raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
+    window, case_regex = args.data.window, args.data.case_regex  # one name per concept, as fit's
+    if window is not None and window[1] <= 0:
+        raise CovidSegError(f"--data.window {window[0]:g} {window[1]:g}: width must be positive")
     output = Path(args.output)
     inputs = options.as_list(args.input)
-    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(args.case_regex, args.viewer))  # before loading models
+    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(case_regex, args.viewer))  # before loading models
     predictor = Predictor(options.model_paths(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
@@ -324,16 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         probabilities=args.probabilities,
         overlay=args.overlay,
         batch_size=args.batch_size,
-        window=args.window,
+        window=window,
         overwrite=args.overwrite,
         lungs=args.lungs,
-        case_regex=args.case_regex,
+        case_regex=case_regex,
         viewer=args.viewer,
     )
     failed = sum(row["status"] != "ok" for row in rows)
     s = predictor.settings
     print(f"{len(rows) - failed} ok, {failed} failed (threshold {s.threshold:g}, tta {'on' if s.tta else 'off'}); summary: {output / SUMMARY}")
-    if args.case_regex:
+    if case_regex:
         print(f"cases: {output / CASES}")
     if args.viewer:
         print(f"viewer: {output / VIEWER_OUTPUTS[0]}")

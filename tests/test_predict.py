@@ -199,7 +199,7 @@ def test_volume_into_an_image_trained_model_warns_once(predictor, tmp_path, caps
         nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / f"{name}.nii.gz")
     predict_paths(predictor, [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "out")
     err = capsys.readouterr().err
-    assert err.count("warning: the model was trained on 2D image exports") == 1 and "--window" in err
+    assert err.count("warning: the model was trained on 2D image exports") == 1 and "--data.window" in err
     predict_paths(predictor, [tmp_path / "a.nii.gz"], tmp_path / "out2", window=(-600.0, 1500.0))
     assert "warning" not in capsys.readouterr().err  # an explicit window is the user's choice
 
@@ -233,3 +233,27 @@ def test_lungs_need_a_model_with_a_lung_output(tiny_ckpt, tiny_data, tmp_path, c
 
 def _slice_path(tiny_data: Path) -> Path:
     return sorted((tiny_data / "images").glob("*.png"))[0]
+
+
+def test_bare_boolean_flags_mean_true_and_data_flags_share_fit_names(tiny_ckpt, tiny_data, tmp_path):
+    """``--probabilities`` alone (as users type it) failed with "expected one argument"."""
+    from covidseg.evaluate import build_parser as evaluate_parser
+    from covidseg.predict import build_parser
+
+    src = tmp_path / "in"
+    write_image(src / "x.png", _slice(tiny_data))
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(src), "--output", str(out), "--device", "cpu"]) == 0
+    assert not (out / "x.npy").exists()
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(src), "--output", str(out), "--probabilities", "--overwrite", "--tta", "--device", "cpu"]) == 0
+    assert (out / "x.npy").is_file()
+    p = build_parser()
+    base = ["--input", "x", "--output", "y"]
+    assert p.parse_args(base + ["--probabilities", "false", "--overwrite", "true"]).probabilities is False
+    assert p.parse_args(base + ["--tta"]).tta is True and p.parse_args(base + ["--tta", "false"]).tta is False and p.parse_args(base).tta is None
+    # one name per concept: --data.window / --data.case_regex as in fit (the old spellings still parse)
+    for window, regex in (("--data.window", "--data.case_regex"), ("--window", "--case_regex")):
+        args = p.parse_args(base + [window, "[-500, 1400]", regex, r"^(case\d+)_"])
+        assert args.data.window == (-500.0, 1400.0) and args.data.case_regex == r"^(case\d+)_"
+    e = evaluate_parser().parse_args(["--ckpt", "m.ckpt", "--output", "r", "--tta"])
+    assert e.tta is True
