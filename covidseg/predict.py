@@ -50,8 +50,8 @@ from covidseg.inference import Predictor
 from covidseg.io import normalize_intensity, read_image, write_image, write_mask
 from covidseg.overlay import overlay
 from covidseg.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
-from covidseg.sources import case_id_from_name
-from covidseg.predict_jobs import SUMMARY, Job, check_outputs, plan
+from covidseg.sources import case_id_from_name, check_case_regex, compile_case_regex
+from covidseg.predict_jobs import SUMMARY, Job, check_outputs, plan, series_lines
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
 from covidseg.volumes import read_volume, volume_stem, voxel_ml, write_like
@@ -106,7 +106,7 @@ def case_name(job: Job, case_regex: str | None = None) -> str:
     """The case an input belongs to: a volume's name, or an image's ``case_regex`` case (else its stem)."""
     if job.kind == "image":
         return case_id_from_name(job.path.stem, case_regex) if case_regex else job.path.stem
-    return job.path.name if job.path.is_dir() else volume_stem(job.path)
+    return job.name or (job.path.name if job.path.is_dir() else volume_stem(job.path))
 
 
 def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, viewer: ViewerWriter | None = None, case_regex: str | None = None) -> list[dict]:
@@ -234,6 +234,13 @@ def predict_paths(
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
     jobs = plan(inputs, output, probabilities, overlay, lungs)
     check_outputs(jobs, output, overwrite, extra=extra_outputs(case_regex, viewer))
+    stems = [job.path.stem for job in jobs if job.kind == "image"]
+    if case_regex:
+        compile_case_regex(case_regex)
+    if case_regex and stems:  # stops when it matches no name
+        print(check_case_regex(case_regex, stems))
+    for line in series_lines(jobs):
+        print(line)
     warn_kind_mismatch(predictor.settings, jobs, window)
     window = tuple(window) if window is not None else predictor.settings.window
     output.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ class ScanReport:
     volumes: int = 0
     mask_values: list = field(default_factory=list)
     lesion_labels: list[int] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         cases = len({s.case_id for s in self.samples})
@@ -104,7 +105,7 @@ class ScanReport:
             f"{self.empty} masks without lesion{' (dropped %d)' % self.dropped if self.dropped else ''}, "
             f"{labels}, lesion fraction {100 * self.lesion_fraction:.2f}% of pixels; "
             f"{sum(s.lungs is not None for s in self.samples)} with lung masks"
-        )
+        ) + "".join(f"; {note}" for note in self.notes)
 
 
 def load_image(sample: Sample, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
@@ -138,6 +139,28 @@ def case_id_from_name(stem: str, regex: str | None = None) -> str:
     if match:
         return match.group(1) if match.groups() else match.group(0)
     return stem
+
+
+def compile_case_regex(regex: str, flag: str = "--data.case_regex") -> re.Pattern:
+    try:
+        return re.compile(regex)
+    except re.error as err:
+        raise DataError(f"{flag} {regex!r}: not a valid regular expression ({err})") from None
+
+
+def check_case_regex(regex: str, stems: list[str], flag: str = "--data.case_regex") -> str:
+    """How many of ``stems`` (file names without extension: the pattern is matched against
+    them, from their start) ``regex`` matches, as one line; ``DataError`` when the pattern is
+    invalid or matches none of them (every file would silently be its own case)."""
+    pattern = compile_case_regex(regex, flag)
+    matched = [s for s in stems if pattern.match(s)]
+    cases = len({case_id_from_name(s, regex) for s in matched})
+    if stems and not matched:
+        raise DataError(
+            f"{flag} {regex!r} matches none of the {len(stems)} file name(s): it is applied to the file stem (the name "
+            f"without extension, such as {stems[0]!r}) from its start; without a match each file would be its own case"
+        )
+    return f"{flag}: {len(matched)} of {len(stems)} file stems matched ({cases} cases; the others are a case each)"
 
 
 def _stem(path: Path) -> str:
@@ -230,8 +253,11 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tuple[list[Sample], dict[str, str], list[str]]:
-    """Lists (image, mask, case_id) for every root, with the problems found on the way.
+def find_pairs(
+    roots: Iterable[str | Path], case_regex: str | None = None, notes: list[str] | None = None
+) -> tuple[list[Sample], dict[str, str], list[str]]:
+    """Lists (image, mask, case_id) for every root, with the problems found on the way. With
+    ``case_regex``, how many stems it matched goes to ``notes`` (``DataError`` when none).
 
     A volume pair comes out as one ``Sample`` with ``slice=None``; ``scan`` checks it and
     expands it into its slices. With several roots, case ids are prefixed with the root's
@@ -239,6 +265,9 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
     """
     roots = [Path(r) for r in roots]
     samples, layouts, problems = [], {}, []
+    stems: list[str] = []  # what case_regex is matched against
+    if case_regex:
+        compile_case_regex(case_regex)
     prefix = len(roots) > 1
     for root in roots:
         layout = detect_layout(root)
@@ -255,9 +284,14 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
             pairs = _pairs_from_folders(root, "images", case_regex, False, problems)
         if not pairs and not problems:
             problems.append(f"{root}: no image/mask pairs found ({layout} layout)")
+        stems += [_stem(i).removesuffix(NNUNET_CHANNEL) if layout == "nnunet" else _stem(i) for i, _, _ in pairs]
         source = root.resolve().name
         lungs = lung_masks(root, layout, [i for i, _, _ in pairs])
         samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root), lungs=lungs.get(i)) for i, m, c in pairs]
+    if case_regex:
+        line = check_case_regex(case_regex, stems)
+        if notes is not None:
+            notes.append(line)
     return samples, layouts, problems
 
 
@@ -394,7 +428,8 @@ def scan(
     slice cache on the way (``volumes.cache_volume``).
     """
     roots = list(roots)
-    samples, layouts, problems = find_pairs(roots, case_regex)
+    notes: list[str] = []
+    samples, layouts, problems = find_pairs(roots, case_regex, notes)
     labelled: list[tuple[str, list]] = []
     kept, empty, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, set(), False, set()
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
@@ -464,5 +499,5 @@ def scan(
     if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
         raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
     dropped = empty if empty_masks == "drop" else 0
-    return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels))
+    return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels), notes)
 

@@ -257,3 +257,22 @@ def test_bare_boolean_flags_mean_true_and_data_flags_share_fit_names(tiny_ckpt, 
         assert args.data.window == (-500.0, 1400.0) and args.data.case_regex == r"^(case\d+)_"
     e = evaluate_parser().parse_args(["--ckpt", "m.ckpt", "--output", "r", "--tta"])
     assert e.tta is True
+
+
+def test_case_regex_that_matches_no_stem_stops(tiny_ckpt, tiny_data, tmp_path, capsys):
+    """Kaggle-named frames with a pattern that includes the extension: it is matched against the
+    stem, so it matched nothing and every file silently became its own case."""
+    src = tmp_path / "frames"
+    for k in (100, 101, 102):
+        write_image(src / f"Jun_coronacases_case10_{k}.png", _slice(tiny_data))
+    args = ["--ckpt", str(tiny_ckpt), "--input", str(src), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--output", str(tmp_path / "bad"), "--data.case_regex", r"^(.*)_\d+\.png$"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("error:") == 1
+    assert "matches none of the 3 file name(s)" in err and "file stem" in err and "'Jun_coronacases_case10_100'" in err
+    assert not (tmp_path / "bad" / "cases.csv").exists()
+    assert main(args + ["--output", str(tmp_path / "ok"), "--case_regex", r"^(.*)_\d+$"]) == 0
+    assert "3 of 3 file stems matched (1 cases" in capsys.readouterr().out
+    with open(tmp_path / "ok" / "cases.csv", newline="") as f:
+        assert [r["case_id"] for r in csv.DictReader(f)] == ["Jun_coronacases_case10"]
