@@ -51,6 +51,8 @@ class SegmentationScores(Metric):
         counts = counts[counts[:, 4] > 0, :4]
         hist = self.hist.cpu().numpy() if self.auroc else None
         values = epoch_scores(counts, *(() if hist is None else (hist[1], hist[0])))
+        if not len(counts):  # no labelled slice: undefined, not the empty-mask rule's 1.0
+            values = {k: float("nan") for k in values}
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
 
 

@@ -297,3 +297,12 @@ def test_epoch_loss_is_weighted_by_batch_size():
     loss.reset()
     loss.update(torch.tensor(2.0), torch.tensor(3))
     assert float(loss.compute()) == pytest.approx(2.0)
+
+
+def test_scores_without_a_labelled_slice_are_undefined():
+    """``val/lung_dice`` read 1.0 when no validation slice had a lung mask."""
+    scores = SegmentationScores(0.5, auroc=False)
+    scores.update(torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), torch.tensor([False, False]))
+    assert all(math.isnan(float(v)) for v in scores.compute().values())
+    scores.update(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.tensor([True]))
+    assert float(scores.compute()["dice"]) == 1.0  # one labelled empty slice, predicted empty
