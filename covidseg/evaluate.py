@@ -69,6 +69,7 @@ def evaluate(
     progress: bool = True,
     lesion_labels: list[int] | None = None,
     viewer: bool = False,
+    tensorboard_prefix: str | None = None,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -82,6 +83,7 @@ def evaluate(
         tta: flip test-time augmentation; ``None`` uses the model's setting.
         tensorboard, step: optional log dir or writer for scalars and figures.
         lesion_labels: label values that are lesion; default: the mapping the run trained with.
+        tensorboard_prefix: tag prefix of those (default: the split's name, or ``test``).
         viewer: also write the HTML case viewer (``index.html``, ``viewer/``) into ``output``.
     """
     ckpts = [Path(ckpts)] if isinstance(ckpts, (str, Path)) else [Path(c) for c in ckpts]
@@ -119,7 +121,7 @@ def evaluate(
     return write_report(
         predictor, chosen, output, threshold_source=source, split=split, roots=eval_roots,
         run_dirs=None, tensorboard=tensorboard, step=step, batch_size=batch_size, progress=progress,
-        lesion_labels=settings.get("lesion_labels"), viewer=viewer, lung_labels=settings.get("lung_labels"),
+        lesion_labels=settings.get("lesion_labels"), viewer=viewer, lung_labels=settings.get("lung_labels"), tensorboard_prefix=tensorboard_prefix,
     )  # fmt: skip
 
 

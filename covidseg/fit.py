@@ -118,7 +118,11 @@ def test_report(trainer, dm: CTDataModule, best: str, run_dir: Path) -> dict:
     logger = trainer.logger
     writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
     device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
-    metrics = evaluate(best, output=run_dir / "report", split=split, tensorboard=writer, step=trainer.global_step, batch_size=dm.batch_size, device=device)
+    # the report's scalars are test/*; scored on the validation split they go to report_val/*, so
+    # they never add a point to the val/* training curves of the same names
+    prefix = "test" if split == "test" else "report_val"
+    metrics = evaluate(best, output=run_dir / "report", split=split, tensorboard=writer, step=trainer.global_step, batch_size=dm.batch_size, device=device,
+                       tensorboard_prefix=prefix)  # fmt: skip
     t = metrics["threshold"]
     print(f"\n{split.capitalize()} metrics (best checkpoint; threshold {t:.2f}, TTA {'on' if metrics['tta'] else 'off'}, each slice at its own resolution):")
     print(metric_table(metrics))

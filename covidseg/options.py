@@ -2,7 +2,9 @@
 
 Every entry point parses with jsonargparse (``fit`` through LightningCLI), so all of them take
 ``--config FILE`` and ``--print_config`` and spell a thing the same way everywhere:
-``--ckpt``, ``--data.root``, ``--output``, ``--batch_size``, ``--threshold``, ``--tta``, ``--device``.
+``--ckpt``, ``--data.root``, ``--output``, ``--batch_size``, ``--threshold``, ``--tta``, ``--device``;
+data settings are ``--data.*`` as in ``fit`` (``--data.window``, ``--data.case_regex``). A boolean
+flag typed bare (``--probabilities``) means true; ``--probabilities true|false`` works too.
 """
 
 from __future__ import annotations
@@ -26,11 +28,21 @@ def check_device(device: str | None) -> str | None:
     return device
 
 
+class Parser(ArgumentParser):
+    """jsonargparse's parser, with bare boolean flags: an option typed ``bool`` (or
+    ``bool | None``) takes an optional value, and alone means true (``--overwrite``)."""
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("type") in (bool, bool | None) and "nargs" not in kwargs and "action" not in kwargs:
+            kwargs.update(nargs="?", const=True)
+        return super().add_argument(*args, **kwargs)
+
+
 def parser(prog: str, doc: str) -> ArgumentParser:
     """A parser with ``--config`` (and jsonargparse's ``--print_config``); ``doc``'s first
     paragraph is the description, the rest the epilog."""
     head, _, rest = doc.partition("\n\n")
-    p = ArgumentParser(prog=prog, description=head, epilog=rest or None, exit_on_error=True)
+    p = Parser(prog=prog, description=head, epilog=rest or None, exit_on_error=True)
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options (flags given after it override it)")
     return p
 

@@ -10,17 +10,17 @@ Preprocessing, threshold and TTA come with the model(s) through ``model.predicto
 ``--threshold`` and ``--tta true|false`` override them. A pixel is lesion where its probability
 is at or above the threshold (as in ``covidseg.evaluate``). Volumes go through the HU window the
 model was trained with (its intensity protocol; the lung window -600/1500 for a model trained on
-image exports); ``--window`` overrides it. An input of another kind than the model was trained
+image exports); ``--data.window`` overrides it. An input of another kind than the model was trained
 on (a HU volume into a model trained on 8-bit exports, or the reverse) is predicted with one
 warning that names the mismatch.
 
 With ``--lungs`` (a model with a lung output), ``NAME_lungs.png`` / ``NAME_lungs.nii.gz`` and
 the lesion burden (lung pixels, lung mL, involvement % = lesion inside the lungs / lungs, the
-CT-0..CT-4 grade of ``covidseg.metrics.severity``) are written too; ``--case_regex`` groups image
+CT-0..CT-4 grade of ``covidseg.metrics.severity``) are written too; ``--data.case_regex`` groups image
 files into cases (patients) and writes ``cases.csv`` with per-case sums and grades.
 
 With ``--viewer true``, ``index.html`` and ``viewer/`` (``covidseg.viewer``) show every case
-(a volume, the images of a ``--case_regex`` case, or one image) in a browser, offline: a
+(a volume, the images of a ``--data.case_regex`` case, or one image) in a browser, offline: a
 sortable index with involvement and grade, and a slice-by-slice view with the overlay.
 
 Outputs in ``--output`` for ``NAME.ext``: ``NAME.png`` (mask {0, 255} at the input's size),
@@ -47,12 +47,12 @@ from tqdm.auto import tqdm
 from covidseg import options
 from covidseg.data.io import normalize_intensity, read_image, write_image, write_mask
 from covidseg.data.overlay import overlay
-from covidseg.data.samples import case_id_from_name
+from covidseg.data.samples import case_id_from_name, check_case_regex, compile_case_regex
 from covidseg.data.volumes import read_volume, volume_stem, voxel_ml, write_like
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.metrics.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
 from covidseg.model.predictor import Predictor
-from covidseg.predict_jobs import SUMMARY, Job, check_outputs, plan
+from covidseg.predict_jobs import SUMMARY, Job, check_outputs, plan, series_lines
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
 
@@ -106,7 +106,7 @@ def case_id_of(job: Job, case_regex: str | None = None) -> str:
     """The case an input belongs to: a volume's name, or an image's ``case_regex`` case (else its stem)."""
     if job.kind == "image":
         return case_id_from_name(job.path.stem, case_regex) if case_regex else job.path.stem
-    return job.path.name if job.path.is_dir() else volume_stem(job.path)
+    return job.name or (job.path.name if job.path.is_dir() else volume_stem(job.path))
 
 
 def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, viewer: ViewerWriter | None = None, case_regex: str | None = None) -> list[dict]:
@@ -179,15 +179,15 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
     return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref), lung))
 
 
-def warn_kind_mismatch(settings, jobs: list[Job], window) -> None:
+def warn_kind_mismatch(card, jobs: list[Job], window) -> None:
     """One warning when inputs are of another kind than the model's training data."""
     kinds = {job.kind for job in jobs}
-    if settings.intensity == "image" and "volume" in kinds and window is None:
-        center, width = settings.window
+    if card.intensity == "image" and "volume" in kinds and window is None:
+        center, width = card.window
         print(f"warning: the model was trained on 2D image exports (intensity 'image'), not on HU volumes; volumes are windowed "
-              f"to 8-bit with center {center:g} / width {width:g} HU, which its training data may not match. Pass --window "
+              f"to 8-bit with center {center:g} / width {width:g} HU, which its training data may not match. Pass --data.window "
               f"\"[CENTER, WIDTH]\" to choose the window, or train on volumes for a model that knows them.", file=sys.stderr)  # fmt: skip
-    elif settings.intensity == "hu_window" and "image" in kinds:
+    elif card.intensity == "hu_window" and "image" in kinds:
         print("warning: the model was trained on HU volumes (intensity 'hu_window'), not on 2D image exports; image files are "
               "scaled by their own range, which its training never saw. Predict volumes (NIfTI/DICOM) with it, or train on image exports.",
               file=sys.stderr)  # fmt: skip
@@ -210,7 +210,7 @@ def predict_paths(
     """Predicts every input, writes the outputs and ``summary.csv``, and returns its rows.
 
     Args:
-        predictor: the model(s) and settings (threshold, TTA, preprocessing).
+        predictor: the model(s) and their card (threshold, TTA, preprocessing).
         inputs: image files, folders of images, NIfTI volumes.
         output: folder for the results (created).
         probabilities, overlay: also write probability maps / overlay images.
@@ -234,6 +234,13 @@ def predict_paths(
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
     jobs = plan(inputs, output, probabilities, overlay, lungs)
     check_outputs(jobs, output, overwrite, extra=extra_outputs(case_regex, viewer))
+    stems = [job.path.stem for job in jobs if job.kind == "image"]
+    if case_regex:
+        compile_case_regex(case_regex)
+    if case_regex and stems:  # stops when it matches no name
+        print(check_case_regex(case_regex, stems))
+    for line in series_lines(jobs):
+        print(line)
     warn_kind_mismatch(predictor.card, jobs, window)
     window = tuple(window) if window is not None else predictor.card.window
     output.mkdir(parents=True, exist_ok=True)
@@ -300,9 +307,9 @@ def build_parser():
     options.add_inference(p)
     p.add_argument("--overwrite", type=bool, default=False, help="replace existing outputs")
     p.add_argument("--lungs", type=bool, default=False, help="also write lung masks (NAME_lungs.png / _lungs.nii.gz) and the lesion burden: lung pixels, involvement %%, CT-0..CT-4 (a model with a lung output)")
-    p.add_argument("--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem; writes cases.csv (summed pixels, involvement, grade)")
+    p.add_argument("--data.case_regex", "--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem (name without extension); writes cases.csv (summed pixels, involvement, grade)")
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with involvement, grade and a slice-by-slice overlay")
-    p.add_argument("--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
+    p.add_argument("--data.window", "--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
     return p
 
 
@@ -311,11 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 when an input failed)."""
     args = build_parser().parse_args(argv)
     options.checked(args)
-    if args.window is not None and args.window[1] <= 0:
-        raise CovidSegError(f"--window {args.window[0]:g} {args.window[1]:g}: width must be positive")
+    window, case_regex = args.data.window, args.data.case_regex  # one name per concept, as fit's
+    if window is not None and window[1] <= 0:
+        raise CovidSegError(f"--data.window {window[0]:g} {window[1]:g}: width must be positive")
     output = Path(args.output)
     inputs = options.as_list(args.input)
-    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(args.case_regex, args.viewer))  # before loading models
+    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(case_regex, args.viewer))  # before loading models
     predictor = Predictor(options.model_paths(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
@@ -324,16 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         probabilities=args.probabilities,
         overlay=args.overlay,
         batch_size=args.batch_size,
-        window=args.window,
+        window=window,
         overwrite=args.overwrite,
         lungs=args.lungs,
-        case_regex=args.case_regex,
+        case_regex=case_regex,
         viewer=args.viewer,
     )
     failed = sum(row["status"] != "ok" for row in rows)
     s = predictor.card
     print(f"{len(rows) - failed} ok, {failed} failed (threshold {s.threshold:g}, tta {'on' if s.tta else 'off'}); summary: {output / SUMMARY}")
-    if args.case_regex:
+    if case_regex:
         print(f"cases: {output / CASES}")
     if args.viewer:
         print(f"viewer: {output / VIEWER_OUTPUTS[0]}")

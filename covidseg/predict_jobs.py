@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from covidseg.data.dicom import is_series
+from covidseg.data.dicom import find_series, is_series, series_files
 from covidseg.data.io import IMAGE_SUFFIXES
 from covidseg.data.volumes import is_volume, volume_stem
 from covidseg.errors import CovidSegError
@@ -22,32 +22,46 @@ class Job:
     kind: str  # "image", "volume", or "" for an input that cannot be processed
     outputs: tuple[Path, ...] = ()
     error: str = ""
+    name: str = ""  # what outputs and cases are named after (a nested series: its path in the study)
+
+
+def expand_inputs(paths: list[str | Path]) -> list[tuple[Path, str]]:
+    """Each input with its name: folders expand into their image and NIfTI files (not
+    recursive) and their DICOM series at any depth (a study export ``STUDY/SERIES/*.dcm``; a
+    nested series is named by its path below the folder, ``STUDY_SERIES``, so two studies'
+    ``SE0001`` do not clash); files and a folder that is itself a series stay."""
+    found: list[tuple[Path, str]] = []
+    for path in map(Path, paths):
+        if path.is_dir() and not is_series(path):
+            files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p)))
+            inside = [(p, volume_stem(p) if is_volume(p) else p.stem) for p in files]
+            inside += [(s, "_".join(s.relative_to(path).parts)) for s in find_series(path)]
+            found.extend(sorted(inside) or [(path, path.name)])  # an empty folder stays, and is reported
+        else:
+            found.append((path, path.name if path.is_dir() else volume_stem(path) if is_volume(path) else path.stem))
+    return found
 
 
 def list_inputs(paths: list[str | Path]) -> list[Path]:
-    """Expands folders into their image and NIfTI files and DICOM series subfolders (sorted,
-    not recursive); files and a folder that is itself a DICOM series stay."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir() and not is_series(path):
-            inside = sorted(p for p in path.iterdir() if (p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))) or is_series(p))
-            found.extend(inside or [path])  # an empty folder stays, and is reported
-        else:
-            found.append(path)
-    return found
+    """The input files and series of ``paths`` (see ``expand_inputs``)."""
+    return [p for p, _ in expand_inputs(paths)]
+
+
+def series_lines(jobs: list[Job]) -> list[str]:
+    """One line per DICOM series to predict, as DICOM converters report what they found."""
+    return [f"DICOM series {job.path} ({len(series_files(job.path))} files) -> {job.name}" for job in jobs if job.kind == "volume" and job.path.is_dir()]
 
 
 def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False) -> list[Job]:
     """One ``Job`` per input file, with its output paths under ``output``."""
     jobs = []
-    for path in list_inputs(paths):
+    for path, name in expand_inputs(paths):
         if path.is_dir() and not is_series(path):
-            jobs.append(Job(path, "", error="no images, NIfTI volumes or DICOM series in folder"))
+            jobs.append(Job(path, "", error="no images, NIfTI volumes or DICOM series in folder (at any depth)"))
         elif is_volume(path) or path.is_dir():  # a DICOM series folder is a volume
-            name = path.name if path.is_dir() else volume_stem(path)
             outs = [output / f"{name}_mask.nii.gz"] + ([output / f"{name}_prob.nii.gz"] if probabilities else [])
             outs += [output / f"{name}_lungs.nii.gz"] if lungs else []
-            jobs.append(Job(path, "volume", tuple(outs)))
+            jobs.append(Job(path, "volume", tuple(outs), name=name))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             outs = [output / f"{path.stem}.png"]
             outs += [output / f"{path.stem}.npy"] if probabilities else []

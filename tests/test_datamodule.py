@@ -100,3 +100,21 @@ def test_workers_are_shared_by_the_processes_of_a_node(monkeypatch, local_world_
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
     monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert datamodule.default_num_workers() == expected
+
+
+@pytest.mark.parametrize(("devices", "expected"), [(1, 8), (2, 4)])
+def test_default_workers_follow_the_trainers_processes(tiny_data, monkeypatch, devices, expected):
+    """Lightning's own DDP launcher (``--trainer.devices 2 --trainer.strategy ddp``) sets no
+    LOCAL_WORLD_SIZE, and the ranks do not exist when the DataModule is built: the workers
+    are decided from the trainer it is attached to."""
+    import pytorch_lightning as pl
+
+    from covidseg import datamodule
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    dm = CTDataModule(str(tiny_data), image_size=64)
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False, enable_progress_bar=False)
+    dm.trainer = trainer
+    assert dm.num_workers == expected
+    assert CTDataModule(str(tiny_data), num_workers=3).num_workers == 3

@@ -146,3 +146,26 @@ def test_manifest_trains_from_dicom_series_with_nifti_masks(ct, tmp_path):
     assert [s.case_id for s in from_dicom.samples[:1]] == ["case000"] and len(from_dicom.samples) == len(from_nifti.samples) == 7
     for a, b in zip(from_dicom.samples, from_nifti.samples):
         assert np.array_equal(image_of(a), image_of(b)) and np.array_equal(mask_of(a, [1, 2]), mask_of(b, [1, 2]))
+
+
+def test_nested_study_export_predicts_every_series(tiny_ckpt, ct, tmp_path, capsys):
+    """A PACS/CD export: STUDY/DICOMDIR beside ST000/SE0001/*.dcm and ST000/SE0002/*.dcm,
+    and a second study whose series is also called SE0001. Given the study folder, predict
+    finds every series, reports each one and names outputs by their path in the study."""
+    img = nib.load(ct)
+    study = tmp_path / "STUDY"
+    write_series(img, study / "ST000" / "SE0001")
+    write_series(img, study / "ST000" / "SE0002")
+    write_series(img, study / "ST001" / "SE0001")
+    (study / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # an index, not an image
+    assert not is_series(study)
+    assert list_inputs([study]) == [study / "ST000" / "SE0001", study / "ST000" / "SE0002", study / "ST001" / "SE0001"]
+    out = tmp_path / "preds"
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(study), "--output", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("ST000_SE0001", "ST000_SE0002", "ST001_SE0001"):
+        assert (out / f"{name}_mask.nii.gz").is_file(), name
+        assert f"({img.shape[2]} files) -> {name}" in printed
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["status"] == "ok" and r["type"] == "volume" for r in rows)

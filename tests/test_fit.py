@@ -241,3 +241,15 @@ def test_lung_label_maps_train_and_bad_lung_masks_stop_with_one_line(tmp_path, c
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert f"{lungs[0]}: lung mask holds" in err and "grey levels" in err
+
+
+def test_report_on_the_validation_split_keeps_the_training_curves(tiny_data, tmp_path):
+    """Without a test split fit's report scores the validation split; its scalars are
+    report_val/*, not extra points on the val/* curves of the same names."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "1", "--data.test_fraction", "0")
+    ea = EventAccumulator(str(tmp_path / "covidseg" / "version_0"))
+    ea.Reload()
+    assert len(ea.Scalars("val/dice_image")) == 1  # the one epoch
+    assert "report_val/dice_image" in ea.Tags()["scalars"]

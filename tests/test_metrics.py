@@ -283,3 +283,27 @@ def test_training_metric_updates_do_not_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert float(scores.compute()["dice"]) >= 0
+
+
+def test_epoch_loss_is_weighted_by_batch_size():
+    """Two batches, 4 slices at loss 1 and a short last one of 1 slice at loss 4: the epoch's
+    loss is the mean over slices, 8 / 5. torchmetrics' MeanMetric(nan_strategy="disable")
+    dropped the weights and gave (1 + 4) / 2."""
+    from covidseg.metrics.epoch import loss_metric
+
+    loss = loss_metric()
+    loss.update(torch.tensor(1.0), 4)
+    loss.update(torch.tensor(4.0), 1)
+    assert float(loss.compute()) == pytest.approx(8 / 5)
+    loss.reset()
+    loss.update(torch.tensor(2.0), torch.tensor(3))
+    assert float(loss.compute()) == pytest.approx(2.0)
+
+
+def test_scores_without_a_labelled_slice_are_undefined():
+    """``val/lung_dice`` read 1.0 when no validation slice had a lung mask."""
+    scores = SegmentationScores(0.5, auroc=False)
+    scores.update(torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), torch.tensor([False, False]))
+    assert all(math.isnan(float(v)) for v in scores.compute().values())
+    scores.update(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.tensor([True]))
+    assert float(scores.compute()["dice"]) == 1.0  # one labelled empty slice, predicted empty

@@ -200,7 +200,7 @@ def test_volume_into_an_image_trained_model_warns_once(predictor, tmp_path, caps
         nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / f"{name}.nii.gz")
     predict_paths(predictor, [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "out")
     err = capsys.readouterr().err
-    assert err.count("warning: the model was trained on 2D image exports") == 1 and "--window" in err
+    assert err.count("warning: the model was trained on 2D image exports") == 1 and "--data.window" in err
     predict_paths(predictor, [tmp_path / "a.nii.gz"], tmp_path / "out2", window=(-600.0, 1500.0))
     assert "warning" not in capsys.readouterr().err  # an explicit window is the user's choice
 
@@ -234,3 +234,46 @@ def test_lungs_need_a_model_with_a_lung_output(tiny_ckpt, tiny_data, tmp_path, c
 
 def _slice_path(tiny_data: Path) -> Path:
     return sorted((tiny_data / "images").glob("*.png"))[0]
+
+
+def test_bare_boolean_flags_mean_true_and_data_flags_share_fit_names(tiny_ckpt, tiny_data, tmp_path):
+    """``--probabilities`` alone (as users type it) failed with "expected one argument"."""
+    from covidseg.evaluate import build_parser as evaluate_parser
+    from covidseg.predict import build_parser
+
+    src = tmp_path / "in"
+    write_image(src / "x.png", _slice(tiny_data))
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(src), "--output", str(out), "--device", "cpu"]) == 0
+    assert not (out / "x.npy").exists()
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(src), "--output", str(out), "--probabilities", "--overwrite", "--tta", "--device", "cpu"]) == 0
+    assert (out / "x.npy").is_file()
+    p = build_parser()
+    base = ["--input", "x", "--output", "y"]
+    assert p.parse_args(base + ["--probabilities", "false", "--overwrite", "true"]).probabilities is False
+    assert p.parse_args(base + ["--tta"]).tta is True and p.parse_args(base + ["--tta", "false"]).tta is False and p.parse_args(base).tta is None
+    # one name per concept: --data.window / --data.case_regex as in fit (the old spellings still parse)
+    for window, regex in (("--data.window", "--data.case_regex"), ("--window", "--case_regex")):
+        args = p.parse_args(base + [window, "[-500, 1400]", regex, r"^(case\d+)_"])
+        assert args.data.window == (-500.0, 1400.0) and args.data.case_regex == r"^(case\d+)_"
+    e = evaluate_parser().parse_args(["--ckpt", "m.ckpt", "--output", "r", "--tta"])
+    assert e.tta is True
+
+
+def test_case_regex_that_matches_no_stem_stops(tiny_ckpt, tiny_data, tmp_path, capsys):
+    """Kaggle-named frames with a pattern that includes the extension: it is matched against the
+    stem, so it matched nothing and every file silently became its own case."""
+    src = tmp_path / "frames"
+    for k in (100, 101, 102):
+        write_image(src / f"Jun_coronacases_case10_{k}.png", _slice(tiny_data))
+    args = ["--ckpt", str(tiny_ckpt), "--input", str(src), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--output", str(tmp_path / "bad"), "--data.case_regex", r"^(.*)_\d+\.png$"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("error:") == 1
+    assert "matches none of the 3 file name(s)" in err and "file stem" in err and "'Jun_coronacases_case10_100'" in err
+    assert not (tmp_path / "bad" / "cases.csv").exists()
+    assert main(args + ["--output", str(tmp_path / "ok"), "--case_regex", r"^(.*)_\d+$"]) == 0
+    assert "3 of 3 file stems matched (1 cases" in capsys.readouterr().out
+    with open(tmp_path / "ok" / "cases.csv", newline="") as f:
+        assert [r["case_id"] for r in csv.DictReader(f)] == ["Jun_coronacases_case10"]

@@ -151,3 +151,14 @@ def test_palette_label_maps_scan_by_label_and_grey_level_masks_are_named(tmp_pat
         message = str(err.value)
         assert message.startswith("2 mask(s) hold") and "grey levels" in message and "a.jpg" in message, message
         assert "every non-zero value" not in message and "\n" not in message
+
+
+def test_case_regex_reports_its_matches_and_stops_when_none(tmp_path):
+    for name in ("p1_12.png", "p1_13.png", "p2_1.png"):
+        _pair(tmp_path / "images", tmp_path / "masks", name)
+    report = validate_data([tmp_path], case_regex=r"^(p\d+)_")
+    assert "--data.case_regex: 3 of 3 file stems matched (2 cases" in report.summary()
+    with pytest.raises(DataError, match=r"matches none of the 3 file name\(s\): it is applied to the file stem"):
+        validate_data([tmp_path], case_regex=r"^(p\d+)_\d+\.png$")
+    with pytest.raises(DataError, match="not a valid regular expression"):
+        validate_data([tmp_path], case_regex=r"^(p\d+")

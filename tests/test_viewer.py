@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from covidseg.data.overlay import layer, overlay
 from covidseg.data.synthetic import generate_volumes, make_volume
 from covidseg.data.volumes import apply_window
 from covidseg.evaluate import main as evaluate_main
@@ -65,6 +66,15 @@ def evaluated(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
 
 
 # -- what is written ----------------------------------------------------------------------------
+def test_layer_colours_match_the_overlay():
+    pred, truth = np.array([[1, 1, 0, 0]], bool), np.array([[1, 0, 1, 0]], bool)
+    rgba = layer(pred, truth)
+    assert rgba[0, :, 3].tolist() == [255, 255, 255, 0]
+    blended = overlay(np.zeros((1, 4)), pred, truth, alpha=1.0)  # alpha 1: the tint itself
+    assert np.allclose(rgba[0, :3, :3] / 255, blended[0, :3], atol=1 / 255)
+    assert layer(pred)[0, :, 3].tolist() == [255, 255, 0, 0]
+
+
 def test_predict_volumes_lists_every_case_with_burden(predicted_volumes):
     index = _page_data(predicted_volumes / "index.html")
     rows = {r["name"]: r for r in index["rows"]}

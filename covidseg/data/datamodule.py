@@ -46,16 +46,17 @@ def check_resolution(image_size: int, patch_size: int | None, foreground_fractio
         raise DataError("data.foreground_fraction needs data.patch_size (whole slices always contain their lesion)")
 
 
-def default_num_workers() -> int:
-    """Workers per process: half the visible cores shared among the processes of this node
-    (``LOCAL_WORLD_SIZE``, set by torchrun and Lightning's DDP launcher; 1 otherwise), at
+def default_num_workers(local_world_size: int | None = None) -> int:
+    """Workers per process: half the visible cores shared among the ``local_world_size``
+    processes of this node (default: ``LOCAL_WORLD_SIZE`` as torchrun sets it, else 1), at
     least 1, at most 8. Eight DDP ranks with 8 workers each would oversubscribe a node."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
-    local_world_size = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, min(8, cores // 2 // local_world_size))
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(8, cores // 2 // max(1, local_world_size)))
 
 
 # How to give a split more slices, per split; every message also suggests fewer processes.
@@ -81,7 +82,8 @@ class CTDataModule(pl.LightningDataModule):
         foreground_fraction: share of training patches forced to contain lesion (nnU-Net: 1/3).
         normalization: intensity rule, see ``covidseg.data.io`` (``auto``: 8-bit /255, else min-max).
         batch_size: training and evaluation batch size (per device).
-        num_workers: DataLoader workers; ``None`` picks half the cores.
+        num_workers: DataLoader workers per process; ``None``: half the node's cores shared by
+            the trainer's processes on the node, 1 to 8 (see ``num_workers``).
         val_fraction, test_fraction: share of slices (whole cases) for validation and test.
         split_seed: seed of the case shuffle.
         num_folds, fold: patient-level K-fold; fold ``fold`` validates (test stays held out).
@@ -151,7 +153,6 @@ class CTDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.normalization = normalization
         self.batch_size = batch_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.intensity = self._resolve_intensity()
         self.report: DataReport | None = None
         self.split: dict[str, str] = {}
@@ -228,6 +229,15 @@ class CTDataModule(pl.LightningDataModule):
                     f"the {name} split has {n} slice(s), fewer than the {world_size} processes (trainer.devices x trainer.num_nodes) "
                     f"that each need one: {hint}, use more cases, or lower --trainer.devices"
                 )
+
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``, or by default ``default_num_workers`` for the processes the
+        trainer runs on this node (``trainer.num_devices``; Lightning's own DDP launcher sets no
+        ``LOCAL_WORLD_SIZE``), decided when the loaders are built, once the trainer is known."""
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        return default_num_workers(self.trainer.num_devices if self.trainer is not None else None)
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

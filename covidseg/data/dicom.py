@@ -19,6 +19,7 @@ uneven spacing (missing slices) is refused with one ``VolumeReadError`` naming t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -31,9 +32,10 @@ SPACING_TOLERANCE = 0.1  # relative deviation from the median slice gap that cou
 
 
 def is_dicom_file(path: str | Path) -> bool:
-    """A ``.dcm``/``.dicom``/``.ima`` file, or any file with the ``DICM`` preamble marker."""
+    """A ``.dcm``/``.dicom``/``.ima`` file, or any file with the ``DICM`` preamble marker; not a
+    ``DICOMDIR`` (the index a CD/PACS export puts beside its study folders, no image)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or path.name.upper() == "DICOMDIR":
         return False
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -55,6 +57,18 @@ def is_series(folder: str | Path) -> bool:
     """Whether ``folder`` holds DICOM files (then it is read as one series)."""
     folder = Path(folder)
     return folder.is_dir() and any(is_dicom_file(p) for p in folder.iterdir())
+
+
+def find_series(folder: str | Path) -> list[Path]:
+    """Every folder at any depth under ``folder`` (itself included) that holds DICOM files: the
+    series of a study export (``STUDY/SERIES/*.dcm``, nested one or more levels, often beside a
+    ``DICOMDIR``), sorted by path."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        if any(is_dicom_file(Path(root, f)) for f in files):
+            found.append(Path(root))
+    return sorted(found)
 
 
 def _floats(ds, name: str, folder: Path, file: Path) -> np.ndarray:

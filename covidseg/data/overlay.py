@@ -34,11 +34,13 @@ def layer(pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
     Shape:
         pred, truth: ``[H, W]`` bool or {0, 1}; returns ``uint8 [H, W, 4]`` RGBA.
     """
-    pred = np.asarray(pred, bool)
-    tint = pred[..., None] * PREDICTION_RGB
-    painted = pred
+    code = np.asarray(pred, bool).astype(np.uint8)
     if truth is not None:
-        truth = np.asarray(truth, bool)
-        tint = np.clip(tint + truth[..., None] * TRUTH_RGB, 0, 1)
-        painted = pred | truth
-    return np.concatenate([np.rint(tint * 255), painted[..., None] * 255.0], axis=2).astype(np.uint8)
+        code |= np.asarray(truth, bool).astype(np.uint8) << 1
+    return _LAYER_COLOURS[code]
+
+
+# RGBA of layer() by code (pred + 2 * truth): nothing, prediction only, truth only, both
+_LAYER_COLOURS = np.array(
+    [[0, 0, 0, 0]] + [[*np.rint(np.clip(rgb, 0, 1) * 255), 255] for rgb in (PREDICTION_RGB, TRUTH_RGB, PREDICTION_RGB + TRUTH_RGB)], np.uint8
+)

@@ -17,6 +17,7 @@ import numpy as np
 from covidseg.data.cache import read_hu_slice, read_mask_slice, read_slice
 from covidseg.data.io import lung_mask, read_image, read_label_map, read_mask
 from covidseg.data.volumes import LUNG_WINDOW
+from covidseg.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,25 @@ def case_id_from_name(stem: str, regex: str | None = None) -> str:
     if match:
         return match.group(1) if match.groups() else match.group(0)
     return stem
+
+
+def compile_case_regex(regex: str, flag: str = "--data.case_regex") -> re.Pattern:
+    try:
+        return re.compile(regex)
+    except re.error as err:
+        raise DataError(f"{flag} {regex!r}: not a valid regular expression ({err})") from None
+
+
+def check_case_regex(regex: str, stems: list[str], flag: str = "--data.case_regex") -> str:
+    """How many of ``stems`` (file names without extension: the pattern is matched against
+    them, from their start) ``regex`` matches, as one line; ``DataError`` when the pattern is
+    invalid or matches none of them (every file would silently be its own case)."""
+    pattern = compile_case_regex(regex, flag)
+    matched = [s for s in stems if pattern.match(s)]
+    cases = len({case_id_from_name(s, regex) for s in matched})
+    if stems and not matched:
+        raise DataError(
+            f"{flag} {regex!r} matches none of the {len(stems)} file name(s): it is applied to the file stem (the name "
+            f"without extension, such as {stems[0]!r}) from its start; without a match each file would be its own case"
+        )
+    return f"{flag}: {len(matched)} of {len(stems)} file stems matched ({cases} cases; the others are a case each)"

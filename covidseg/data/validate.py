@@ -43,6 +43,7 @@ class DataReport:
     volumes: int = 0
     mask_values: list = field(default_factory=list)
     lesion_labels: list[int] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         cases = len({s.case_id for s in self.samples})
@@ -53,7 +54,7 @@ class DataReport:
             f"{self.empty} masks without lesion{' (dropped %d)' % self.dropped if self.dropped else ''}, "
             f"{labels}, lesion fraction {100 * self.lesion_fraction:.2f}% of pixels; "
             f"{sum(s.lung_mask is not None for s in self.samples)} with lung masks"
-        )
+        ) + "".join(f"; {note}" for note in self.notes)
 
 
 def _files(paths: list[str]) -> str:
@@ -153,7 +154,8 @@ def validate_data(
     slice cache on the way (``cache.cache_volume``).
     """
     roots = list(roots)
-    samples, layouts, problems = find_pairs(roots, case_regex)
+    notes: list[str] = []
+    samples, layouts, problems = find_pairs(roots, case_regex, notes)
     labelled: list[tuple[str, list]] = []
     kept, empty, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, set(), False, set()
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
@@ -223,5 +225,5 @@ def validate_data(
     if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
         raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
     dropped = empty if empty_masks == "drop" else 0
-    return DataReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels))
+    return DataReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels), notes)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from covidseg.metrics.scores import BINS, confusion_counts, epoch_scores, histograms
@@ -51,9 +51,35 @@ class SegmentationScores(Metric):
         counts = counts[counts[:, 4] > 0, :4]
         hist = self.hist.cpu().numpy() if self.auroc else None
         values = epoch_scores(counts, *(() if hist is None else (hist[1], hist[0])))
+        if not len(counts):  # no labelled slice: undefined, not the empty-mask rule's 1.0
+            values = {k: float("nan") for k in values}
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
 
 
-def loss_metric() -> MeanMetric:
-    """Mean of the batch losses; ``nan_strategy='disable'`` skips the per-step NaN check (a host sync)."""
-    return MeanMetric(nan_strategy="disable")
+class WeightedMean(Metric):
+    """Mean of values weighted by their counts (the batch losses by batch size), summed across
+    ranks under DDP. No NaN check, so no host sync per update. torchmetrics' ``MeanMetric``
+    cannot do both: with ``nan_strategy="disable"`` (1.5+; absent in 1.4) it replaces the
+    weights by ones, so a short last batch weighed as much as a full one."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0, dtype=torch.float32), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor | float, weight: torch.Tensor | float = 1.0) -> None:
+        """Shape: ``value`` a scalar (or any shape, summed); ``weight`` broadcast to it."""
+        value = torch.as_tensor(value, device=self.total.device).detach().to(torch.float32)
+        weight = torch.broadcast_to(torch.as_tensor(weight, device=self.total.device, dtype=torch.float32), value.shape)
+        self.total += (value * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
+def loss_metric() -> WeightedMean:
+    """Mean of the batch losses, weighted by batch size (see ``WeightedMean``)."""
+    return WeightedMean()

@@ -241,6 +241,8 @@ class LitUNet(pl.LightningModule):
         values = scores.compute()  # synced over ranks by torchmetrics: the same on every rank
         scores.reset()
         keys = keys or (("dice", "dice_image") if stage == "train" else values)
+        if all(torch.isnan(values[k]) for k in keys):  # e.g. no slice with a lung mask: nothing to log (the same on every rank)
+            return
         self.log_dict({f"{stage}/{prefix}{k}": values[k] for k in keys}, prog_bar=False, sync_dist=False)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

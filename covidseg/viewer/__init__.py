@@ -36,6 +36,7 @@ OUTPUTS = (INDEX, FOLDER)  # what --viewer adds to an output folder
 ASSETS = Path(__file__).with_name("assets")
 THUMB_SIDE = 112
 COVERAGE = 0.25  # a shrunk pixel shows a mask when at least this share of it is masked
+_LUNG_RGBA = np.array([*np.rint(LUNG_RGB * 255), 255], np.uint8)
 
 # (key, label, kind): kind picks the format in the page; a column shows when a row has a value
 COLUMNS = (
@@ -145,7 +146,8 @@ class ViewerWriter:
         rgba = layer(p_small, t_small)
         if self.lungs:
             ring = _outline(_shrink(lungs, c.cell)) if lungs is not None else np.zeros(c.cell, bool)
-            lung_rgba = np.concatenate([np.rint(ring[..., None] * LUNG_RGB * 255), ring[..., None] * 255.0], axis=2).astype(np.uint8)
+            lung_rgba = np.zeros((h, w, 4), np.uint8)
+            lung_rgba[ring] = _LUNG_RGBA
             rgba = np.concatenate([rgba, lung_rgba], axis=0)
         cv2.imwrite(str(folder / f"ov_{k:04d}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, 6])
 

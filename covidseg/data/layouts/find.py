@@ -14,7 +14,7 @@ from pathlib import Path
 from covidseg.data.layouts.folders import KAGGLE_CASE_REGEX, file_stem, files_in, is_3d, pairs_from_folders
 from covidseg.data.layouts.manifest import lung_masks_from_manifest, pairs_from_manifest
 from covidseg.data.layouts.nnunet import NNUNET_CHANNEL
-from covidseg.data.samples import Sample, case_id_from_name
+from covidseg.data.samples import Sample, case_id_from_name, check_case_regex, compile_case_regex
 from covidseg.errors import DataError
 
 
@@ -43,8 +43,11 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tuple[list[Sample], dict[str, str], list[str]]:
-    """Lists (image, mask, case_id) for every root, with the problems found on the way.
+def find_pairs(
+    roots: Iterable[str | Path], case_regex: str | None = None, notes: list[str] | None = None
+) -> tuple[list[Sample], dict[str, str], list[str]]:
+    """Lists (image, mask, case_id) for every root, with the problems found on the way. With
+    ``case_regex``, how many stems it matched goes to ``notes`` (``DataError`` when none).
 
     A volume pair comes out as one ``Sample`` with ``slice=None``; ``validate.validate_data`` checks it and
     expands it into its slices. With several roots, case ids are prefixed with the root's
@@ -52,6 +55,9 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
     """
     roots = [Path(r) for r in roots]
     samples, layouts, problems = [], {}, []
+    stems: list[str] = []  # what case_regex is matched against
+    if case_regex:
+        compile_case_regex(case_regex)
     prefix = len(roots) > 1
     for root in roots:
         layout = detect_layout(root)
@@ -68,9 +74,14 @@ def find_pairs(roots: Iterable[str | Path], case_regex: str | None = None) -> tu
             pairs = pairs_from_folders(root, "images", case_regex, False, problems)
         if not pairs and not problems:
             problems.append(f"{root}: no image/mask pairs found ({layout} layout)")
+        stems += [file_stem(i).removesuffix(NNUNET_CHANNEL) if layout == "nnunet" else file_stem(i) for i, _, _ in pairs]
         source = root.resolve().name
         lungs = find_lung_masks(root, layout, [i for i, _, _ in pairs])
         samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root), lung_mask=lungs.get(i)) for i, m, c in pairs]
+    if case_regex:
+        line = check_case_regex(case_regex, stems)
+        if notes is not None:
+            notes.append(line)
     return samples, layouts, problems
 
 

@@ -87,6 +87,7 @@ def write_report(
     lesion_labels: list[int] | None = None,
     viewer: bool = False,
     lung_labels: list[int] | None = None,
+    tensorboard_prefix: str | None = None,
 ) -> dict:
     """Scores ``samples`` at the predictor's operating point and writes every report file into
     ``output``; returns the content of ``metrics.json``.
@@ -103,6 +104,7 @@ def write_report(
         tensorboard: a log dir or a ``SummaryWriter``: headline scalars and figures are added
             under ``{split or 'test'}/``.
         step: TensorBoard global step of those.
+        tensorboard_prefix: their tag prefix instead (fit's report on the validation split: ``report_val``).
         lesion_labels: label values that are lesion (label-map masks), as the model was trained.
         viewer: also write ``index.html`` and ``viewer/``: each case in a browser, with its Dice
             and truth against prediction (``covidseg.viewer``).
@@ -159,7 +161,7 @@ def write_report(
     for name, fig in figs.items():
         fig.savefig(out / f"{name}.png")
     if tensorboard is not None:
-        log_to_tensorboard(tensorboard, metrics, figs, split or "test", step)
+        log_to_tensorboard(tensorboard, metrics, figs, tensorboard_prefix or split or "test", step)
     if sink:
         sink.write(case_columns(scores, metrics))
     return metrics

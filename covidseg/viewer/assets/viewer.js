@@ -104,7 +104,7 @@
     app.appendChild(el("header", {}, el("h1", { text: row.name }), el("p", { class: "sub", text: data.title + (data.subtitle ? " \u00b7 " + data.subtitle : "") }), facts));
 
     var canvas = el("canvas", { id: "slice", width: w, height: h, tabindex: "0", "aria-label": "slice image" });
-    var scale = Math.min(560 / w, 560 / h, 8);
+    var scale = Math.min(512 / w, 512 / h, 8);
     canvas.style.width = Math.round(w * scale) + "px";
     canvas.style.height = Math.round(h * scale) + "px";
     var ctx = canvas.getContext("2d");
