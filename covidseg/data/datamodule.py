@@ -1,4 +1,4 @@
-"""Dataset and LightningDataModule.
+"""The LightningDataModule: validated data split by case, served as train, val and test loaders.
 
 Data flow: files -> pairs ``(image, mask, case_id[, slice])`` (``layouts``, checked by
 ``validate.validate_data``; a volume is one case and each of its axial slices a sample) -> split by

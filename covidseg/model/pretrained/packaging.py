@@ -1,5 +1,5 @@
-"""Making a built-in model: a trained checkpoint slimmed to fp16 weights with its model card,
-kept only if its masks agree with the checkpoint's (``scripts/package_model.py``)."""
+"""Making a built-in model: a trained checkpoint slimmed to fp16 weights (its model card kept in the
+hyper-parameters) with its provenance, kept only if its masks agree with the checkpoint's (``scripts/package_model.py``)."""
 
 from __future__ import annotations
 
