@@ -53,7 +53,7 @@ def predicted_volumes(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
 def predicted_slices(tiny_ckpt, tiny_data, tmp_path_factory) -> Path:
     """predict --viewer on a folder of PNG slices grouped into cases by --case_regex."""
     out = tmp_path_factory.mktemp("pred_png") / "out"
-    args = ["--ckpt", str(tiny_ckpt), "--input", str(tiny_data / "images"), "--output", str(out), "--case_regex", r"^(case\d+)_", "--viewer", "true", "--device", "cpu"]
+    args = ["--ckpt", str(tiny_ckpt), "--input", str(tiny_data / "images"), "--output", str(out), "--case_regex", r"^(case\d+)_", "--viewer", "--device", "cpu"]  # a bare --viewer is true
     assert predict_main(args) == 0
     return out
 
