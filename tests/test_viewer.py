@@ -151,6 +151,16 @@ def test_a_512_volume_stays_small(tmp_path):
     assert per_slice * 300 < 3e6, f"{per_slice / 1e3:.1f} kB per slice"
 
 
+def test_cost_script_runs():
+    """scripts/viewer_cost.py (docs/PERFORMANCE.md), on a few small slices so it cannot rot."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "viewer_cost.py"
+    out = subprocess.run([sys.executable, str(script), "-n", "3", "--size", "96"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("3 slices 96x96 (synthetic): ") and "MB" in out
+
+
 def test_evaluate_volumes_has_3d_dice(tiny_ckpt, tmp_path):
     data = generate_volumes(tmp_path / "vols", cases=2, slices=5, size=64, layout="manifest")
     out = tmp_path / "report"
