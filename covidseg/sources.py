@@ -50,7 +50,7 @@ from covidseg.io import (
     read_label_map,
     read_mask,
 )
-from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, is_volume, read_hu_slice, read_mask_slice, read_slice, volume_stem
+from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, display_affine, is_volume, read_hu_slice, read_mask_slice, read_slice, volume_stem
 
 # Kaggle names: the source prefix and patient, then the slice index.
 KAGGLE_CASE_REGEX = r"^((?:Jun|Morozov)_.+?)_\d+$"
@@ -358,11 +358,18 @@ def _label_problems(labelled: list[tuple[str, list]], names: dict[int, str]) -> 
 
 
 def _geometry_problem(image, other, path: str, what: str, image_path: str) -> str | None:
-    """Why a mask volume ``other`` does not lie on its image's voxels, or ``None``."""
-    if image.shape == other.shape and np.allclose(image.affine, other.affine, rtol=1e-4, atol=1e-3):
-        return None
-    diff = float(np.abs(np.subtract(image.affine, other.affine)).max()) if image.shape == other.shape else None
-    why = f"affine differs by up to {diff:.3g} mm" if diff is not None else f"shape {'x'.join(map(str, other.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
+    """Why a mask volume ``other`` does not lie on its image's voxels, or ``None``.
+
+    Compared in world space on the display grid (``volumes.display_affine``), where both cached
+    arrays already are: a mask stored in another voxel order (another tool's writer) but on the
+    same voxels is accepted, and is read reoriented like its image; only a real mismatch of
+    shape, position, spacing or direction is refused."""
+    if image.shape == other.shape:
+        a, b = display_affine(np.array(image.affine), image.shape), display_affine(np.array(other.affine), other.shape)
+        if np.allclose(a, b, rtol=1e-4, atol=1e-3):
+            return None
+    diff = float(np.abs(np.subtract(a, b)).max()) if image.shape == other.shape else None
+    why = f"affine differs by up to {diff:.3g} mm, compared in world space" if diff is not None else f"shape {'x'.join(map(str, other.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
     return f"{path}: {what}does not match its image {image_path}: {why}"
 
 

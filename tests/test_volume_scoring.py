@@ -35,3 +35,40 @@ def test_3d_scores_count_false_positives_on_dropped_slices(tmp_path):
     part = score(_Everywhere(), drop.samples, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
     assert part["pred_ml"] == pytest.approx(full["pred_ml"]) and part["dice"] == pytest.approx(full["dice"])
     assert part["pred_ml"] == pytest.approx(6 * 32 * 32 * 0.7 * 0.7 * 2.5 / 1000)
+
+
+class _Bright:
+    """A stand-in predictor whose lesion is the bright part of the windowed slice: its scores
+    depend on where the truth lies, so a misaligned mask changes them."""
+
+    settings = SimpleNamespace(window=LUNG_WINDOW, lung_output=False)
+    paths = ["bright"]
+
+    def predict_maps(self, raws, batch_size=8):
+        for raw in raws:
+            yield (raw[None].astype(np.float32) / 255.0)
+
+
+def test_a_mask_in_another_voxel_order_scores_like_the_original(tmp_path):
+    """The same mask geometry stored in another voxel order (another tool's writer) is accepted
+    and scores as the original; a mask really off its image is refused."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    from covidseg.sources import DataError
+
+    root = generate_volumes(tmp_path / "v", cases=1, slices=6, size=32, seed=5, orientation="LPS")
+    original = score(_Bright(), scan([root], lesion_labels=[1, 2], progress=False).samples, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
+    path = root / "masks" / "case000.nii.gz"
+    mask = nib.load(str(path))
+    # slices first, rows flipped: same voxels in world space, another voxel order and affine
+    other = mask.as_reoriented(ornt_transform(io_orientation(mask.affine), axcodes2ornt(("S", "A", "L"))))
+    assert other.shape != mask.shape and not np.allclose(other.affine, mask.affine)
+    nib.save(other, str(path))
+    report = scan([root], lesion_labels=[1, 2], progress=False)
+    again = score(_Bright(), report.samples, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
+    assert 0 < original["dice"] < 1 and again == pytest.approx(original, nan_ok=True)
+    shifted = nib.Nifti1Image(np.asanyarray(other.dataobj), other.affine @ np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, 3.0]] * 3 + [[0, 0, 0, 0]]))
+    nib.save(shifted, str(path))
+    with pytest.raises(DataError, match="does not match its image.*affine differs by up to 3 mm"):
+        scan([root], lesion_labels=[1, 2], progress=False)
