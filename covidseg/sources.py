@@ -438,7 +438,7 @@ def scan(
     notes: list[str] = []
     samples, layouts, problems = find_pairs(roots, case_regex, notes)
     labelled: list[tuple[str, list]] = []
-    kept, empty, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, set(), False, set()
+    kept, empty, dropped, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, 0, set(), False, set()
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
         if _is_3d(s.image):
             checked = _check_volume(s, lesion_labels, problems, labelled, lung_values)
@@ -475,14 +475,21 @@ def scan(
             values |= set(found)
             pixels = raw_mask.size
             pairs = [(s, int(lesion_mask(raw_mask, lesion_labels, s.mask).sum()))]
+        # empty_masks applies to the unit of a case: a slice file, or a whole volume (a volume
+        # with lesion keeps its lesion-free slices; one without is kept, dropped or refused whole)
+        volume_empty = _is_3d(s.image) and not any(lesion for _, lesion in pairs)
+        if volume_empty and empty_masks == "error":
+            problems.append(f"{s.mask}: mask volume has no lesion (empty_masks=error)")
+            continue
         for sample, lesion in pairs:
             any_lesion |= lesion > 0
             if lesion == 0:
                 empty += 1
-                if empty_masks == "error":
-                    problems.append(f"{sample.mask}{'' if sample.slice is None else f' slice {sample.slice}'}: mask has no lesion (empty_masks=error)")
+                if (sample.slice is None or volume_empty) and empty_masks == "error":
+                    problems.append(f"{sample.mask}: mask has no lesion (empty_masks=error)")
                     continue
-                if empty_masks == "drop":
+                if (sample.slice is None or volume_empty) and empty_masks == "drop":
+                    dropped += 1
                     continue
             lesion_px += lesion
             total_px += pixels
@@ -505,6 +512,5 @@ def scan(
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
         raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
-    dropped = empty if empty_masks == "drop" else 0
     return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels), notes)
 

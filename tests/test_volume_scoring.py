@@ -26,13 +26,17 @@ class _Everywhere:
 
 
 def test_3d_scores_count_false_positives_on_dropped_slices(tmp_path):
-    """With empty_masks=drop the lesion-free slices are not samples, but the case is still the
-    whole volume: a model that calls everything lesion predicts every voxel of it."""
+    """When the samples leave slices of a volume out (the old per-slice empty_masks=drop: the
+    lesion-free ones), the case is still the whole volume: a model that calls everything lesion
+    predicts every voxel of it."""
+    from covidseg.sources import load_mask
+
     root = generate_volumes(tmp_path / "v", cases=1, slices=6, size=32, seed=3)
-    keep, drop = scan([root], lesion_labels=[1, 2], progress=False), scan([root], lesion_labels=[1, 2], empty_masks="drop", progress=False)
-    assert 0 < len(drop.samples) < len(keep.samples) == 6
-    full = score(_Everywhere(), keep.samples, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
-    part = score(_Everywhere(), drop.samples, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
+    keep = scan([root], lesion_labels=[1, 2], progress=False).samples
+    lesion_slices = [s for s in keep if load_mask(s, [1, 2]).any()]
+    assert 0 < len(lesion_slices) < len(keep) == 6
+    full = score(_Everywhere(), keep, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
+    part = score(_Everywhere(), lesion_slices, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
     assert part["pred_ml"] == pytest.approx(full["pred_ml"]) and part["dice"] == pytest.approx(full["dice"])
     assert part["pred_ml"] == pytest.approx(6 * 32 * 32 * 0.7 * 0.7 * 2.5 / 1000)
 
@@ -72,3 +76,61 @@ def test_a_mask_in_another_voxel_order_scores_like_the_original(tmp_path):
     nib.save(shifted, str(path))
     with pytest.raises(DataError, match="does not match its image.*affine differs by up to 3 mm"):
         scan([root], lesion_labels=[1, 2], progress=False)
+
+
+def _empty_volume_set(tmp_path):
+    """Three volumes; case001's mask is emptied (a lesion-free case)."""
+    import nibabel as nib
+
+    root = generate_volumes(tmp_path / "v", cases=3, slices=6, size=32, seed=1)
+    path = root / "masks" / "case001.nii.gz"
+    mask = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.zeros(mask.shape, np.uint8), mask.affine, mask.header), str(path))
+    return root
+
+
+def test_empty_masks_applies_per_volume(tmp_path):
+    """A volume with lesion keeps its lesion-free slices under drop; a volume without lesion is
+    dropped whole (counted), or refused whole under error."""
+    from covidseg.sources import DataError, load_mask
+
+    root = _empty_volume_set(tmp_path)
+    keep = scan([root], lesion_labels=[1, 2], progress=False)
+    drop = scan([root], lesion_labels=[1, 2], empty_masks="drop", progress=False)
+    assert len(keep.samples) == 18 and drop.dropped == 6
+    assert [s.case_id for s in drop.samples] == [s.case_id for s in keep.samples if s.case_id != "case001"]
+    assert any(not load_mask(s, [1, 2]).any() for s in drop.samples)  # lesion-free slices of lesion volumes stay
+    with pytest.raises(DataError) as err:
+        scan([root], lesion_labels=[1, 2], empty_masks="error", progress=False)
+    assert str(err.value).splitlines()[1:] == [f"  {root / 'masks' / 'case001.nii.gz'}: mask volume has no lesion (empty_masks=error)"]
+
+
+def test_lesion_slice_dice_is_not_made_of_empty_slices():
+    """Four empty slices left empty (1.0 each) and one lesion slice missed: per-image Dice 0.8,
+    the lesion-slice figure 0.0."""
+    from covidseg.metrics import epoch_scores
+
+    counts = np.array([[0, 0, 0, 100]] * 4 + [[0, 0, 50, 50]])
+    out = epoch_scores(counts)
+    assert out["dice_image"] == pytest.approx(0.8) and out["dice_lesion_image"] == 0.0
+    assert np.isnan(epoch_scores(np.array([[0, 0, 0, 100]]))["dice_lesion_image"])
+
+
+def test_volume_runs_monitor_lesion_slices_and_report_per_case_dice(tmp_path, capsys):
+    import torch
+    from conftest import FAST_TRAINER, TINY_MODEL
+
+    from covidseg.fit import main
+
+    root = generate_volumes(tmp_path / "v", cases=4, slices=6, size=32, seed=2)
+    results = main(["--data.root", str(root), "--data.lesion_labels", "[1, 2]", "--trainer.max_epochs", "1",
+                    "--trainer.logger.init_args.save_dir", str(tmp_path)] + TINY_MODEL + FAST_TRAINER)  # fmt: skip
+    (run,) = (tmp_path / "covidseg").glob("version_*")
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    monitors = [k for k in ckpt["callbacks"] if k.startswith(("ModelCheckpoint", "EarlyStopping"))]
+    assert monitors and all("'monitor': 'val/dice_lesion_image'" in k for k in monitors), monitors
+    out = capsys.readouterr().out
+    assert f"per-case 3D Dice (headline, {results['per_case']['cases']} volumes)" in out
+    from covidseg.metrics import headline
+
+    assert next(iter(headline(results))) == "dice_case"
