@@ -50,7 +50,7 @@ from covidseg.io import (
     read_label_map,
     read_mask,
 )
-from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_volume, display_affine, is_volume, read_hu_slice, read_mask_slice, read_slice, volume_stem
+from covidseg.volumes import LUNG_WINDOW, VolumeReadError, cache_note, cache_volume, display_affine, is_volume, read_hu_slice, read_mask_slice, read_slice, volume_stem
 
 # Kaggle names: the source prefix and patient, then the slice index.
 KAGGLE_CASE_REGEX = r"^((?:Jun|Morozov)_.+?)_\d+$"
@@ -512,5 +512,7 @@ def scan(
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
         raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
+    if volumes and (note := cache_note()):
+        notes.append(note)
     return ScanReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels), notes)
 
