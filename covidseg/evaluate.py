@@ -10,7 +10,8 @@ data the run trained on. Scores are taken at the model's operating point (its st
 and TTA; ``--threshold``/``--tta`` override them), at each slice's original resolution.
 
 ``--threshold auto`` picks the threshold with the best mean per-image Dice (grid 0.05..0.95) on
-the run's validation split, writes ``NAME.tuned.ckpt`` next to each input checkpoint (the input
+the run's validation split (on the run's own data when ``--data.root`` is an external set
+scored without ``--split``; refused in one line when that data is not readable here), writes ``NAME.tuned.ckpt`` next to each input checkpoint (the input
 is never modified) and reports with it.
 
 ``--viewer true`` also writes ``index.html`` and ``viewer/`` into the report folder: every
@@ -28,7 +29,7 @@ from covidseg import options
 from covidseg.data.samples import Sample
 from covidseg.data.splits import SPLITS
 from covidseg.data.validate import validate_data
-from covidseg.errors import CovidSegError, user_errors
+from covidseg.errors import CovidSegError, DataError, user_errors
 from covidseg.evaluation.report import write_report
 from covidseg.evaluation.report.writers import metric_table
 from covidseg.evaluation.runs import select_split, stored_data
@@ -70,6 +71,7 @@ def evaluate(
     lesion_labels: list[int] | None = None,
     viewer: bool = False,
     tensorboard_prefix: str | None = None,
+    case_regex: str | None = None,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -85,6 +87,8 @@ def evaluate(
         lesion_labels: label values that are lesion; default: the mapping the run trained with.
         tensorboard_prefix: tag prefix of those (default: the split's name, or ``test``).
         viewer: also write the HTML case viewer (``index.html``, ``viewer/``) into ``output``.
+        case_regex: case id from a file stem (as fit's ``--data.case_regex``): groups the slices
+            of an external 2D set into cases for the bootstrap interval and per-case rows.
     """
     ckpts = [Path(ckpts)] if isinstance(ckpts, (str, Path)) else [Path(c) for c in ckpts]
     if split is not None and split not in SPLITS:
@@ -100,18 +104,33 @@ def evaluate(
         raise CovidSegError("--split and --threshold auto need checkpoints (.ckpt): an ONNX file does not know its run")
     loaded = [read_checkpoint(p) for p in ckpts if p.suffix.lower() != ".onnx"]
     run_roots, settings = stored_data(loaded[0]) if loaded else (None, {})
+    run_settings = dict(settings)
     if lesion_labels is not None:
         settings["lesion_labels"] = list(lesion_labels)
+    elif not split and roots and settings.get("lesion_labels") is not None:
+        print(f"lesion labels {settings['lesion_labels']}: the run's mapping, applied to {', '.join(map(str, roots))} (--data.lesion_labels to change)")
+    if case_regex is not None:
+        settings["case_regex"] = case_regex
     eval_roots = list(roots) if roots else run_roots
     if eval_roots is None:
         raise CovidSegError(f"{ckpts[0]}: no data settings stored in the checkpoint; pass --data.root")
-    # the run's own data: its scan settings; other data: only the label mapping carries over
-    samples = validate_data(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k == "lesion_labels"})).samples
+    # the run's own data: its scan settings; other data: only the label mapping (and a given case pattern) carry over
+    samples = validate_data(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k in ("lesion_labels", "case_regex")})).samples
     chosen = select_split(ckpts, loaded, samples, split) if split else samples
 
     source = None
     if threshold == "auto":
-        val = select_split(ckpts, loaded, samples, "val")
+        if split or not roots:
+            val = select_split(ckpts, loaded, samples, "val")
+        else:  # an external set: the validation split lives in the run's own data, not in it
+            try:
+                if run_roots is None:
+                    raise DataError("no data settings stored in the checkpoint")
+                run_samples = validate_data(run_roots, **run_settings, progress=progress).samples
+            except (DataError, OSError) as err:
+                first = str(err).splitlines()[0]
+                raise CovidSegError(f"--threshold auto tunes on the run's validation split, but the run's data ({', '.join(run_roots or [])}) cannot be read here ({first}); pass --threshold VALUE") from None
+            val = select_split(ckpts, loaded, run_samples, "val")
         t, dice, tuned = tune_threshold(predictor, ckpts, loaded, val, batch_size, progress, settings.get("lesion_labels"))
         predictor = Predictor(tuned, device=device, tta=tta)
         source = f"auto: best mean per-image Dice on {len(val)} validation slices"
@@ -132,6 +151,7 @@ def build_parser():
     p.add_argument("--split", type=Literal["train", "val", "test"] | None, default=None, help="score this split of the checkpoint's run instead of every pair")
     p.add_argument("--output", type=str, required=True, help="report folder")
     p.add_argument("--data.lesion_labels", type=list[int] | None, default=None, help="label values that are lesion in label-map masks (default: the mapping the run trained with)")
+    p.add_argument("--data.case_regex", type=str | None, default=None, help="case id from each file stem (first group), as in fit: groups an external set's slices into cases")
     options.add_inference(p, auto_threshold=True)
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with Dice and truth vs prediction")
     p.add_argument("--tensorboard", type=str | None, default=None, help="also add scalars and figures to this TensorBoard log dir")
@@ -145,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     options.checked(a)
     metrics = evaluate(
         options.model_paths(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
-        lesion_labels=a.data.lesion_labels, viewer=a.viewer,
+        lesion_labels=a.data.lesion_labels, viewer=a.viewer, case_regex=a.data.case_regex,
     )  # fmt: skip
     print("\n" + metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")

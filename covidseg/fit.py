@@ -21,7 +21,7 @@ from covidseg.data.datamodule import CTDataModule
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.evaluate import evaluate
 from covidseg.evaluation.report.writers import metric_table
-from covidseg.metrics.scores import VAL_DICE_IMAGE
+from covidseg.metrics.scores import VAL_DICE_IMAGE, VAL_DICE_LESION_IMAGE
 from covidseg.model.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
 from covidseg.model.card import FIT_LINKS
 from covidseg.model.unet import LitUNet
@@ -90,6 +90,20 @@ def train_without_validation(trainer, model: LitUNet, reason: str) -> None:
     rank_zero_info(f"{reason}; no early stopping, checkpoints keep the latest weights")
 
 
+def monitor_volumes(trainer, model: LitUNet, dm: CTDataModule) -> None:
+    """On volume data most slices hold no lesion and score 1.0 when left empty, so the default
+    monitor ``val/dice_image`` would mostly measure empty slices: checkpointing, early stopping
+    and the plateau scheduler follow ``val/dice_lesion_image`` (per-image Dice over the slices
+    whose truth has lesion) instead. A monitor set by the user is kept."""
+    if not dm.report.volumes:
+        return
+    for cb in [*trainer.checkpoint_callbacks, *(c for c in trainer.callbacks if isinstance(c, EarlyStopping))]:
+        if cb.monitor == VAL_DICE_IMAGE:
+            cb.monitor = VAL_DICE_LESION_IMAGE
+    model.monitor = VAL_DICE_LESION_IMAGE
+    rank_zero_info(f"volume data: checkpoints and early stopping follow {VAL_DICE_LESION_IMAGE} (per-image Dice over slices with lesion)")
+
+
 def build_cli(args: list[str] | None = None) -> CovidSegCLI:
     return CovidSegCLI(
         LitUNet,
@@ -137,6 +151,7 @@ def main(args: list[str] | None = None) -> dict:
     cli = build_cli(args)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     dm.validated()  # validate all data before any process group or worker starts
+    monitor_volumes(trainer, model, dm)
     validated = "val" in dm.make_split().values()
     dm.check_world_size(trainer.world_size)  # before any process starts: one error line, exit 2
     if not validated:

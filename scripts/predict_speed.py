@@ -1,6 +1,7 @@
 """Slices per second of ``covidseg predict`` on a generated CT volume, per target size and TTA.
 
     python scripts/predict_speed.py [--slices 300] [--side 512] [--sizes 128 256] [--json OUT]
+    python scripts/predict_speed.py --sizes 256 --lungs --backends ckpt onnx   # the reference's way, both model files
     python scripts/predict_speed.py --fast          # smoke run: 6 slices of 96 px, tiny model
 
 Writes one synthetic NIfTI volume (``--slices`` axial slices of ``--side`` x ``--side`` voxels,
@@ -51,23 +52,24 @@ def make_volume(path: Path, slices: int, side: int, seed: int = 0) -> Path:
     return path
 
 
-def make_checkpoint(path: Path, image_size: int, tiny: bool) -> Path:
-    """An untrained covidseg checkpoint of the default model (or the tests' tiny one)."""
+def make_checkpoint(path: Path, image_size: int, tiny: bool, lungs: bool = False) -> Path:
+    """An untrained covidseg checkpoint of the default model (or the tests' tiny one), with a
+    lung output if ``lungs`` (the reference's)."""
     import torch
 
     from covidseg.model.unet import LitUNet
 
-    model = LitUNet(image_size=image_size, **(TINY if tiny else {}))
+    model = LitUNet(image_size=image_size, lung_output=lungs, **(TINY if tiny else {}))
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
 
 
-def time_predict(ckpt: Path, volume: Path, out: Path, tta: bool, batch_size: int) -> float:
+def time_predict(ckpt: Path, volume: Path, out: Path, tta: bool, batch_size: int, lungs: bool = False) -> float:
     """Wall seconds of one ``covidseg predict`` call (exit status checked)."""
     from covidseg.predict import main
 
     args = ["--ckpt", str(ckpt), "--input", str(volume), "--output", str(out), "--tta", str(tta).lower(),
-            "--device", "cpu", "--batch_size", str(batch_size), "--overwrite", "true"]  # fmt: skip
+            "--device", "cpu", "--batch_size", str(batch_size), "--overwrite", "true", "--lungs", str(lungs).lower()]  # fmt: skip
     start = time.perf_counter()
     status = main(args)
     seconds = time.perf_counter() - start
@@ -96,19 +98,26 @@ def run(args) -> dict:
     assert slices.shape == (args.slices, args.side, args.side)
     rows = []
     for size in args.sizes:
-        ckpt = make_checkpoint(work / f"model_{size}.ckpt", size, args.fast)
-        for tta in (False, True):
-            seconds = time_predict(ckpt, volume, work / f"out_{size}_{'tta' if tta else 'plain'}", tta, args.batch_size)
-            per_300 = seconds * 300 / args.slices
-            rows.append({"image_size": size, "tta": tta, "seconds": seconds, "slices_per_s": args.slices / seconds,
-                         "seconds_per_300_slices": per_300, "meets_60s_target": per_300 <= TARGET_S})  # fmt: skip
-            print(f"image_size {size} tta {'on ' if tta else 'off'}: {seconds:.1f} s, {args.slices / seconds:.1f} slices/s", flush=True)
-    mask = work / f"out_{args.sizes[0]}_plain" / "ct_mask.nii.gz"
+        ckpt = make_checkpoint(work / f"model_{size}.ckpt", size, args.fast, args.lungs)
+        models = {"ckpt": ckpt}
+        if "onnx" in args.backends:
+            from covidseg.export import export_onnx
+
+            models["onnx"] = work / f"model_{size}.onnx"
+            export_onnx(ckpt, models["onnx"])
+        for backend in args.backends:
+            for tta in (False, True):
+                seconds = time_predict(models[backend], volume, work / f"out_{size}_{backend}_{'tta' if tta else 'plain'}", tta, args.batch_size, args.lungs)
+                per_300 = seconds * 300 / args.slices
+                rows.append({"image_size": size, "backend": backend, "tta": tta, "lungs": args.lungs, "seconds": seconds, "slices_per_s": args.slices / seconds,
+                             "seconds_per_300_slices": per_300, "meets_60s_target": per_300 <= TARGET_S})  # fmt: skip
+                print(f"image_size {size} {backend} tta {'on ' if tta else 'off'}: {seconds:.1f} s, {args.slices / seconds:.1f} slices/s", flush=True)
+    mask = work / f"out_{args.sizes[0]}_{args.backends[0]}_plain" / "ct_mask.nii.gz"
     import nibabel as nib
 
     assert nib.load(str(mask)).shape == (args.side, args.side, args.slices)  # masks at the input's size
     return {
-        "settings": {"slices": args.slices, "side": args.side, "sizes": args.sizes, "batch_size": args.batch_size, "fast": args.fast,
+        "settings": {"slices": args.slices, "side": args.side, "sizes": args.sizes, "batch_size": args.batch_size, "fast": args.fast, "lungs": args.lungs,
                      "model": "tiny (depth 3)" if args.fast else "default LitUNet (resnet18 U-Net)"},  # fmt: skip
         "volume_write_s": made,
         "volume_read_and_window_s": read_s,
@@ -122,9 +131,9 @@ def run(args) -> dict:
 
 def table(result: dict) -> str:
     n = result["settings"]["slices"]
-    lines = [f"| image_size | TTA | wall, {n} slices (s) | slices/s | per 300 slices (s) | 300 slices <= 60 s |", "|---|---|---|---|---|---|"]
+    lines = [f"| image_size | model file | lungs | TTA | wall, {n} slices (s) | slices/s | per 300 slices (s) | 300 slices <= 60 s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        lines.append(f"| {r['image_size']} | {'on' if r['tta'] else 'off'} | {r['seconds']:.1f} | {r['slices_per_s']:.1f} | "
+        lines.append(f"| {r['image_size']} | {r['backend']} | {'yes' if r['lungs'] else 'no'} | {'on' if r['tta'] else 'off'} | {r['seconds']:.1f} | {r['slices_per_s']:.1f} | "
                      f"{r['seconds_per_300_slices']:.1f} | {'yes' if r['meets_60s_target'] else 'no'} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--workdir", type=str, default=None, help="where the volume, checkpoints and outputs go (default: a temp dir)")
+    p.add_argument("--lungs", action="store_true", help="a model with the lung output, predicted with --lungs true (the reference's way)")
+    p.add_argument("--backends", nargs="+", choices=["ckpt", "onnx"], default=["ckpt"], help="predict from the checkpoint and/or its ONNX export")
     p.add_argument("--json", type=str, default=None)
     p.add_argument("--fast", action="store_true", help="tiny smoke run")
     args = p.parse_args(argv)

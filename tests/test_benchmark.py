@@ -124,4 +124,16 @@ def test_predict_speed_fast_mode(tmp_path):
     runs = out["runs"]
     assert [(r["image_size"], r["tta"]) for r in runs] == [(32, False), (32, True), (64, False), (64, True)]
     assert all(r["seconds"] > 0 and r["slices_per_s"] > 0 for r in runs)
-    assert "| 64 | on |" in module.table(out)
+    assert "| 64 | ckpt | no | on |" in module.table(out)
+
+
+def test_predict_speed_lungs_and_onnx(tmp_path):
+    """The reference's way: a lung-output model predicted with --lungs, from the checkpoint and its ONNX export."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_speed", SCRIPT.parent / "predict_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--fast", "--sizes", "32", "--slices", "3", "--lungs", "--backends", "ckpt", "onnx", "--workdir", str(tmp_path)])
+    assert [(r["backend"], r["tta"], r["lungs"]) for r in out["runs"]] == [("ckpt", False, True), ("ckpt", True, True), ("onnx", False, True), ("onnx", True, True)]
+    assert (tmp_path / "out_32_onnx_tta" / "ct_lungs.nii.gz").is_file()

@@ -169,3 +169,58 @@ def test_nested_study_export_predicts_every_series(tiny_ckpt, ct, tmp_path, caps
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(r["status"] == "ok" and r["type"] == "volume" for r in rows)
+
+
+def test_a_real_dicom_file_reads_with_its_pixels_rescale_and_position(tmp_path):
+    """pydicom's bundled CT_small.dcm (written by a scanner, not by this project): HU is the
+    stored value + RescaleIntercept (-1024) at [column, row], and voxel (column 10, row 20) lies
+    at ImagePositionPatient + 10 steps along the row direction + 20 along the column direction."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("CT_small.dcm")  # ships in pydicom's wheel, no network
+    ref = pydicom.dcmread(src)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(src, folder / "CT_small.dcm")
+    img, hu = read_series(folder)
+    pixels = ref.pixel_array.astype(np.float32)
+    assert hu.shape == (128, 128, 1) and not np.array_equal(pixels, pixels.T)  # transposing would show
+    assert hu[10, 20, 0] == pixels[20, 10] - 1024 and np.array_equal(hu[:, :, 0], pixels.T - 1024)
+    x, y, z = -158.135803, -179.035797, -75.699997  # ImagePositionPatient (LPS), 0.661468 mm pixels
+    world = nib.affines.apply_affine(img.affine, [10, 20, 0])
+    assert world == pytest.approx([-(x + 10 * 0.661468), -(y + 20 * 0.661468), z], abs=1e-4)  # RAS
+
+
+def test_rows_columns_and_pixel_spacing_are_not_swapped(tmp_path):
+    """A series written by hand, 3 rows x 5 columns, 0.5 mm between rows and 0.8 mm between
+    columns (DICOM PixelSpacing = [row spacing, column spacing]), slices 2.5 mm apart in shuffled
+    files: every voxel's value and world position is checked against numbers computed here."""
+    rows, cols, origin = 3, 5, np.array([10.0, 20.0, 30.0])  # LPS, axial: rows run posterior (+y)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    series = generate_uid()
+    for k in (2, 0, 1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = CTImageStorage, generate_uid(), ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, series, "CT"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [10.0, 20.0, 30.0 + 2.5 * k]
+        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.8], 2.5
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        r, c = np.mgrid[:rows, :cols]
+        ds.PixelData = (100 * r + c + 1000 * k).astype(np.int16).tobytes()  # row-major: rows x columns
+        ds.save_as(folder / f"IM{(7 * k) % 3}.dcm", enforce_file_format=True)
+    img, hu = read_series(folder)
+    assert hu.shape == (cols, rows, 3)
+    for c, r, k in [(0, 0, 0), (4, 0, 0), (0, 2, 1), (4, 2, 2), (3, 1, 2)]:
+        assert hu[c, r, k] == 100 * r + c + 1000 * k - 1024, (c, r, k)
+        lps = origin + [0.8 * c, 0.5 * r, 2.5 * k]
+        assert nib.affines.apply_affine(img.affine, [c, r, k]) == pytest.approx([-lps[0], -lps[1], lps[2]]), (c, r, k)
+    assert img.header.get_zooms()[:3] == pytest.approx((0.8, 0.5, 2.5))

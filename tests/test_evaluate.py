@@ -258,3 +258,56 @@ def test_lung_dice_and_burden_per_case(lung_ckpt, tiny_data, tmp_path):
         assert c["true_percent"] == pytest.approx(truth[c["case_id"]])
         assert c["abs_error_pp"] == pytest.approx(abs(c["pred_percent"] - c["true_percent"]))
     assert (tmp_path / "r" / "involvement.png").is_file() and "Grade confusion" in (tmp_path / "r" / "metrics.md").read_text()
+
+
+def _external_folder_set(tmp_path: Path) -> Path:
+    """3 cases x 2 slices in the images/ + masks/ layout (no manifest: case ids from file names)."""
+    from covidseg.data.synthetic import generate
+
+    ext = generate(tmp_path / "external", cases=3, slices=2, size=80, seed=7)
+    (ext / "manifest.csv").unlink()
+    shutil.rmtree(ext / "lungs")
+    return ext
+
+
+def test_threshold_auto_on_an_external_set_tunes_on_the_runs_own_validation_split(tiny_ckpt, tiny_run, tmp_path, capsys):
+    """Without --split the external data holds none of the run's slices: the threshold is tuned
+    on the run's validation split in the run's own data, and the external set is scored."""
+    ckpt = shutil.copy(tiny_ckpt, tmp_path / "best.ckpt")
+    ext = _external_folder_set(tmp_path)
+    val = [r for r in _rows(tiny_run / "splits.csv") if r["split"] == "val"]
+    m = main(["--ckpt", str(ckpt), "--data.root", str(ext), "--threshold", "auto", "--output", str(tmp_path / "r")])
+    assert f"on {len(val)} validation slices" in capsys.readouterr().out
+    assert m["counts"]["images"] == 6 and m["threshold_source"].startswith("auto")
+
+
+def test_threshold_auto_on_an_external_set_refuses_when_the_runs_data_is_gone(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    import covidseg.evaluate as ev
+
+    monkeypatch.setattr(ev, "stored_data", lambda ckpt: ([str(tmp_path / "gone")], {}))
+    ckpt = shutil.copy(tiny_ckpt, tmp_path / "best.ckpt")
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(ckpt), "--data.root", str(_external_folder_set(tmp_path)), "--threshold", "auto", "--output", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = _error_line(capsys)
+    assert "--threshold auto tunes on the run's validation split" in err and "gone" in err
+
+
+def test_case_regex_groups_an_external_sets_slices_into_cases(tiny_ckpt, tmp_path, capsys):
+    ext = _external_folder_set(tmp_path)
+    apart = main(["--ckpt", str(tiny_ckpt), "--data.root", str(ext), "--output", str(tmp_path / "a")])
+    grouped = main(["--ckpt", str(tiny_ckpt), "--data.root", str(ext), "--data.case_regex", r"^(case\d+)_\d+$", "--output", str(tmp_path / "b")])
+    assert apart["dice_ci95"]["cases"] == 6 and grouped["dice_ci95"]["cases"] == grouped["counts"]["cases"] == 3
+
+
+def test_the_runs_lesion_labels_on_other_data_are_announced(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    import covidseg.evaluate as ev
+
+    real = ev.stored_data
+    monkeypatch.setattr(ev, "stored_data", lambda ckpt: (real(ckpt)[0], {**real(ckpt)[1], "lesion_labels": [255]}))
+    ext = _external_folder_set(tmp_path)
+    main(["--ckpt", str(tiny_ckpt), "--data.root", str(ext), "--output", str(tmp_path / "a")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lesion labels")]
+    assert lines == [f"lesion labels [255]: the run's mapping, applied to {ext} (--data.lesion_labels to change)"]
+    main(["--ckpt", str(tiny_ckpt), "--data.root", str(ext), "--data.lesion_labels", "[255]", "--output", str(tmp_path / "b")])
+    assert "lesion labels" not in capsys.readouterr().out  # given, not carried over: nothing to announce

@@ -103,13 +103,21 @@ def test_demo_is_the_default(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bf16_fit_reports_what_evaluate_gives_in_fp32(tiny_data, tmp_path):
-    results = _fit(tiny_data, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
+def test_bf16_fit_reports_what_evaluate_gives_in_fp32(tmp_path):
+    """The val/dice_image a bf16-mixed run logged for its best checkpoint (scored under bf16
+    autocast in validation) equals what evaluate computes in fp32 from that checkpoint on the
+    same validation slices (64 px slices: no resize difference between the two). fit's own
+    report is not compared: it calls evaluate, so it would equal it by construction."""
+    import torch
+
+    from covidseg.data.synthetic import generate
+
+    data = generate(tmp_path / "data", 8, 4, 64)
+    _fit(data, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--test", "false")
     best = tmp_path / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"
-    fp32 = evaluate(best, output=tmp_path / "eval", split="test", progress=False)
-    for key in ("per_image_mean", "global"):
-        for metric in ("dice", "auroc"):
-            assert results[key][metric] == pytest.approx(fp32[key][metric], abs=0.005), (key, metric)
+    (logged,) = [v["best_model_score"] for k, v in torch.load(best, map_location="cpu", weights_only=False)["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    fp32 = evaluate(best, output=tmp_path / "eval", split="val", progress=False)
+    assert float(logged) == pytest.approx(fp32["per_image_mean"]["dice"], abs=0.01)
 
 
 @pytest.mark.slow

@@ -89,11 +89,20 @@ def test_threshold_is_inclusive_everywhere():
 
 
 def test_segmentation_scores_under_bf16_get_fp32_probabilities():
-    probs = torch.tensor([[[[0.5009765625, 0.4990234375]]]])  # collapse to 0.5 in bf16
-    target = torch.tensor([[[[1.0, 0.0]]]])
-    m = SegmentationScores(0.5)
-    m.update(probs, target)
-    assert float(m.compute()["dice"]) == 1.0  # 0.499 stays below the threshold
+    """Under bf16-mixed the network's logits are bf16; validation scores fp32 probabilities from
+    them. A sigmoid in bf16 rounds 0.4992 (logit -0.003) up to 0.5, a false positive at 0.5."""
+    from covidseg.model.unet import LitUNet
+
+    model = LitUNet(encoder_depth=3, decoder_channels=[32, 16, 8], image_size=64, num_val_samples=0)
+    logits = torch.full((1, 1, 64, 64), 0.003, dtype=torch.bfloat16)
+    logits[..., :32] = -0.003
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 32:] = 1.0
+    assert bool((torch.sigmoid(logits) >= 0.5).all())  # what a bf16 sigmoid would score: this test can fail
+    model.forward = lambda x: logits  # the network's bf16 output under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.validation_step({"image": torch.zeros(1, 1, 64, 64), "mask": target}, 0)
+    assert float(model.val_scores.compute()["dice"]) == 1.0
 
 
 def test_no_lesion_anywhere():

@@ -53,7 +53,7 @@ def predicted_volumes(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
 def predicted_slices(tiny_ckpt, tiny_data, tmp_path_factory) -> Path:
     """predict --viewer on a folder of PNG slices grouped into cases by --case_regex."""
     out = tmp_path_factory.mktemp("pred_png") / "out"
-    args = ["--ckpt", str(tiny_ckpt), "--input", str(tiny_data / "images"), "--output", str(out), "--case_regex", r"^(case\d+)_", "--viewer", "true", "--device", "cpu"]
+    args = ["--ckpt", str(tiny_ckpt), "--input", str(tiny_data / "images"), "--output", str(out), "--case_regex", r"^(case\d+)_", "--viewer", "--device", "cpu"]  # a bare --viewer is true
     assert predict_main(args) == 0
     return out
 
@@ -149,6 +149,16 @@ def test_a_512_volume_stays_small(tmp_path):
     assert cv2.imread(str(folder / "ct_0000.jpg")).shape[:2] == (256, 256)
     per_slice = sum(p.stat().st_size for p in folder.glob("*_0*")) / 12
     assert per_slice * 300 < 3e6, f"{per_slice / 1e3:.1f} kB per slice"
+
+
+def test_cost_script_runs():
+    """scripts/viewer_cost.py (docs/PERFORMANCE.md), on a few small slices so it cannot rot."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "viewer_cost.py"
+    out = subprocess.run([sys.executable, str(script), "-n", "3", "--size", "96"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("3 slices 96x96 (synthetic): ") and "MB" in out
 
 
 def test_evaluate_volumes_has_3d_dice(tiny_ckpt, tmp_path):

@@ -305,3 +305,27 @@ def test_fit_trains_the_lung_output_on_volumes_with_left_right_lung_maps(tmp_pat
     results = _fit(root, tmp_path / "runs", "--data.lesion_labels", "[1, 2]", "--data.lung_masks", "true", "--data.image_size", "32")
     assert results["lungs"]["slices"] > 0 and 0 <= results["lungs"]["lung_dice_image"] <= 1
     assert lung_mask_of(report.samples[1]).max() == 1
+
+
+def test_slice_cache_stores_exact_hu_as_int16_and_says_where_and_how_big(tmp_path):
+    """Scaled HU (rescale intercept: float32 when loaded) is cached as int16 when exact, with the
+    same values; non-integer values stay float32; validation notes the cache folder and its size."""
+    from covidseg.data.cache import cache_volume
+    from covidseg.data.volumes import read_voxels
+
+    raw = np.arange(-300, 300, dtype=np.int16).reshape(6, 10, 10)
+    scaled = nib.Nifti1Image(raw, np.eye(4))
+    scaled.header.set_slope_inter(1.0, -1024.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    info = cache_volume(tmp_path / "scaled.nii.gz")
+    cached = np.load(info.cache)
+    assert info.dtype == "int16" and cached.dtype == np.int16
+    assert np.array_equal(cached, to_display(read_voxels(tmp_path / "scaled.nii.gz")[1], np.eye(4)))
+    half = nib.Nifti1Image(raw, np.eye(4))
+    half.header.set_slope_inter(0.5, -1024.0)
+    nib.save(half, tmp_path / "half.nii.gz")
+    assert cache_volume(tmp_path / "half.nii.gz").dtype == "float32"
+    root = generate_volumes(tmp_path / "v", cases=2, slices=3, size=16)
+    note = [n for n in validate_data([root], lesion_labels=[1, 2], progress=False).notes if n.startswith("slice cache")]
+    assert len(note) == 1 and str(cache_dir()) in note[0] and "delete the folder to clear it" in note[0]
+    assert not [n for n in validate_data([root], lesion_labels=[1, 2], progress=False).notes if n.startswith("slice cache")]  # nothing new: no note

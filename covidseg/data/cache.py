@@ -5,7 +5,10 @@ so each volume is decoded once (during validation) into an uncompressed ``.npy``
 order ``[Z, H, W]`` under ``$COVIDSEG_CACHE/volumes`` (default ``~/.cache/covidseg/volumes``),
 keyed by path, modification time and size. A sample maps the file, copies its one slice and
 unmaps it, so a worker holds one slice, not volumes (measured: ``scripts/volume_memory.py``,
-docs/PERFORMANCE.md). The cache is never pruned; delete the folder to reclaim disk.
+docs/PERFORMANCE.md). HU stored as float (a rescale slope/intercept) is cached as ``int16``
+when that is exact (whole numbers in range: the usual CT case), half the disk of ``float32``.
+The cache is never pruned: validation notes its folder and size whenever it grew
+(``cache_note``); delete the folder to reclaim disk.
 
 Mask volumes are read through the one label rule (``io.lesion_mask``), as 2D masks are.
 """
@@ -52,6 +55,38 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COVIDSEG_CACHE", Path.home() / ".cache" / "covidseg")) / "volumes"
 
 
+_written = [0]  # bytes this process added to the slice cache
+
+
+def cache_note() -> str | None:
+    """``slice cache DIR: SIZE (+ADDED now; delete the folder to clear it)`` after this process
+    added to the cache (reset on each call), else ``None``."""
+    added, _written[0] = _written[0], 0
+    if not added:
+        return None
+    total = sum(p.stat().st_size for p in cache_dir().glob("*") if p.is_file())
+    return f"slice cache {cache_dir()}: {_size(total)} (+{_size(added)} now; delete the folder to clear it)"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _exact_int16(display: np.ndarray) -> np.ndarray:
+    """Float HU as ``int16`` when every value is a whole number in range (checked slice by
+    slice, no second copy of the volume), else unchanged."""
+    if display.dtype.kind != "f":
+        return display
+    for x in display:
+        if not (np.all(np.rint(x) == x) and x.min(initial=0) >= -32768 and x.max(initial=0) <= 32767):
+            return display
+    return display.astype(np.int16)
+
+
 def _cache_key(path: Path) -> str:
     """Path, modification time and size; for a DICOM folder, the newest file and total size."""
     stats = [p.stat() for p in path.iterdir() if p.is_file()] if path.is_dir() else [path.stat()]
@@ -77,11 +112,14 @@ def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:
     img, data = read_voxels(path)
     display = to_display(data, img.affine)
     del data
+    if not mask:
+        display = _exact_int16(display)
     values = tuple(v.item() for v in np.unique(np.concatenate([np.unique(x) for x in display]))) if mask else None  # per slice: no sort of the whole volume
     meta.parent.mkdir(parents=True, exist_ok=True)
     npy = meta.with_suffix(".npy")
     tmp = npy.with_name(f"{key}.{os.getpid()}.tmp.npy")
     np.save(tmp, display)
+    _written[0] += tmp.stat().st_size
     os.replace(tmp, npy)  # atomic: DDP ranks and workers may race here
     info = VolumeInfo(str(path), str(npy), tuple(display.shape), tuple(map(tuple, img.affine.tolist())), tuple(float(z) for z in img.header.get_zooms()[:3]), str(display.dtype), values)
     tmp = meta.with_name(f"{key}.{os.getpid()}.tmp.json")

@@ -89,7 +89,8 @@ class CTDataModule(pl.LightningDataModule):
         num_folds, fold: patient-level K-fold; fold ``fold`` validates (test stays held out).
         split_file: reuse a ``splits.csv`` instead of splitting.
         case_regex: regex whose first group is the case id, applied to image file stems.
-        empty_masks: slices without lesion: ``keep``, ``drop`` (counted) or ``error``.
+        empty_masks: masks without lesion: ``keep``, ``drop`` (counted) or ``error``; per slice
+            file, or per whole volume (a volume with lesion keeps its lesion-free slices).
         lesion_labels: mask values that are lesion, e.g. ``[1, 2]`` (MedSeg ground-glass and
             consolidation). ``None``: masks must be binary ({0, 1}, {0, 255}); a label map is
             refused before training, naming the files and the values found.

@@ -19,13 +19,13 @@ from typing import Iterable, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from covidseg.data.cache import cache_volume
+from covidseg.data.cache import cache_note, cache_volume
 from covidseg.data.io import ImageReadError, format_values, grey_level_message, is_binary, is_grey_level, lesion_mask, mask_values, read_image, read_label_map
 from covidseg.data.layouts.find import find_pairs
 from covidseg.data.layouts.folders import is_3d
 from covidseg.data.layouts.nnunet import label_names
 from covidseg.data.samples import Sample
-from covidseg.data.volumes import is_volume
+from covidseg.data.volumes import display_affine, is_volume
 from covidseg.errors import DataError, VolumeReadError
 
 EmptyMaskPolicy = Literal["keep", "drop", "error"]
@@ -84,11 +84,18 @@ def _label_problems(labelled: list[tuple[str, list]], names: dict[int, str]) -> 
 
 
 def _geometry_problem(image, other, path: str, what: str, image_path: str) -> str | None:
-    """Why a mask volume ``other`` does not lie on its image's voxels, or ``None``."""
-    if image.shape == other.shape and np.allclose(image.affine, other.affine, rtol=1e-4, atol=1e-3):
-        return None
-    diff = float(np.abs(np.subtract(image.affine, other.affine)).max()) if image.shape == other.shape else None
-    why = f"affine differs by up to {diff:.3g} mm" if diff is not None else f"shape {'x'.join(map(str, other.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
+    """Why a mask volume ``other`` does not lie on its image's voxels, or ``None``.
+
+    Compared in world space on the display grid (``volumes.display_affine``), where both cached
+    arrays already are: a mask stored in another voxel order (another tool's writer) but on the
+    same voxels is accepted, and is read reoriented like its image; only a real mismatch of
+    shape, position, spacing or direction is refused."""
+    if image.shape == other.shape:
+        a, b = display_affine(np.array(image.affine), image.shape), display_affine(np.array(other.affine), other.shape)
+        if np.allclose(a, b, rtol=1e-4, atol=1e-3):
+            return None
+    diff = float(np.abs(np.subtract(a, b)).max()) if image.shape == other.shape else None
+    why = f"affine differs by up to {diff:.3g} mm, compared in world space" if diff is not None else f"shape {'x'.join(map(str, other.shape))} vs image {'x'.join(map(str, image.shape))} (slices x rows x columns)"
     return f"{path}: {what}does not match its image {image_path}: {why}"
 
 
@@ -157,7 +164,7 @@ def validate_data(
     notes: list[str] = []
     samples, layouts, problems = find_pairs(roots, case_regex, notes)
     labelled: list[tuple[str, list]] = []
-    kept, empty, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, set(), False, set()
+    kept, empty, dropped, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, 0, set(), False, set()
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
         if is_3d(s.image):
             checked = _check_volume(s, lesion_labels, problems, labelled, lung_values)
@@ -194,14 +201,21 @@ def validate_data(
             values |= set(found)
             pixels = raw_mask.size
             pairs = [(s, int(lesion_mask(raw_mask, lesion_labels, s.mask).sum()))]
+        # empty_masks applies to the unit of a case: a slice file, or a whole volume (a volume
+        # with lesion keeps its lesion-free slices; one without is kept, dropped or refused whole)
+        volume_empty = is_3d(s.image) and not any(lesion for _, lesion in pairs)
+        if volume_empty and empty_masks == "error":
+            problems.append(f"{s.mask}: mask volume has no lesion (empty_masks=error)")
+            continue
         for sample, lesion in pairs:
             any_lesion |= lesion > 0
             if lesion == 0:
                 empty += 1
-                if empty_masks == "error":
-                    problems.append(f"{sample.mask}{'' if sample.slice is None else f' slice {sample.slice}'}: mask has no lesion (empty_masks=error)")
+                if (sample.slice is None or volume_empty) and empty_masks == "error":
+                    problems.append(f"{sample.mask}: mask has no lesion (empty_masks=error)")
                     continue
-                if empty_masks == "drop":
+                if (sample.slice is None or volume_empty) and empty_masks == "drop":
+                    dropped += 1
                     continue
             lesion_px += lesion
             total_px += pixels
@@ -224,6 +238,7 @@ def validate_data(
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
         raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
-    dropped = empty if empty_masks == "drop" else 0
+    if volumes and (note := cache_note()):
+        notes.append(note)
     return DataReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels), notes)
 

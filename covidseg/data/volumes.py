@@ -35,7 +35,7 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from covidseg.data.dicom import read_series
 from covidseg.errors import VolumeReadError
@@ -92,6 +92,19 @@ def display_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     for axis, (target, _) in enumerate(ornt):
         out[int(target)] = float(zooms[axis]) if zooms[axis] > 0 else 1.0
     return out[2], out[0], out[1]
+
+
+def display_affine(affine: np.ndarray, display_shape: tuple[int, int, int]) -> np.ndarray:
+    """The affine of ``to_display``'s output: display voxel ``(z, h, w, 1)`` -> world mm.
+
+    Two volumes whose display shapes and display affines agree lie on the same voxels in world
+    space, whatever voxel order each file stores (``validate`` compares masks to images so)."""
+    ornt = ornt_transform(_display_ornt(affine), axcodes2ornt(DISPLAY_AXCODES))
+    z, h, w = display_shape
+    reoriented = (h, w, z)  # the P, L, S axes before the slice axis moves first
+    stored = [reoriented[int(target)] for target, _ in ornt]
+    out = np.asarray(affine, np.float64) @ inv_ornt_aff(ornt, stored)
+    return out[:, [2, 0, 1, 3]]
 
 
 def from_display(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:

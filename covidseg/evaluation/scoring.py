@@ -114,12 +114,12 @@ def score(
         )  # fmt: skip
         if s.slice is not None:
             if volume is not None and volume.sample.image != s.image:
-                out.cases.append(volume.finish(lesion_labels, tolerance_mm))
+                out.cases.append(volume.finish(lesion_labels, tolerance_mm, predictor, threshold, batch_size))
                 volume = None
             volume = volume or _Volume(s)
             volume.slices[s.slice] = prob >= threshold
     if volume is not None:
-        out.cases.append(volume.finish(lesion_labels, tolerance_mm))
+        out.cases.append(volume.finish(lesion_labels, tolerance_mm, predictor, threshold, batch_size))
     return out
 
 
@@ -133,19 +133,27 @@ def _lung_row(s: Sample, lesion: np.ndarray, truth: np.ndarray, lungs: np.ndarra
 
 
 class _Volume:
-    """The predicted slices of one volume, scored in 3D against its whole mask once complete."""
+    """The predicted slices of one volume, scored in 3D against its whole mask once complete.
+
+    Slices the samples left out (``empty_masks=drop``: no lesion in the truth) are predicted
+    here, so false positives on them count in the case's Dice, HD95 and mL (issue 23, item 6);
+    they are not rows of the per-slice table."""
 
     def __init__(self, sample: Sample):
         self.sample, self.slices = sample, {}
 
-    def finish(self, lesion_labels: list[int] | None, tolerance_mm: float) -> dict:
-        from covidseg.data.cache import read_mask_volume
+    def finish(self, lesion_labels: list[int] | None, tolerance_mm: float, predictor: Predictor, threshold: float, batch_size: int = 8) -> dict:
+        from covidseg.data.cache import read_hu_slice, read_mask_volume
         from covidseg.metrics.volume import case_metrics
 
         truth, spacing = read_mask_volume(self.sample.mask, lesion_labels)
-        pred = np.zeros(truth.shape, bool)  # slices left out of the split (e.g. empty_masks=drop) predict nothing
+        pred = np.zeros(truth.shape, bool)
         for k, mask in self.slices.items():
             pred[k] = mask
+        missing = [k for k in range(truth.shape[0]) if k not in self.slices]
+        raws = (read_hu_slice(self.sample.image, k, predictor.card.window) for k in missing)
+        for k, m in zip(missing, predictor.predict_maps(raws, batch_size)):
+            pred[k] = m[0] >= threshold
         return {"case_id": self.sample.case_id, "file": self.sample.image, "slices": len(self.slices), **case_metrics(pred, truth, spacing, tolerance_mm)}
 
 

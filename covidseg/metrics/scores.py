@@ -31,6 +31,9 @@ METRICS = ("dice", "iou", "recall", "specificity", "precision", "accuracy", "aur
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 .. 0.95
 # Logged names, shared with callbacks' ``monitor`` and the reports. The headline is per-image Dice.
 VAL_DICE_IMAGE = "val/dice_image"
+# volume sources: most axial slices hold no lesion and score 1.0 when left empty, so fit monitors
+# the per-image Dice over the slices whose truth has lesion (issue 23, item 5)
+VAL_DICE_LESION_IMAGE = "val/dice_lesion_image"
 VAL_LOSS = "val/loss"
 TRAIN_LOSS = "train/loss"
 
@@ -164,11 +167,15 @@ def epoch_scores(counts: np.ndarray, pos: np.ndarray | None = None, neg: np.ndar
         pos, neg: optional pooled ``[bins]`` lesion / background histograms.
 
     Returns:
-        ``{dice, iou, recall, specificity, precision, accuracy, dice_image[, auroc]}`` (floats, ``nan`` if undefined).
+        ``{dice, iou, recall, specificity, precision, accuracy, dice_image, dice_lesion_image[, auroc]}``
+        (floats, ``nan`` if undefined); ``dice_lesion_image`` is the per-image Dice over the
+        slices whose truth has lesion (``nan`` without one).
     """
     counts = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
     out = {k: float(v) for k, v in rates(*counts.sum(0)).items()}
     out["dice_image"] = float(rates(*counts.T)["dice"].mean()) if len(counts) else float("nan")
+    lesion = counts[counts[:, 0] + counts[:, 2] > 0]
+    out["dice_lesion_image"] = float(rates(*lesion.T)["dice"].mean()) if len(lesion) else float("nan")
     if pos is not None:
         auc = roc_from_histograms(pos, neg)[2]
         out["auroc"] = float("nan") if auc is None else auc

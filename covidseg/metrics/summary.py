@@ -152,8 +152,10 @@ def summarize(counts: np.ndarray, image_auroc: np.ndarray, pos: np.ndarray, neg:
 
 def headline(metrics: dict) -> dict[str, float]:
     """The flat ``{name: value}`` a ``summarize`` result is logged as (``test/*`` in TensorBoard,
-    the table ``fit`` prints): per-image Dice first, then the global pixel metrics."""
-    out = {"dice_image": metrics["per_image_mean"]["dice"]}
+    the table ``fit`` prints): per-image Dice first, then the global pixel metrics; for volumes
+    (``per_case``), the per-case 3D Dice comes first: the case is the unit there."""
+    out = {"dice_case": metrics["per_case"]["mean"]["dice"]} if metrics.get("per_case") else {}
+    out["dice_image"] = metrics["per_image_mean"]["dice"]
     out.update({k: v for k, v in metrics["global"].items() if v is not None})
     return out
 

@@ -261,7 +261,7 @@ class LitUNet(pl.LightningModule):
             return opt
         if hp.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=5)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": VAL_DICE_IMAGE}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": getattr(self, "monitor", VAL_DICE_IMAGE)}}
         epochs = max(1, self.trainer.max_epochs or 1) if self._trainer is not None else 100
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=hp.lr * 0.01)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

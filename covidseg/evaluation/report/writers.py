@@ -26,7 +26,11 @@ def _fmt(x) -> str:
 
 def metric_table(metrics: dict) -> str:
     """The markdown table ``metric | per-image mean | global`` of a ``summarize`` result."""
-    lines = ["| metric | per-image mean | global (pooled pixels) |", "|---|---|---|"]
+    lines = []
+    if metrics.get("per_case"):  # volumes: the case is the unit, its 3D Dice the headline
+        pc = metrics["per_case"]
+        lines += [f"per-case 3D Dice (headline, {pc['cases']} volumes): {_fmt(pc['mean']['dice'])}", ""]
+    lines += ["| metric | per-image mean | global (pooled pixels) |", "|---|---|---|"]
     for k in METRICS:
         lines.append(f"| {LABELS[k]} | {_fmt(metrics['per_image_mean'][k])} | {_fmt(metrics['global'][k])} |")
     ci = metrics["dice_ci95"]
