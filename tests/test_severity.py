@@ -5,12 +5,12 @@ import csv
 import numpy as np
 import pytest
 
-from covidseg.metrics.severity import aggregate_cases, grade, involvement, write_cases
+from covidseg.metrics.severity import CT0_MAX_PERCENT, aggregate_cases, grade, involvement, write_cases
 
 
 @pytest.mark.parametrize(
     ("percent", "expected"),
-    [(0.0, "CT-0"), (1e-9, "CT-1"), (24.999, "CT-1"), (25.0, "CT-2"), (49.999, "CT-2"), (50.0, "CT-3"), (74.999, "CT-3"), (75.0, "CT-4"), (100.0, "CT-4"), (None, None)],
+    [(0.0, "CT-0"), (1e-9, "CT-0"), (CT0_MAX_PERCENT * 0.999, "CT-0"), (CT0_MAX_PERCENT, "CT-1"), (24.999, "CT-1"), (25.0, "CT-2"), (49.999, "CT-2"), (50.0, "CT-3"), (74.999, "CT-3"), (75.0, "CT-4"), (100.0, "CT-4"), (None, None)],
 )
 def test_grade_edges(percent, expected):
     assert grade(percent) == expected
@@ -78,3 +78,36 @@ def test_lung_gate_script_runs_on_a_lung_model_run(lung_ckpt, capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| lung gate")]
     assert [r.split(" | ")[0].lstrip("| ") for r in rows] == ["None", "0", "3", "7"] and "best: gate=" in out
+
+
+def test_one_false_positive_pixel_leaves_a_healthy_study_ct0():
+    """A lesion-free study (30 slices of 2,000 lung pixels) with one false-positive pixel, or a
+    dozen scattered ones, stays CT-0; a lesion at the floor's size is CT-1."""
+    lungs = np.ones((30, 40, 50), bool)
+    lesion = np.zeros_like(lungs)
+    lesion[3, 10, 10] = True
+    assert grade(involvement(lesion, lungs)[2]) == "CT-0"
+    lesion.flat[np.random.default_rng(0).choice(lesion.size, 12, replace=False)] = True
+    assert grade(involvement(lesion, lungs)[2]) == "CT-0"
+    lesion.flat[: int(np.ceil(CT0_MAX_PERCENT / 100 * lungs.size))] = True
+    assert grade(involvement(lesion, lungs)[2]) == "CT-1"
+
+
+def test_lesion_free_synthetic_cases_and_the_floor_measurement(lung_ckpt, tmp_path, capsys):
+    """generate(lesions=False) writes the demo's anatomy with empty masks; scripts/ct0_floor.py
+    measures a lung model's predicted involvement on such cases."""
+    import importlib.util
+    from pathlib import Path
+
+    from covidseg.data.io import read_mask
+    from covidseg.data.synthetic import generate
+
+    root = generate(tmp_path / "healthy", cases=2, slices=3, size=64, lesions=False)
+    assert all(read_mask(p).sum() == 0 for p in (root / "masks").iterdir()) and all(read_mask(p).any() for p in (root / "lungs").iterdir())
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ct0_floor.py"
+    spec = importlib.util.spec_from_file_location("ct0_floor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main([str(lung_ckpt), "--cases", "2", "--slices", "2", "--size", "80"])
+    assert out["cases"] == 2 and set(out["per_case_percent"]) == {"case000", "case001"} and out["floor_percent"] == CT0_MAX_PERCENT
+    assert "lesion-free cases have predicted lesion in the lungs" in capsys.readouterr().out

@@ -62,15 +62,17 @@ def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), mask, lungs.astype(np.uint8)
 
 
-def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 128, seed: int = 0) -> Path:
-    """Writes the demo set (manifest layout) and returns ``out_dir``. Same arguments, same bytes."""
+def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 128, seed: int = 0, lesions: bool = True) -> Path:
+    """Writes the demo set (manifest layout) and returns ``out_dir``. Same arguments, same bytes.
+    ``lesions=False``: the same kind of cases without any lesion (empty masks), e.g. to measure
+    what a model predicts on lesion-free studies (``scripts/ct0_floor.py``)."""
     out = Path(out_dir)
     rows = []
     for c in range(cases):
         rng = np.random.default_rng([seed, c])
         shape = rng.uniform(-1, 1, 4)
         for k in range(slices):
-            n_lesions = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2]))
+            n_lesions = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2])) if lesions else 0
             image, mask, lungs = make_slice(rng, size, n_lesions, shape)
             name = f"case{c:03d}_{k:02d}.png"
             write_image(out / "images" / name, image)

@@ -5,6 +5,13 @@ Related Findings Dataset", 2020), by the share of lung parenchyma involved:
 
     CT-0: no lesion      CT-1: < 25 %      CT-2: 25 - < 50 %      CT-3: 50 - < 75 %      CT-4: >= 75 %
 
+"No lesion" is read as an involvement below ``CT0_MAX_PERCENT`` (a floor): without one, a
+single false-positive pixel inside the lungs makes a healthy study CT-1 and CT-0 is practically
+unreachable for a model (issue 23, item 11). The floor applies to every involvement graded here,
+predicted and true alike, so both are graded by one rule. It was set above the largest
+involvement a model predicted on lesion-free synthetic cases (``scripts/ct0_floor.py``; the
+measurement is in the README, "Severity"), which is a stand-in for real lesion-free studies.
+
 ``involvement`` counts lesion pixels inside the lung mask only, so a lesion mask that spills
 outside the lungs does not inflate the burden. Cases (patients) are graded on their summed
 pixels (or voxels) over all their slices, never on a mean of slice percentages.
@@ -21,6 +28,7 @@ import numpy as np
 
 GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 LUNG_THRESHOLD = 0.5  # lung probabilities -> lung mask (lungs are large and clear-cut; the lesion has its own threshold)
+CT0_MAX_PERCENT = 0.1  # involvement (percent of lung) below which a study is CT-0; see the module docstring
 EDGES = (25.0, 50.0, 75.0)  # percent of lung involved: upper edges of CT-1, CT-2, CT-3 (exclusive)
 CASE_FIELDS = ("case_id", "slices", "lesion_pixels", "lung_pixels", "lesion_in_lung_pixels", "involvement_percent", "severity")
 
@@ -40,11 +48,11 @@ def involvement(lesion: np.ndarray, lungs: np.ndarray) -> tuple[int, int, float 
 
 
 def grade(percent: float | None) -> str | None:
-    """The CT-0 ... CT-4 grade of an involvement in percent (``None`` if undefined): no lesion
-    pixel in the lungs is CT-0, any at all is at least CT-1."""
+    """The CT-0 ... CT-4 grade of an involvement in percent (``None`` if undefined): below
+    ``CT0_MAX_PERCENT`` of the lungs is CT-0, from it on at least CT-1."""
     if percent is None:
         return None
-    if percent <= 0.0:
+    if percent < CT0_MAX_PERCENT:
         return GRADES[0]
     for i, edge in enumerate(EDGES, start=1):
         if percent < edge:
