@@ -92,7 +92,7 @@ def test_split_smaller_than_world_size_is_one_line_error(tmp_path):
 
 @pytest.mark.parametrize(("local_world_size", "cores", "expected"), [(None, 32, 8), ("1", 32, 8), ("4", 32, 4), ("8", 32, 2), ("8", 8, 1), ("2", 1, 1)])
 def test_workers_are_shared_by_the_processes_of_a_node(monkeypatch, local_world_size, cores, expected):
-    from covidseg import datamodule
+    from covidseg.data import datamodule
 
     if local_world_size is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -109,7 +109,7 @@ def test_default_workers_follow_the_trainers_processes(tiny_data, monkeypatch, d
     are decided from the trainer it is attached to."""
     import pytorch_lightning as pl
 
-    from covidseg import datamodule
+    from covidseg.data import datamodule
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
