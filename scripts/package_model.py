@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     output = a.output or REPO / "covidseg" / "model" / "pretrained" / f"{a.name}.ckpt"
     try:
-        model_card = read_card(read_checkpoint(a.ckpt))
+        loaded = read_checkpoint(a.ckpt)
+        model_card = read_card(loaded)
         checks = {}
         for root in a.slices:
             samples = validate_data([root]).samples
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             volume = a.volume or make_volume(Path(tmp) / "ct.nii.gz", a.volume_slices, 512)
             checks[f"volume:{volume.name if a.volume else 'generated 512x512x%d CT' % a.volume_slices}"] = list(read_volume(volume, *model_card.window)[1])
-        hp = read_checkpoint(a.ckpt)["hyper_parameters"]
+        hp = loaded["hyper_parameters"]
         card = {
             "name": a.name,
             "version": a.version,

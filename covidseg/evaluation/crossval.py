@@ -48,10 +48,8 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
         predictor = Predictor(ckpt, device="cpu", tta=tta, threshold=REPORTED)
         scores = score(predictor, samples, REPORTED, batch_size=16, progress=progress, desc=f"fold {key}")
         dice = scores.dice_by_threshold(THRESHOLDS)  # [N, T]
-        by_threshold = {
-            f"{t:.1f}": {src: float(np.mean([dice[i, j] for i in range(len(samples)) if sources[i] == src])) for src in sorted(set(sources))}
-            for j, t in enumerate(THRESHOLDS)
-        }
+        of_source = {src: np.asarray(sources) == src for src in sorted(set(sources))}
+        by_threshold = {f"{t:.1f}": {src: float(dice[rows, j].mean()) for src, rows in of_source.items()} for j, t in enumerate(THRESHOLDS)}
         summary = summarize(np.asarray(scores.counts), np.asarray(scores.auroc), scores.pos, scores.neg, cases, sources, REPORTED)
         per_source = summary.get("per_source") or {
             sources[0]: {"images": len(samples), "cases": len(set(cases)), "dice_image": summary["per_image_mean"]["dice"],

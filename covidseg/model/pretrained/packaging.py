@@ -83,7 +83,8 @@ def write(ckpt_path: str | Path, output: str | Path, card: dict, checks: dict[st
     tmp = output.with_name(output.name + ".tmp.ckpt")
     original = Predictor(ckpt_path, device="cpu")
     card = dict(card)
-    torch.save(slim(read_checkpoint(ckpt_path), card), tmp)
+    payload = slim(read_checkpoint(ckpt_path), card)
+    torch.save(payload, tmp)
     try:
         candidate = Predictor(tmp, device="cpu")
         reports, failures = {}, []
@@ -93,8 +94,7 @@ def write(ckpt_path: str | Path, output: str | Path, card: dict, checks: dict[st
         if failures:
             raise CovidSegError(f"{ckpt_path}: not packaged, the slim model disagrees with it ({'; '.join(failures)})")
         card["agreement"] = {"rule": f"mean per-slice Dice >= {min_dice} (lesion and lungs), probabilities within {max_prob_diff}", **reports}
-        payload = torch.load(tmp, map_location="cpu", weights_only=True)
-        payload[CARD_KEY] = {**payload[CARD_KEY], **card}
+        payload[CARD_KEY] = {**payload[CARD_KEY], **card}  # the agreement, measured on the file as written
         torch.save(payload, tmp)
         os.replace(tmp, output)
         return payload[CARD_KEY]
