@@ -68,6 +68,15 @@ def metrics_of(report: Path) -> dict:
     return {"dice_image": m["per_image_mean"]["dice"], "dice": m["global"]["dice"], "auroc": m["global"]["auroc"]}
 
 
+def onnx_has_cuda() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        return False
+
+
 def write_volume(path: Path, size: int, slices: int) -> None:
     """A small CT-like volume in HU (body, lungs, a brighter lesion) as NIfTI."""
     import nibabel as nib
@@ -124,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     pred = ["-m", "covidseg", "predict", "--input", inputs, "--probabilities", "true", "--overwrite", "true"]
     s.run("predict ckpt TTA", [*pred, "--ckpt", str(best), "--output", str(out / "pred_ckpt"), "--tta", "true", "--device", device])
     s.run("export", ["-m", "covidseg", "export", "--ckpt", str(best), "--output", str(out / "model.onnx")])
-    step = s.run("predict onnx TTA", [*pred, "--ckpt", str(out / "model.onnx"), "--output", str(out / "pred_onnx"), "--tta", "true", "--device", device])
+    onnx_device = device if device == "cpu" or onnx_has_cuda() else "cpu"
+    step = s.run("predict onnx TTA", [*pred, "--ckpt", str(out / "model.onnx"), "--output", str(out / "pred_onnx"), "--tta", "true", "--device", onnx_device])
+    if onnx_device != device:
+        step["note"] = "onnxruntime has no CUDAExecutionProvider here (onnxruntime-gpu not installed): ONNX predicted on the CPU"
     if step["exit_code"] == 0 and (out / "pred_ckpt").is_dir():
         diffs = [float(np.abs(np.load(f) - np.load(out / "pred_onnx" / f.name)).max()) for f in sorted((out / "pred_ckpt").glob("*.npy"))]
         step["max_abs_prob_diff_vs_ckpt"] = max(diffs) if diffs else None
