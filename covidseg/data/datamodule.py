@@ -12,6 +12,8 @@ it (``covidseg.data.patches``, drawn after augmentation), while validation and t
 
 from __future__ import annotations
 
+import inspect
+
 import os
 from collections import Counter
 from pathlib import Path
@@ -255,7 +257,7 @@ class CTDataModule(pl.LightningDataModule):
         if log_dir and self.trainer.is_global_zero:
             write_splits(Path(log_dir) / "splits.csv", self.validated().samples, self.split)
         hp = self.hparams
-        aug = train_transforms(hp.rotate, hp.zoom, hp.shift, hp.hflip, hp.vflip, hp.brightness, hp.contrast, hp.gamma, hp.blur, hp.soft_masks)
+        aug = train_transforms(**{name: hp[name] for name in inspect.signature(train_transforms).parameters})
         for name in ("train", "val", "test"):
             train = name == "train"
             patches = dict(patch_size=hp.patch_size, foreground_fraction=hp.foreground_fraction) if train else {}

@@ -9,6 +9,7 @@ import cv2
 
 
 def train_transforms(
+    *,
     rotate: float = 10.0,
     zoom: float = 0.1,
     shift: float = 0.1,

@@ -99,6 +99,13 @@ def _geometry_problem(image, other, path: str, what: str, image_path: str) -> st
     return f"{path}: {what}does not match its image {image_path}: {why}"
 
 
+def _size_problem(image: np.ndarray, other: np.ndarray, path: str, what: str, image_path: str) -> str | None:
+    """A 2D mask of another height or width than its image (width x height, as viewers show)."""
+    if image.shape == other.shape:
+        return None
+    return f"{image_path}: image {image.shape[1]}x{image.shape[0]} but {what} {path} is {other.shape[1]}x{other.shape[0]}"
+
+
 def _check_lungs(path: str, values: list, problems: list[str], lung_values: set) -> bool:
     """A lung mask's values: anything but grey levels (lungs are every non-zero value, or the
     ``lung_labels``); records the problem and returns ``False`` otherwise."""
@@ -180,8 +187,8 @@ def validate_data(
             except ImageReadError as err:
                 problems.append(str(err))
                 continue
-            if image.shape != raw_mask.shape:
-                problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but mask {s.mask} is {raw_mask.shape[1]}x{raw_mask.shape[0]}")
+            if why := _size_problem(image, raw_mask, s.mask, "mask", s.image):
+                problems.append(why)
                 continue
             if s.lung_mask is not None:
                 try:
@@ -189,8 +196,8 @@ def validate_data(
                 except ImageReadError as err:
                     problems.append(str(err))
                     continue
-                if raw_lungs.shape != image.shape:
-                    problems.append(f"{s.image}: image {image.shape[1]}x{image.shape[0]} but lung mask {s.lung_mask} is {raw_lungs.shape[1]}x{raw_lungs.shape[0]}")
+                if why := _size_problem(image, raw_lungs, s.lung_mask, "lung mask", s.image):
+                    problems.append(why)
                     continue
                 if not _check_lungs(s.lung_mask, mask_values(raw_lungs), problems, lung_values):
                     continue

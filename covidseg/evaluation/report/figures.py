@@ -25,12 +25,8 @@ def roc_figure(pos: np.ndarray, neg: np.ndarray, point: tuple[float, float] | No
     ax.plot([0, 1], [0, 1], ls=":", c="grey", label="chance")
     if auc is not None:
         ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {auc:.4f})")
-    if point is not None and None not in point:
-        ax.plot(*point, "o", c="crimson", label=f"threshold {threshold:.2f}")
-    ax.set(xlim=(-0.01, 1.01), ylim=(0, 1.02), xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)")
-    ax.set_title("Pixel ROC" + (f", AUC = {auc:.4f}" if auc is not None else " (undefined: one class only)"))
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    title = "Pixel ROC" + (f", AUC = {auc:.4f}" if auc is not None else " (undefined: one class only)")
+    _finish_curve(ax, point, threshold, "false positive rate (1 - specificity)", "true positive rate (sensitivity)", title, "lower right")
     return fig
 
 
@@ -44,13 +40,19 @@ def pr_figure(pos: np.ndarray, neg: np.ndarray, point: tuple[float | None, float
         ax.axhline(pos.sum() / total, ls=":", c="grey", label=f"prevalence {pos.sum() / total:.3f}")
     if ap is not None:
         ax.plot(recall, precision, lw=2, label=f"PR (AP = {ap:.3f})")
+    title = "Pixel precision-recall" + (f", AP = {ap:.3f}" if ap is not None else " (undefined: no lesion)")
+    _finish_curve(ax, point, threshold, "recall (sensitivity)", "precision", title, "lower left")
+    return fig
+
+
+def _finish_curve(ax, point, threshold: float, xlabel: str, ylabel: str, title: str, legend: str) -> None:
+    """The operating point, unit axes, labels, title, legend and grid shared by ROC and PR."""
     if point is not None and None not in point:
         ax.plot(*point, "o", c="crimson", label=f"threshold {threshold:.2f}")
-    ax.set(xlim=(-0.01, 1.01), ylim=(0, 1.02), xlabel="recall (sensitivity)", ylabel="precision")
-    ax.set_title("Pixel precision-recall" + (f", AP = {ap:.3f}" if ap is not None else " (undefined: no lesion)"))
-    ax.legend(loc="lower left")
+    ax.set(xlim=(-0.01, 1.01), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend)
     ax.grid(alpha=0.3)
-    return fig
 
 
 def confusion_figure(tp: int, fp: int, fn: int, tn: int, threshold: float) -> Figure:
