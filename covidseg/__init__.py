@@ -3,7 +3,9 @@
 Subpackages by job; imports run one way, from the commands down:
 
 * the commands: ``cli`` (``covidseg``), ``fit``, ``evaluate``, ``predict``, ``export``, ``models``,
-  with ``options`` (their shared flags) and ``predict_jobs`` (what predict reads and writes);
+  with ``options`` (their shared flags);
+* ``prediction``: what predict reads and writes (``jobs``) and the prediction of a list of
+  inputs (``run``);
 * ``evaluation``: a model scored on data at its operating point (scoring, runs, report, crossval);
 * ``viewer``: the offline HTML case viewer;
 * ``model``: the LightningModule, its losses and callbacks, the model card, checkpoints, the

@@ -19,8 +19,9 @@ from covidseg.data.synthetic import generate_volumes
 from covidseg.data.volumes import read_volume
 from covidseg.errors import VolumeReadError
 from covidseg.model.predictor import Predictor
-from covidseg.predict import main, predict_paths
-from covidseg.predict_jobs import list_inputs
+from covidseg.predict import main
+from covidseg.prediction import predict_paths
+from covidseg.prediction import list_inputs
 
 
 def write_series(img: nib.Nifti1Image, folder: Path, slope: float = 0.5, intercept: float = -2048.0, series_uid: str | None = None, skip: tuple[int, ...] = ()) -> Path:

@@ -17,7 +17,7 @@ from covidseg.model.card import card_from_onnx, read_card
 from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
 from covidseg.model.onnx import ProbabilityModel, export_onnx
 from covidseg.model.predictor import Predictor
-from covidseg.predict import predict_paths
+from covidseg.prediction import predict_paths
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from covidseg.model.card import ModelCard, card_from_onnx, read_card
 from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
 from covidseg.model.predictor import Predictor
 from covidseg.model.unet import LitUNet
-from covidseg.predict import predict_paths
+from covidseg.prediction import predict_paths
 
 IMAGE, PATCH = 96, 48  # whole slices at 96 px (tiny_data is 80 px), patches of 48 px
 

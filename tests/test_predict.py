@@ -20,7 +20,8 @@ from covidseg.data.volumes import to_display
 from covidseg.errors import CovidSegError
 from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
 from covidseg.model.predictor import Predictor
-from covidseg.predict import main, predict_paths
+from covidseg.predict import main
+from covidseg.prediction import predict_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
