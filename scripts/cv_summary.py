@@ -67,6 +67,29 @@ def paired(name: str, records: dict[int, dict], ref_name: str, refs: dict[int, d
     cells = [f"{ma[s]:.3f} / {mb[s]:.3f} / {statistics.mean(diffs[s]):+.3f} (sd {_fmt(sd(diffs[s]))})" for s in sources]
     total = statistics.mean(statistics.mean(d) for d in diffs.values())
     print("| mean | " + " | ".join(cells) + f" | {total:+.4f} |")
+    lungs = [r["scores"][a[0]].get("lungs") for r in mine.values()]
+    lung_dice = [v["lung_dice_image"] for v in lungs if v] if any(lungs) else None
+    print("\n" + verdict({s: statistics.mean(d) for s, d in diffs.items()}, lung_dice, len(common), mine[common[0]]["num_folds"]))
+
+
+def verdict(source_diffs: dict[str, float], lung_dice: list[float] | None, folds: int, num_folds: int) -> str:
+    """The adoption rule of docs/RESULTS.md (written before the runs), applied to the paired means:
+    mean of sources at least +0.01, no source below -0.01, lung Dice at least 0.95 on every fold
+    (lung-output candidates); fewer folds than ``num_folds`` can discard a candidate, never adopt it."""
+    mean = statistics.mean(source_diffs.values())
+    worst = min(source_diffs, key=source_diffs.get)
+    checks = [
+        (mean >= 0.01, f"mean of sources {mean:+.4f} (needs >= +0.01)"),
+        (source_diffs[worst] >= -0.01, f"worst source {worst} {source_diffs[worst]:+.4f} (needs >= -0.01)"),
+    ]
+    if lung_dice is not None:
+        checks.append((min(lung_dice) >= 0.95, f"lung Dice at least {min(lung_dice):.3f} on every fold (needs >= 0.95)"))
+    lines = [f"- {'met' if ok else 'NOT met'}: {what}" for ok, what in checks]
+    if all(ok for ok, _ in checks):
+        decision = "adopt" if folds >= num_folds else f"screening only ({folds} of {num_folds} folds): may not adopt yet"
+    else:
+        decision = "not adopted" if folds >= num_folds else f"screening ({folds} of {num_folds} folds): not met on these folds; the remaining folds decide"
+    return "adoption rule (docs/RESULTS.md): " + decision + "\n" + "\n".join(lines)
 
 
 def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> None:
