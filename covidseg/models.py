@@ -26,6 +26,9 @@ def card_text(name: str, path, card: dict) -> str:
     if cv:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in cv.get("per_image_dice", {}).items())
         lines.append(f"  cross-validated ({len(cv.get('folds', []))} folds, patients never seen): per-image Dice {dice}")
+        for source, bins in (cv.get("per_image_dice_by_lesion_size_at_0.5") or {}).items():
+            sizes = ", ".join(f"{label} px {b['dice_image']:.3f} ({b['images']})" for label, b in bins.items() if label != "none")
+            lines.append(f"    {source} by lesion size (threshold 0.5, slices): {sizes}")
         if cv.get("lung_dice_image") is not None:
             lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error {json.dumps(cv.get('involvement_abs_error_pp'))}")
     if card.get("agreement"):

@@ -18,7 +18,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from covidseg.evaluation.crossval import best_setting, read_records, sd, setting_scores, source_means
+from covidseg.evaluation.crossval import best_setting, pooled_by_lesion_size, read_records, sd, setting_scores, source_means
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,19 +94,12 @@ def verdict(source_diffs: dict[str, float], lung_dice: list[float] | None, folds
 
 def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> None:
     """Dice by lesion size pooled over all folds' held-out slices, and lung figures (threshold 0.5)."""
-    bins: dict[tuple[str, str], list[float]] = {}
-    for r in records.values():
-        for source, v in r["scores"][mode]["at_0.5"].items():
-            for label, b in v["by_lesion_size"].items():
-                acc = bins.setdefault((source, label), [0.0, 0])
-                acc[0] += (b["dice_image"] or 0.0) * b["images"]
-                acc[1] += b["images"]
     print(f"\n{name}, {'flip TTA' if mode == 'tta' else 'no TTA'}, threshold 0.5, by lesion size (px at the original resolution; all folds' held-out slices):\n")
     print("| source | lesion size | slices | per-image Dice |")
     print("|---|---|---|---|")
-    for (source, label), (total, n) in bins.items():
-        if n:
-            print(f"| {source} | {label} | {n} | {total / n:.3f} |")
+    for source, bins in pooled_by_lesion_size(records, mode).items():
+        for label, b in bins.items():
+            print(f"| {source} | {label} | {b['images']} | {b['dice_image']:.3f} |")
     lungs = {k: r["scores"][mode].get("lungs") for k, r in sorted(records.items()) if r["scores"][mode].get("lungs")}
     if lungs:
         print("\n| fold | lung Dice (per image / global) | involvement error, mean / max (pp) | grades right | cases |")

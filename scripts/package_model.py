@@ -53,14 +53,15 @@ def trained_on(ckpt_path: Path) -> dict:
 
 def cv_scores(name: str) -> dict:
     """The recipe's cross-validated scores from ``docs/experiments/NAME`` (empty if none)."""
-    from covidseg.evaluation.crossval import best_setting, read_records, source_means
+    from covidseg.evaluation.crossval import best_setting, pooled_by_lesion_size, read_records, source_means
 
     records = read_records(REPO / "docs" / "experiments" / name)
     if not records:
         return {}
     tta, t, overall = best_setting(records)
     out = {"experiment": name, "folds": sorted(records), "operating_point": {"tta": tta == "tta", "threshold": float(t)},
-           "per_image_dice": source_means(records, tta, t), "mean_of_sources": overall}  # fmt: skip
+           "per_image_dice": source_means(records, tta, t), "mean_of_sources": overall,
+           "per_image_dice_by_lesion_size_at_0.5": pooled_by_lesion_size(records, tta)}  # fmt: skip
     lungs = [r["scores"][tta].get("lungs") for r in records.values() if r["scores"][tta].get("lungs")]
     if lungs:
         out["lung_dice_image"] = sum(v["lung_dice_image"] for v in lungs) / len(lungs)

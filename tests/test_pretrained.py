@@ -29,7 +29,8 @@ def models_dir(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
     import package_model
 
     out = tmp_path_factory.mktemp("models")
-    assert package_model.main([str(lung_ckpt), "--slices", str(tiny_data), "--volume_slices", "3", "--output", str(out / "reference.ckpt"), "--version", "0.test"]) == 0
+    assert package_model.main([str(lung_ckpt), "--slices", str(tiny_data), "--volume_slices", "3", "--output", str(out / "reference.ckpt"), "--version", "0.test",
+                                 "--cv", "reference"]) == 0  # the committed fold files of docs/experiments/reference
     return out
 
 
@@ -50,6 +51,9 @@ def test_packaged_model_is_slim_fp16_with_its_card(models_dir, lung_ckpt):
     card = slim[pretrained.CARD_KEY]
     assert card["name"] == "reference" and card["version"] == "0.test" and "not for diagnosis" in card["terms"]
     assert "settings" not in card and card["trained_on"]["slices"] > 0  # the model card lives in the hyper-parameters, once
+    cv = card["cross_validation"]
+    assert cv["experiment"] == "reference" and set(cv["per_image_dice"]) == {"medseg50", "zenodo20"}
+    assert cv["per_image_dice_by_lesion_size_at_0.5"]["zenodo20"]["<500"]["images"] > 0
     assert read_card(slim).lung_output is True and pretrained.card(path)["model"] == read_card(slim).as_dict()
     for name, report in card["agreement"].items():
         if name != "rule":
@@ -88,6 +92,7 @@ def test_evaluate_and_models_accept_the_builtin_model(models_dir, tiny_data, tmp
     assert cli(["models"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("reference  (version 0.test") and "lung output yes" in out and "terms: Research use only" in out
+    assert "zenodo20 by lesion size (threshold 0.5, slices): <500 px" in out
 
 
 def test_no_builtin_model_is_one_clear_error(tmp_path, monkeypatch):

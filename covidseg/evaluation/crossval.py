@@ -124,6 +124,19 @@ def source_means(records: dict[int, dict], tta: str, threshold: str) -> dict[str
     return {s: statistics.mean(p[s] for p in per) for s in sorted(per[0])}
 
 
+def pooled_by_lesion_size(records: dict[int, dict], mode: str = "tta") -> dict[str, dict[str, dict]]:
+    """Source -> lesion-size bin -> ``{"images", "dice_image"}``: per-image Dice at threshold 0.5
+    pooled over every fold's held-out slices (each slice weighs the same)."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for r in records.values():
+        for source, v in r["scores"][mode]["at_0.5"].items():
+            for label, b in v["by_lesion_size"].items():
+                total = acc.setdefault(source, {}).setdefault(label, [0.0, 0])
+                total[0] += (b["dice_image"] or 0.0) * b["images"]
+                total[1] += b["images"]
+    return {s: {label: {"images": n, "dice_image": total / n} for label, (total, n) in bins.items() if n} for s, bins in acc.items()}
+
+
 def mean_of_sources(records: dict[int, dict], tta: str, threshold: str) -> float:
     return statistics.mean(source_means(records, tta, threshold).values())
 
