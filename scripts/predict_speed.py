@@ -2,11 +2,13 @@
 
     python scripts/predict_speed.py [--slices 300] [--side 512] [--sizes 128 256] [--json OUT]
     python scripts/predict_speed.py --sizes 256 --lungs --backends ckpt onnx   # the reference's way, both model files
+    python scripts/predict_speed.py --ckpt reference --lungs --backends ckpt onnx  # a trained or built-in model
     python scripts/predict_speed.py --fast          # smoke run: 6 slices of 96 px, tiny model
 
 Writes one synthetic NIfTI volume (``--slices`` axial slices of ``--side`` x ``--side`` voxels,
 int16 HU: body, two lungs, lesion blobs, noise), makes an untrained default ``LitUNet``
-checkpoint per ``--sizes`` entry (speed does not depend on the weights) and times
+checkpoint per ``--sizes`` entry (speed does not depend on the weights; ``--ckpt`` times a given
+checkpoint or built-in model instead, at its own size) and times
 ``covidseg predict --ckpt CKPT --input VOLUME`` in-process, end to end (model loading, NIfTI
 reading and windowing, preprocessing, the network, resizing back, writing the mask volume),
 once with flip TTA off and once on. Prints a markdown table and, with ``--json``, the figures,
@@ -97,8 +99,16 @@ def run(args) -> dict:
     read_s = time.perf_counter() - t0
     assert slices.shape == (args.slices, args.side, args.side)
     rows = []
+    given = None
+    if args.ckpt:
+        from covidseg import options
+        from covidseg.model.card import read_card
+        from covidseg.model.checkpoint import read_checkpoint
+
+        given = Path(options.model_paths(args.ckpt)[0])
+        args.sizes = [read_card(read_checkpoint(given)).image_size]
     for size in args.sizes:
-        ckpt = make_checkpoint(work / f"model_{size}.ckpt", size, args.fast, args.lungs)
+        ckpt = given or make_checkpoint(work / f"model_{size}.ckpt", size, args.fast, args.lungs)
         models = {"ckpt": ckpt}
         if "onnx" in args.backends:
             from covidseg.export import export_onnx
@@ -118,7 +128,7 @@ def run(args) -> dict:
     assert nib.load(str(mask)).shape == (args.side, args.side, args.slices)  # masks at the input's size
     return {
         "settings": {"slices": args.slices, "side": args.side, "sizes": args.sizes, "batch_size": args.batch_size, "fast": args.fast, "lungs": args.lungs,
-                     "model": "tiny (depth 3)" if args.fast else "default LitUNet (resnet18 U-Net)"},  # fmt: skip
+                     "model": args.ckpt or ("tiny (depth 3)" if args.fast else "default LitUNet (resnet18 U-Net), untrained")},  # fmt: skip
         "volume_write_s": made,
         "volume_read_and_window_s": read_s,
         "runs": rows,
@@ -148,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", type=str, default=None, help="where the volume, checkpoints and outputs go (default: a temp dir)")
     p.add_argument("--lungs", action="store_true", help="a model with the lung output, predicted with --lungs true (the reference's way)")
     p.add_argument("--backends", nargs="+", choices=["ckpt", "onnx"], default=["ckpt"], help="predict from the checkpoint and/or its ONNX export")
+    p.add_argument("--ckpt", type=str, default=None, help="time this checkpoint or built-in model (e.g. reference) at its own image size, not untrained ones")
     p.add_argument("--json", type=str, default=None)
     p.add_argument("--fast", action="store_true", help="tiny smoke run")
     args = p.parse_args(argv)

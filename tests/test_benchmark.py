@@ -137,3 +137,16 @@ def test_predict_speed_lungs_and_onnx(tmp_path):
     out = module.main(["--fast", "--sizes", "32", "--slices", "3", "--lungs", "--backends", "ckpt", "onnx", "--workdir", str(tmp_path)])
     assert [(r["backend"], r["tta"], r["lungs"]) for r in out["runs"]] == [("ckpt", False, True), ("ckpt", True, True), ("onnx", False, True), ("onnx", True, True)]
     assert (tmp_path / "out_32_onnx_tta" / "ct_lungs.nii.gz").is_file()
+
+
+def test_predict_speed_times_a_given_model_at_its_own_size(tmp_path):
+    """--ckpt: a trained (here: tiny, untrained) checkpoint is timed at the image size its card says."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_speed", SCRIPT.parent / "predict_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ckpt = module.make_checkpoint(tmp_path / "given.ckpt", 48, tiny=True, lungs=True)
+    out = module.main(["--ckpt", str(ckpt), "--slices", "2", "--side", "64", "--lungs", "--workdir", str(tmp_path / "w")])
+    assert [(r["image_size"], r["tta"]) for r in out["runs"]] == [(48, False), (48, True)]
+    assert out["settings"]["model"] == str(ckpt) and not (tmp_path / "w" / "model_48.ckpt").exists()
