@@ -3,6 +3,7 @@
     python scripts/cv_summary.py                       # every experiment in docs/experiments, paired with 'reference'
     python scripts/cv_summary.py NAME [REFERENCE]      # one experiment (paired with REFERENCE, default 'reference')
     python scripts/cv_summary.py NAME --results DIR    # result files elsewhere
+    python scripts/cv_summary.py c2-lungs --rule non-inferiority   # the rule written for that comparison
 
 Each experiment is scored at its own best operating point (TTA mode and threshold with the best
 mean over sources of the fold-averaged per-image Dice, chosen over the folds it has, as the
@@ -43,7 +44,7 @@ def describe(name: str, records: dict[int, dict]) -> tuple[str, str]:
     return tta, t
 
 
-def paired(name: str, records: dict[int, dict], ref_name: str, refs: dict[int, dict]) -> None:
+def paired(name: str, records: dict[int, dict], ref_name: str, refs: dict[int, dict], rule: str = "superiority") -> None:
     """Per fold both have: each experiment at its own best setting (chosen over the common folds) and the difference."""
     common = sorted(set(records) & set(refs))
     if not common:
@@ -69,18 +70,25 @@ def paired(name: str, records: dict[int, dict], ref_name: str, refs: dict[int, d
     print("| mean | " + " | ".join(cells) + f" | {total:+.4f} |")
     lungs = [r["scores"][a[0]].get("lungs") for r in mine.values()]
     lung_dice = [v["lung_dice_image"] for v in lungs if v] if any(lungs) else None
-    print("\n" + verdict({s: statistics.mean(d) for s, d in diffs.items()}, lung_dice, len(common), mine[common[0]]["num_folds"]))
+    print("\n" + verdict({s: statistics.mean(d) for s, d in diffs.items()}, lung_dice, len(common), mine[common[0]]["num_folds"], rule))
 
 
-def verdict(source_diffs: dict[str, float], lung_dice: list[float] | None, folds: int, num_folds: int) -> str:
-    """The adoption rule of docs/RESULTS.md (written before the runs), applied to the paired means:
-    mean of sources at least +0.01, no source below -0.01, lung Dice at least 0.95 on every fold
-    (lung-output candidates); fewer folds than ``num_folds`` can discard a candidate, never adopt it."""
+# docs/RESULTS.md's rules, written before the runs: (least mean-of-sources difference, least per-source difference)
+RULES = {"superiority": (0.01, -0.01), "non-inferiority": (-0.01, -0.02)}
+
+
+def verdict(source_diffs: dict[str, float], lung_dice: list[float] | None, folds: int, num_folds: int, rule: str = "superiority") -> str:
+    """An adoption rule of docs/RESULTS.md (written before the runs), applied to the paired means.
+    ``superiority`` (a candidate recipe): mean of sources at least +0.01, no source below -0.01;
+    ``non-inferiority`` (a part the product needs, e.g. the lung output): mean of sources no lower
+    than -0.01, no source below -0.02. Both: lung Dice at least 0.95 on every fold (lung-output
+    candidates); fewer folds than ``num_folds`` can discard a candidate, never adopt it."""
+    least_mean, least_source = RULES[rule]
     mean = statistics.mean(source_diffs.values())
     worst = min(source_diffs, key=source_diffs.get)
     checks = [
-        (mean >= 0.01, f"mean of sources {mean:+.4f} (needs >= +0.01)"),
-        (source_diffs[worst] >= -0.01, f"worst source {worst} {source_diffs[worst]:+.4f} (needs >= -0.01)"),
+        (mean >= least_mean, f"mean of sources {mean:+.4f} (needs >= {least_mean:+.2f})"),
+        (source_diffs[worst] >= least_source, f"worst source {worst} {source_diffs[worst]:+.4f} (needs >= {least_source:+.2f})"),
     ]
     if lung_dice is not None:
         checks.append((min(lung_dice) >= 0.95, f"lung Dice at least {min(lung_dice):.3f} on every fold (needs >= 0.95)"))
@@ -89,7 +97,7 @@ def verdict(source_diffs: dict[str, float], lung_dice: list[float] | None, folds
         decision = "adopt" if folds >= num_folds else f"screening only ({folds} of {num_folds} folds): may not adopt yet"
     else:
         decision = "not adopted" if folds >= num_folds else f"screening ({folds} of {num_folds} folds): not met on these folds; the remaining folds decide"
-    return "adoption rule (docs/RESULTS.md): " + decision + "\n" + "\n".join(lines)
+    return f"adoption rule (docs/RESULTS.md, {rule}): " + decision + "\n" + "\n".join(lines)
 
 
 def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> None:
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name", nargs="?", help="experiment (default: all)")
     p.add_argument("reference", nargs="?", default="reference", help="experiment to pair with (default: reference)")
     p.add_argument("--results", default=str(REPO / "docs" / "experiments"), help="folder of NAME/fold-K.json")
+    p.add_argument("--rule", choices=sorted(RULES), default="superiority", help="the adoption rule written for this comparison (docs/RESULTS.md)")
     a = p.parse_args(argv)
     root = Path(a.results)
     names = [a.name] if a.name else sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("fold-*.json")))
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         describe(name, records)
         size_and_lungs(name, records)
         if ref and name != a.reference:
-            paired(name, records, a.reference, ref)
+            paired(name, records, a.reference, ref, a.rule)
 
 
 if __name__ == "__main__":

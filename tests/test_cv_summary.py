@@ -57,23 +57,26 @@ def test_paired_table_on_common_folds(results):
     assert "| mean | 0.740 / 0.720 / +0.020 (sd 0.000) | 0.640 / 0.610 / +0.030 (sd 0.000) | +0.0250 |" in out
     assert "| medseg50 | <500 | 3 | 0.667 |" in out  # reference: one such slice in each of 3 folds, pooled
     assert "| medseg50 | none | 3 | 1.000 |" in out
-    assert "adoption rule (docs/RESULTS.md): screening only (2 of 5 folds): may not adopt yet" in out
+    assert "adoption rule (docs/RESULTS.md, superiority): screening only (2 of 5 folds): may not adopt yet" in out
 
 
 @pytest.mark.parametrize(
-    ("diffs", "lungs", "folds", "decision"),
+    ("diffs", "lungs", "folds", "rule", "decision"),
     [
-        ({"medseg50": 0.005, "zenodo20": 0.02}, [0.97, 0.96], 5, "adopt"),
-        ({"medseg50": -0.011, "zenodo20": 0.05}, None, 5, "not adopted"),  # one source worse by more than 0.01
-        ({"medseg50": 0.004, "zenodo20": 0.012}, None, 5, "not adopted"),  # mean +0.008: short of +0.01
-        ({"medseg50": 0.02, "zenodo20": 0.02}, [0.97, 0.94], 5, "not adopted"),  # a fold's lung Dice under 0.95
-        ({"medseg50": 0.02, "zenodo20": 0.02}, None, 4, "screening only (4 of 5 folds): may not adopt yet"),
+        ({"medseg50": 0.005, "zenodo20": 0.02}, [0.97, 0.96], 5, "superiority", "adopt"),
+        ({"medseg50": -0.011, "zenodo20": 0.05}, None, 5, "superiority", "not adopted"),  # one source worse by more than 0.01
+        ({"medseg50": 0.004, "zenodo20": 0.012}, None, 5, "superiority", "not adopted"),  # mean +0.008: short of +0.01
+        ({"medseg50": 0.02, "zenodo20": 0.02}, [0.97, 0.94], 5, "superiority", "not adopted"),  # a fold's lung Dice under 0.95
+        ({"medseg50": 0.02, "zenodo20": 0.02}, None, 4, "superiority", "screening only (4 of 5 folds): may not adopt yet"),
+        ({"medseg50": -0.015, "zenodo20": 0.0}, [0.97, 0.96], 5, "non-inferiority", "adopt"),  # mean -0.0075, worst -0.015
+        ({"medseg50": -0.025, "zenodo20": 0.03}, [0.97, 0.96], 5, "non-inferiority", "not adopted"),  # a source below -0.02
+        ({"medseg50": -0.015, "zenodo20": -0.015}, [0.97, 0.96], 5, "non-inferiority", "not adopted"),  # mean -0.015
     ],
 )
-def test_verdict_applies_the_written_rule(diffs, lungs, folds, decision):
+def test_verdict_applies_the_written_rule(diffs, lungs, folds, rule, decision):
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         from cv_summary import verdict
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    assert verdict(diffs, lungs, folds, 5).splitlines()[0] == f"adoption rule (docs/RESULTS.md): {decision}"
+    assert verdict(diffs, lungs, folds, 5, rule).splitlines()[0] == f"adoption rule (docs/RESULTS.md, {rule}): {decision}"
