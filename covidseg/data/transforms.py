@@ -10,10 +10,10 @@ import cv2
 
 def train_transforms(
     *,
-    rotate: float = 10.0,
-    zoom: float = 0.1,
-    shift: float = 0.1,
-    hflip: float = 0.5,
+    rotate: float = 0.0,
+    zoom: float = 0.0,
+    shift: float = 0.0,
+    hflip: float = 0.0,
     vflip: float = 0.0,
     brightness: float = 0.0,
     contrast: float = 0.0,
@@ -23,7 +23,8 @@ def train_transforms(
 ) -> A.Compose:
     """The seed's set (rotate degrees, zoom and shift fractions, flip probabilities), plus
     optional intensity augmentation (brightness/contrast limits, gamma range around 1 and
-    blur probability) for sources that differ in contrast. Zero disables a transform.
+    blur probability) for sources that differ in contrast. Zero (the default here) disables a
+    transform; the product's defaults live in one place, ``CTDataModule``'s signature.
     ``soft_masks``: the masks are float lesion fractions, resampled bilinearly."""
     ops: list = []
     if rotate or zoom or shift:
