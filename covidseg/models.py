@@ -20,8 +20,14 @@ def card_text(name: str, path, card: dict) -> str:
     if s:
         lines.append(f"  input: {s.get('intensity')} at {s.get('image_size')} px, window {s.get('window')}; threshold {s.get('threshold')}, "
                      f"flip TTA {'on' if s.get('tta') else 'off'}; lung output {'yes' if s.get('lung_output') else 'no'}")  # fmt: skip
-    if card.get("trained_on"):
-        lines.append(f"  trained on: {json.dumps(card['trained_on'])}")
+    t = card.get("trained_on") or {}
+    if t:
+        per_source = ", ".join(f"{k} {n} slices / {(t.get('cases_per_source') or {}).get(k, '?')} cases" for k, n in t.get("slices_per_source", {}).items())
+        lines.append(f"  trained on: {t.get('slices')} slices of {t.get('cases', '?')} cases ({per_source}); {t.get('held_out_slices', 0)} held out")
+    r = card.get("recipe") or {}
+    if r:
+        lines.append(f"  recipe: U-Net {r.get('encoder_name')}, {r.get('image_size')} px, {r.get('epochs', '?')} epochs, "
+                     f"{'lesion + lung outputs' if r.get('lung_output') else 'lesion output'}")  # fmt: skip
     cv = card.get("cross_validation") or {}
     if cv:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in cv.get("per_image_dice", {}).items())
@@ -30,9 +36,18 @@ def card_text(name: str, path, card: dict) -> str:
             sizes = ", ".join(f"{label} px {b['dice_image']:.3f} ({b['images']})" for label, b in bins.items() if label != "none")
             lines.append(f"    {source} by lesion size (threshold 0.5, slices): {sizes}")
         if cv.get("lung_dice_image") is not None:
-            lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error {json.dumps(cv.get('involvement_abs_error_pp'))}")
+            err = cv.get("involvement_abs_error_pp") or {}
+            lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error per patient mean {err.get('mean', float('nan')):.1f} pp, "
+                         f"max {err.get('max', float('nan')):.1f} pp ({err.get('cases', '?')} patients)")  # fmt: skip
     if card.get("agreement"):
-        lines.append(f"  agreement with its checkpoint: {card['agreement'].get('rule')}")
+        checks = {k: v for k, v in card["agreement"].items() if isinstance(v, dict)}
+        least = min((v.get("lesion_dice_mean", 1.0) for v in checks.values()), default=float("nan"))
+        most = max((v.get("max_prob_diff", 0.0) for v in checks.values()), default=float("nan"))
+        below = sum(v.get("lesion_slices_below_0.99", 0) for v in checks.values())
+        pixels = max((v.get("lesion_max_pixels_changed", 0) for v in checks.values()), default=0)
+        lines.append(f"  agreement with its checkpoint on {sum(v.get('slices', 0) for v in checks.values())} slices: mean lesion Dice >= {least:.4f}, "
+                     f"{below} slice(s) under 0.99, at most {pixels} lesion pixel(s) changed on a slice, probabilities within {most:.4f} "
+                     f"(rule: {card['agreement'].get('rule')})")  # fmt: skip
     lines.append(f"  commit {card.get('commit', '?')}, created {card.get('created', '?')}")
     lines.append(f"  terms: {card.get('terms', pretrained.TERMS)}")
     return "\n".join(lines)

@@ -43,12 +43,26 @@ def trained_on(ckpt_path: Path) -> dict:
     splits = ckpt_path.resolve().parent.parent / "splits.csv"
     if not splits.is_file():
         return {}
-    rows = [line.split(",") for line in splits.read_text().splitlines()[1:] if line]
+    rows = [line.split(",") for line in splits.read_text().splitlines()[1:] if line]  # key,case_id,split
     train = [r for r in rows if r[-1] == "train"]
-    sources: dict[str, int] = {}
-    for r in train:
-        sources[r[0].split("/")[0]] = sources.get(r[0].split("/")[0], 0) + 1
-    return {"slices": len(train), "slices_per_source": sources, "held_out_slices": len(rows) - len(train)}
+    slices: dict[str, int] = {}
+    cases: dict[str, set] = {}
+    for key, case, _ in train:
+        source = key.split("/")[0]
+        slices[source] = slices.get(source, 0) + 1
+        cases.setdefault(source, set()).add(case)
+    return {"slices": len(train), "cases": sum(len(c) for c in cases.values()), "slices_per_source": slices,
+            "cases_per_source": {k: len(c) for k, c in cases.items()}, "held_out_slices": len(rows) - len(train)}  # fmt: skip
+
+
+def recipe(ckpt: dict) -> dict:
+    """What trained the model: network, loss, optimisation and data settings, epochs and steps."""
+    hp, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters") or {}
+    out = {k: hp.get(k) for k in ("encoder_name", "decoder_channels", "lung_output", "dice_per_image", "lr", "scheduler")}
+    out.update({k: data.get(k) for k in ("image_size", "patch_size", "foreground_fraction", "batch_size", "balance_sources", "rotate", "zoom",
+                                         "shift", "hflip", "brightness", "contrast", "gamma", "blur")})  # fmt: skip
+    out.update(epochs=ckpt.get("epoch", -1) + 1, steps=ckpt.get("global_step"))
+    return out
 
 
 def cv_scores(name: str) -> dict:
@@ -106,14 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             volume = a.volume or make_volume(Path(tmp) / "ct.nii.gz", a.volume_slices, 512)
             checks[f"volume:{volume.name if a.volume else 'generated 512x512x%d CT' % a.volume_slices}"] = list(read_volume(volume, *model_card.window)[1])
-        hp = loaded["hyper_parameters"]
         card = {
             "name": a.name,
             "version": a.version,
             "created": datetime.date.today().isoformat(),
             "commit": _commit(),
-            "source_checkpoint": str(a.ckpt),
-            "recipe": {k: hp.get(k) for k in ("encoder_name", "decoder_channels", "image_size", "patch_size", "foreground_fraction", "lung_output", "dice_per_image", "lr")},
+            "recipe": recipe(loaded),
             "trained_on": trained_on(a.ckpt),
             "cross_validation": cv_scores(a.cv) if a.cv else {},
         }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Trains the reference model on every case of both real sources.
 #   bash scripts/reproduce.sh DATA_DIR [extra covidseg fit flags]   (DATA_DIR holds medseg50/ and zenodo20/)
-# Budget: at most 30 minutes on a 2-core CPU: 15 epochs of ~95 s here (about 24 min); the recipe is
-# defined in epochs, so a slower machine takes longer and a GPU is faster, with the same result.
+# Budget: at most 30 minutes on a 2-core CPU: 15 epochs of 45-95 s here (11 min alone on the
+# machine on 2026-12-01, 23 min beside other work before); the recipe is defined in epochs, so a
+# slower machine takes longer and a GPU is faster, with the same result.
 # The recipe (configs/reference.yaml) and its inference settings (threshold, flip TTA) were
 # chosen by 5-fold patient-level cross-validation (scripts/crossval.sh, scripts/cv_tune.py;
 # docs/RESULTS.md), so this run holds no patient out and selects nothing: the last line printed
@@ -14,13 +15,14 @@ data=$(cd "$data" && pwd); shift
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1
 start=$(date +%s)
-# All cases make each epoch 25% longer than a fold's (1,369 slices, ~95 s here), so 15 epochs see
-# about as many slices as a fold's 20. The final model always learns the lung output (Zenodo's
-# lung masks; MedSeg slices train the lesion output only), so `covidseg predict --lungs true`
-# gives lung masks, involvement and grade with it.
+# All cases make each epoch 25% longer than a fold's (1,369 slices), so 15 epochs see about as
+# many slices as a fold's 20. The model learns the lung output (configs/reference.yaml
+# lung_masks: Zenodo's lung masks; MedSeg slices train the lesion output only), so
+# `covidseg predict --lungs true` gives lung masks, involvement and grade with it.
+# scripts/package_model.py turns its checkpoint into the built-in model.
 out=$(python -m covidseg fit --config configs/reference.yaml --data.root "[$data/medseg50, $data/zenodo20]" \
   --data.val_fraction 0 --data.test_fraction 0 --test false --trainer.enable_progress_bar false \
-  --data.lung_masks true --trainer.max_epochs 15 "$@" | tee /dev/stderr)
+  --trainer.max_epochs 15 "$@" | tee /dev/stderr)
 run=$(sed -n 's/^run directory: *//p' <<<"$out")
 echo "reproduce: $(( ($(date +%s) - start) / 60 )) min; run directory $run" >&2
 echo "$run/checkpoints/best.ckpt"

@@ -30,7 +30,7 @@ def models_dir(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("models")
     assert package_model.main([str(lung_ckpt), "--slices", str(tiny_data), "--volume_slices", "3", "--output", str(out / "reference.ckpt"), "--version", "0.test",
-                                 "--cv", "reference"]) == 0  # the committed fold files of docs/experiments/reference
+                                 "--cv", "c2-lungs"]) == 0  # the committed fold files of docs/experiments/c2-lungs
     return out
 
 
@@ -52,12 +52,14 @@ def test_packaged_model_is_slim_fp16_with_its_card(models_dir, lung_ckpt):
     assert card["name"] == "reference" and card["version"] == "0.test" and "not for diagnosis" in card["terms"]
     assert "settings" not in card and card["trained_on"]["slices"] > 0  # the model card lives in the hyper-parameters, once
     cv = card["cross_validation"]
-    assert cv["experiment"] == "reference" and set(cv["per_image_dice"]) == {"medseg50", "zenodo20"}
+    assert cv["experiment"] == "c2-lungs" and set(cv["per_image_dice"]) == {"medseg50", "zenodo20"} and cv["lung_dice_image"] > 0.9
+    assert card["trained_on"]["cases"] > 0 and card["recipe"]["epochs"] >= 1 and card["recipe"]["lung_output"] is True
     assert cv["per_image_dice_by_lesion_size_at_0.5"]["zenodo20"]["<500"]["images"] > 0
     assert read_card(slim).lung_output is True and pretrained.card(path)["model"] == read_card(slim).as_dict()
     for name, report in card["agreement"].items():
         if name != "rule":
             assert report["lesion_dice_mean"] >= 0.99 and report["lung_dice_mean"] >= 0.99 and report["max_prob_diff"] <= 0.02, name
+            assert 0 <= report["lesion_slices_below_0.99"] <= report["slices"] and report["lesion_max_pixels_changed"] >= 0, name
     assert {"slices:data", "volume:generated 512x512x3 CT"} <= set(card["agreement"])
     read_checkpoint(path)  # a checkpoint like any other for the predictor
 
@@ -93,6 +95,31 @@ def test_evaluate_and_models_accept_the_builtin_model(models_dir, tiny_data, tmp
     out = capsys.readouterr().out
     assert out.startswith("reference  (version 0.test") and "lung output yes" in out and "terms: Research use only" in out
     assert "zenodo20 by lesion size (threshold 0.5, slices): <500 px" in out
+    assert "  trained on: " in out and " cases (" in out and "  recipe: U-Net " in out and "lesion + lung outputs" in out
+    assert "involvement error per patient mean " in out and "agreement with its checkpoint on " in out
+
+
+def test_the_shipped_reference_predicts_a_volume_offline(tmp_path, monkeypatch, capsys):
+    """The model inside the package (no COVIDSEG_MODELS): its card and one volume, lungs included."""
+    from covidseg.predict import main
+
+    monkeypatch.delenv("COVIDSEG_MODELS", raising=False)
+    path = pretrained.resolve()
+    assert path.parent == pretrained.HERE and path.stat().st_size <= 30 * 2**20
+    card = pretrained.card(path)
+    assert card["model"]["lung_output"] is True and "not for diagnosis" in card["terms"]
+    assert card["cross_validation"]["experiment"] == "c2-lungs" and len(card["cross_validation"]["folds"]) == 5
+    assert all(r["lesion_dice_mean"] >= 0.99 and r["lung_dice_mean"] >= 0.99 for k, r in card["agreement"].items() if k != "rule")
+    from predict_speed import make_volume  # CT-like: body, two lungs, lesions (the packaging check's volume)
+
+    volume = make_volume(tmp_path / "scan.nii.gz", 3, 256)
+    assert main(["--input", str(volume), "--output", str(tmp_path / "out"), "--lungs", "true"]) == 0
+    assert f"using the built-in model 'reference' version {card['version']}" in capsys.readouterr().out
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "ok" and row["severity"].startswith("CT-") and float(row["lung_ml"]) > 0
+    lungs = np.asanyarray(nib.load(tmp_path / "out" / "scan_lungs.nii.gz").dataobj)
+    assert lungs.shape == (256, 256, 3) and lungs.mean() > 0.05  # it finds the two lungs
 
 
 def test_no_builtin_model_is_one_clear_error(tmp_path, monkeypatch):

@@ -34,23 +34,27 @@ def agreement(original: Predictor, candidate: Predictor, raws: Iterable[np.ndarr
     """How closely two predictors agree on raw slices, each at the original's operating point.
 
     Returns:
-        ``{"slices", "lesion_dice_mean", "lesion_dice_min", "lung_dice_mean", "lung_dice_min",
-        "max_prob_diff", "same_outputs"}`` (lung entries ``None`` without a lung output); a slice where both masks
-        are empty has Dice 1.
+        ``{"slices", "lesion_dice_mean", "lesion_dice_min", "lesion_slices_below_0.99",
+        "lesion_max_pixels_changed", "lung_dice_mean", "lung_dice_min", "max_prob_diff", "same_outputs"}``
+        (lung entries ``None`` without a lung output); a slice where both masks are empty has Dice 1.
+        Per slice, a tiny lesion makes Dice jumpy (one pixel of 25 costs 0.02), hence the pixel count.
     """
     t = original.card.threshold
     raws = list(raws)
-    lesion, lungs, worst, same_outputs = [], [], 0.0, True
+    lesion, lungs, changed, worst, same_outputs = [], [], [], 0.0, True
     for a, b in zip(original.predict_maps(raws, batch_size), candidate.predict_maps(raws, batch_size)):
         same_outputs &= len(a) == len(b)
         worst = max(worst, float(np.abs(a[: len(b)] - b[: len(a)]).max()))
         lesion.append(image_dice(a[0] >= t, b[0] >= t))
+        changed.append(int(((a[0] >= t) != (b[0] >= t)).sum()))
         if len(a) > 1 and len(b) > 1:
             lungs.append(image_dice(a[1] >= LUNG_THRESHOLD, b[1] >= LUNG_THRESHOLD))
     return {
         "slices": len(raws),
         "lesion_dice_mean": float(np.mean(lesion)),
         "lesion_dice_min": float(np.min(lesion)),
+        "lesion_slices_below_0.99": int(np.sum(np.array(lesion) < 0.99)),
+        "lesion_max_pixels_changed": max(changed),
         "lung_dice_mean": float(np.mean(lungs)) if lungs else None,
         "lung_dice_min": float(np.min(lungs)) if lungs else None,
         "max_prob_diff": worst,
