@@ -45,15 +45,16 @@ def agreement(original: Predictor, candidate: Predictor, raws: Iterable[np.ndarr
     for a, b in zip(original.predict_maps(raws, batch_size), candidate.predict_maps(raws, batch_size)):
         same_outputs &= len(a) == len(b)
         worst = max(worst, float(np.abs(a[: len(b)] - b[: len(a)]).max()))
-        lesion.append(image_dice(a[0] >= t, b[0] >= t))
-        changed.append(int(((a[0] >= t) != (b[0] >= t)).sum()))
+        mask_a, mask_b = a[0] >= t, b[0] >= t
+        lesion.append(image_dice(mask_a, mask_b))
+        changed.append(int((mask_a != mask_b).sum()))
         if len(a) > 1 and len(b) > 1:
             lungs.append(image_dice(a[1] >= LUNG_THRESHOLD, b[1] >= LUNG_THRESHOLD))
     return {
         "slices": len(raws),
         "lesion_dice_mean": float(np.mean(lesion)),
         "lesion_dice_min": float(np.min(lesion)),
-        "lesion_slices_below_0.99": int(np.sum(np.array(lesion) < 0.99)),
+        "lesion_slices_below_0.99": int(np.sum(np.array(lesion) < MIN_DICE)),  # the card's key names the rule's 0.99
         "lesion_max_pixels_changed": max(changed),
         "lung_dice_mean": float(np.mean(lungs)) if lungs else None,
         "lung_dice_min": float(np.min(lungs)) if lungs else None,
