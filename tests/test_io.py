@@ -149,3 +149,21 @@ def test_grey_level_masks_get_their_own_message(tmp_path):
         read_mask(tmp_path / "m.jpg")
     message = str(err.value)
     assert "m.jpg: mask holds" in message and "grey levels" in message and "lesion_labels" not in message
+
+
+@pytest.mark.parametrize("source", [512, 300, 64])
+def test_mask_targets_stay_aligned_with_their_image(source):
+    """Issue 32: a mask resized for training covers the same source pixels as its image. The
+    image of a mask, resized by the one preprocessing path and cut at 0.5, must equal the
+    target; nearest-neighbour targets (top-left sampling) sat (f-1)/2 source pixels off."""
+    m = np.zeros((source, source), np.uint8)
+    a, b = 5 * source // 512 + 5, source // 5 + 1
+    m[a:b, a + 2 : b + 3] = 1
+    want = preprocess_image(m * 255, 128, "dtype") >= 0.5  # the image path: 8-bit, /255, resized
+    got = preprocess_mask(m, 128)
+    assert got.dtype == np.uint8 and set(np.unique(got)) <= {0, 1}
+    assert np.array_equal(got.astype(bool), want)
+    # the centroid lands where the image's does (within a tenth of an output pixel)
+    ys, xs = np.nonzero(got)
+    scale = 128 / source
+    assert ys.mean() == pytest.approx(((a + b - 1) / 2 + 0.5) * scale - 0.5, abs=0.1 + 0.5 * scale)

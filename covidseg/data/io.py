@@ -19,8 +19,8 @@ Data contract (shared by training, evaluation, predict and export):
 * ``read_mask(path, lesion_labels)`` -> ``uint8 [H, W]`` in ``{0, 1}`` through ``lesion_mask``
   (the one label rule, shared with volumes): without ``lesion_labels`` a mask must be binary
   (``{0, 1}``, ``{0, 255}``, ``{0, dtype max}`` or empty) and lesion is non-zero; with them,
-  lesion is a value in the list. ``preprocess_mask`` resizes it with nearest-neighbour (or,
-  for soft training targets, by area).
+  lesion is a value in the list. ``preprocess_mask`` resizes it as the image is resized and
+  thresholds the covered fraction at 0.5 (or keeps the fraction: soft training targets).
 """
 
 from __future__ import annotations
@@ -220,12 +220,16 @@ def preprocess_image(raw: np.ndarray, image_size: int, normalization: Normalizat
 
 
 def preprocess_mask(mask: np.ndarray, image_size: int, soft: bool = False) -> np.ndarray:
-    """Binary mask ``[H, W]`` -> ``uint8 [S, S]`` in {0, 1}, nearest-neighbour; or, with
-    ``soft``, ``float32 [S, S]`` in [0, 1]: the lesion fraction of each output pixel (area
-    interpolation, as the image), a training target without nearest-neighbour aliasing."""
-    if soft:
-        return np.clip(resize(mask.astype(np.float32), image_size), 0.0, 1.0)
-    return resize(mask.astype(np.uint8), image_size, nearest=True)
+    """Binary mask ``[H, W]`` -> ``uint8 [S, S]`` in {0, 1}: resized exactly as the image is
+    (``resize``: area when shrinking, linear when enlarging) and thresholded at 0.5, so each
+    target pixel covers the same source pixels as its image pixel. With ``soft``, ``float32
+    [S, S]`` in [0, 1]: that resized fraction itself, unthresholded.
+
+    Nearest-neighbour (as before issue 32) samples each block's top-left pixel while the image
+    is averaged around the block's centre: every target sat (f-1)/2 source pixels off its image.
+    """
+    frac = np.clip(resize(np.asarray(mask, np.float32), image_size), 0.0, 1.0)
+    return frac if soft else (frac >= 0.5).astype(np.uint8)
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:

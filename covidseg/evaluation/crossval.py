@@ -5,6 +5,7 @@ two experiments over their common folds (``scripts/crossval.sh``, ``scripts/cv_s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -90,9 +91,33 @@ def fold_record(run: str | Path, name: str, fold: int, num_folds: int, command: 
         "score_seconds": round(time.monotonic() - start),
         "torch_threads": torch.get_num_threads(),
         "recipe": {k: hp.get(k) for k in ("image_size", "patch_size", "foreground_fraction", "lung_output", "dice_per_image", "lr", "encoder_name")},
+        **resolved_recipe(run),
         "scored": "last.ckpt (final epoch) on the fold's held-out patients; per-image Dice by threshold, without (plain) and with flip TTA (tta)",
         "scores": scores,
     }
+
+
+# what differs between the folds (or machines) of one recipe, left out of its hash
+_PER_FOLD_KEYS = {"data": ("fold", "root", "num_workers"), "trainer": ("logger", "default_root_dir", "enable_progress_bar"), "": ("ckpt_path",)}
+
+
+def resolved_recipe(run: str | Path) -> dict:
+    """The run's resolved ``config.yaml`` and the hash of its recipe (the config without the
+    fold, data paths and logger), so a changed recipe cannot hide under an old experiment name.
+    Runs without a ``config.yaml`` give ``{}``."""
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return {}
+    config = yaml.safe_load(path.read_text()) or {}
+    recipe = json.loads(json.dumps(config, default=str))
+    for section, keys in _PER_FOLD_KEYS.items():
+        target = recipe if not section else recipe.get(section) or {}
+        for key in keys:
+            target.pop(key, None)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return {"recipe_sha256": digest, "config": config}
 
 
 def read_records(folder: str | Path) -> dict[int, dict]:
