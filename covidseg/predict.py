@@ -19,6 +19,13 @@ the lesion burden (lung pixels, lung mL, involvement % = lesion inside the lungs
 CT-0..CT-4 grade of ``covidseg.metrics.severity``) are written too; ``--data.case_regex`` groups image
 files into cases (patients) and writes ``cases.csv`` with per-case sums and grades.
 
+Every prediction passes the anatomy stage (``covidseg.anatomy``; ``--anatomy false`` skips it):
+on volumes in HU nothing outside the patient's body is lung or lesion, lungs are cleaned in 3D
+(gas, airways and small pieces dropped, holes filled) and labelled right 1 / left 2 in
+``NAME_lungs.nii.gz``, lesions are kept only inside the lungs (grown by 5 mm), and a study is
+graded only if its scan checks pass (CT in HU, lungs inside the scan, a plausible lung volume,
+spacing); otherwise ``summary.csv``'s ``qc`` says why and one warning line is printed.
+
 With ``--viewer true``, ``index.html`` and ``viewer/`` (``covidseg.viewer``) show every case
 (a volume, the images of a ``--data.case_regex`` case, or one image) in a browser, offline: a
 sortable index with involvement and grade, and a slice-by-slice view with the overlay.
@@ -57,6 +64,7 @@ def build_parser():
     p.add_argument("--lungs", type=bool, default=False, help="also write lung masks (NAME_lungs.png / _lungs.nii.gz) and the lesion burden: lung pixels, involvement %%, CT-0..CT-4 (a model with a lung output)")
     p.add_argument("--data.case_regex", "--case_regex", type=str | None, default=None, help="group image files into cases by the first group of this regex on the file stem (name without extension); writes cases.csv (summed pixels, involvement, grade)")
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with involvement, grade and a slice-by-slice overlay")
+    p.add_argument("--anatomy", type=bool, default=True, help="the anatomy stage (covidseg.anatomy): nothing outside the body, lungs cleaned in 3D and split right/left, lesions only inside the lungs, scan checks before a grade; false writes the network's maps as they are")
     p.add_argument("--data.window", "--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
     return p
 
@@ -85,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         lungs=args.lungs,
         case_regex=case_regex,
         viewer=args.viewer,
+        anatomy=args.anatomy,
     )
     failed = sum(row["status"] != "ok" for row in rows)
     s = predictor.card

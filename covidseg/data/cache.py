@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,12 @@ def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:
         if Path(info.cache).is_file() and (not mask or info.values is not None):
             return info
     img, data = read_voxels(path)
+    if not mask:  # the HU protocol predict applies (volumes.read_scan): an offset-less volume is corrected, a non-HU one refused
+        from covidseg.anatomy.checks import hu_protocol
+
+        data, note = hu_protocol(data, str(path))
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
     display = to_display(data, img.affine)
     del data
     if not mask:

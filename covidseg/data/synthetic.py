@@ -105,27 +105,29 @@ def volume_affine(orientation: str, spacing: tuple[float, float, float]) -> np.n
     return affine
 
 
+# the demo slice's 8-bit levels (air 8, lung 31, lesion 77-107, body 140, spine 242) -> HU
+DEMO_HU = ([0, 8, 31, 107, 140, 242, 255], [-1024, -1000, -850, -300, 40, 700, 800])
+
+
 def make_volume(rng: np.random.Generator, slices: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Display-ordered ``int16 [Z, H, W]`` HU and ``uint8`` label map {0, 1, 2, 3}: lesions
     in the patient's right lung (image left) 1, left lung 2, a pleural-effusion-like band 3.
 
-    The HU inverts the lung window, so windowed slices are the demo's 8-bit slices."""
+    The demo's grey levels become physical HU (``DEMO_HU``: air -1000, lung -850, lesion up to
+    -300, body 40, bone 700), so the anatomy stage sees a body in air as on a scanner."""
     return make_volume_with_lungs(rng, slices, size)[:2]
 
 
 def make_volume_with_lungs(rng: np.random.Generator, slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``make_volume`` and a ``uint8 [Z, H, W]`` lung label map as lung tools write them: the
     patient's right lung (image left) 1, left lung 2."""
-    from covidseg.data.volumes import LUNG_WINDOW
-
-    center, width = LUNG_WINDOW
     shape = rng.uniform(-1, 1, 4)
     hu = np.empty((slices, size, size), np.int16)
     labels = np.zeros((slices, size, size), np.uint8)
     lungs = np.zeros((slices, size, size), np.uint8)
     for k in range(slices):
         image, mask, lung = make_slice(rng, size, int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2])), shape)
-        hu[k] = np.rint(center - width / 2 + image * (width / 255.0))
+        hu[k] = np.rint(np.interp(image, *DEMO_HU))
         labels[k][mask > 0] = 1
         labels[k][:, size // 2 :][mask[:, size // 2 :] > 0] = 2
         lungs[k][lung > 0] = 1

@@ -146,19 +146,37 @@ def read_voxels(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
+def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, str | None]:
+    """Loads a CT volume (NIfTI file or DICOM series folder) as display-ordered HU, through the
+    HU protocol check (``covidseg.anatomy.checks.hu_protocol``: a volume stored without its
+    rescale offset is corrected by its documented rule, one that is not CT in HU refused).
+
+    Returns:
+        ``(image, hu, note)``: the nibabel image (affine and header for the outputs), HU
+        ``[Z, H, W]`` and the protocol's one-line note (``None`` when nothing was corrected).
+
+    Raises:
+        VolumeReadError: naming the file, when it cannot be read, is not 3D or not CT in HU.
+    """
+    from covidseg.anatomy.checks import hu_protocol
+
+    img, data = read_voxels(path)
+    data, note = hu_protocol(data, str(path))
+    return img, to_display(data, img.affine), note
+
+
 def read_volume(path: str | Path, center: float = LUNG_WINDOW[0], width: float = LUNG_WINDOW[1]) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Loads a CT volume in HU (NIfTI file or DICOM series folder) and returns it with its
-    windowed display slices.
+    """Loads a CT volume in HU (``read_scan``) and returns it with its windowed display slices.
 
     Returns:
         ``(image, slices)``: the nibabel image (affine and header for the outputs; its voxel
         data is not kept in memory) and ``uint8 [Z, H, W]`` windowed slices.
 
     Raises:
-        VolumeReadError: naming the file, when it cannot be read or is not 3D.
+        VolumeReadError: naming the file, when it cannot be read, is not 3D or not CT in HU.
     """
-    img, hu = read_voxels(path)
-    return img, to_display(apply_window(hu, center, width), img.affine)
+    img, hu, _ = read_scan(path)
+    return img, apply_window(hu, center, width)
 
 
 def write_like(path: str | Path, slices: np.ndarray, ref: nib.Nifti1Image) -> None:

@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from covidseg.anatomy import Anatomy, clean_slice, clean_volume
 from covidseg.data.io import normalize_intensity, read_image, write_image, write_mask
 from covidseg.data.overlay import overlay
 from covidseg.data.samples import case_id_from_name, check_case_regex, compile_case_regex
-from covidseg.data.volumes import read_volume, volume_stem, voxel_ml, write_like
+from covidseg.data.volumes import apply_window, display_spacing, read_scan, volume_stem, voxel_ml, write_like
 from covidseg.errors import CovidSegError
 from covidseg.metrics.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
 from covidseg.model.predictor import Predictor
@@ -26,7 +27,8 @@ from covidseg.viewer import ViewerWriter
 
 SUMMARY_FIELDS = (
     "input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
-    "lung_pixels", "lung_ml", "involvement_percent", "severity", "mask", "lungs",
+    "lung_pixels", "lung_ml", "lung_right_ml", "lung_left_ml", "involvement_percent", "involvement_right_percent",
+    "involvement_left_percent", "severity", "qc", "lung_removed_ml", "lesion_removed_ml", "mask", "lungs",
 )  # fmt: skip
 CASES = "cases.csv"
 _READ_ERRORS = (ValueError, OSError, cv2.error)
@@ -48,16 +50,32 @@ def _row(job: Job, status: str = "ok", reason: str = "", **values) -> dict:
     return row
 
 
-def _stats(job: Job, mask: np.ndarray, ml_per_voxel: float | None = None, lungs: np.ndarray | None = None) -> dict:
+def _stats(job: Job, anatomy: Anatomy, ml_per_voxel: float | None = None, lungs: bool = False) -> dict:
+    """The summary values of one prediction after the anatomy stage; with ``lungs``, the
+    lesion burden per study and per side, graded only when the scan checks pass (``qc``)."""
+    mask = anatomy.lesion
     n = int(mask.sum())
     stats = {"lesion_pixels": n, "lesion_fraction": n / max(mask.size, 1), "mask": str(job.outputs[0])}
+    unit = ml_per_voxel or 1.0
+    removed_lung = sum(v for k, v in anatomy.removed.items() if k.startswith("lung_"))
+    removed_lesion = sum(v for k, v in anatomy.removed.items() if k.startswith("lesion_"))
     if ml_per_voxel is not None:
-        stats["lesion_ml"] = n * ml_per_voxel
-    if lungs is not None:
-        inside, lung, percent = involvement(mask, lungs)
-        stats.update(lung_pixels=lung, lesion_in_lung_pixels=inside, involvement_percent=percent, severity=grade(percent), lungs=str(_lung_output(job)))
+        stats.update(lesion_ml=n * ml_per_voxel, lesion_removed_ml=round(removed_lesion, 3))
+    if lungs and anatomy.lungs is not None:
+        inside, lung, percent = involvement(mask, anatomy.lungs)
+        qc = list(anatomy.qc) or ([] if lung else ["no lungs found"])
+        stats.update(lung_pixels=lung, lesion_in_lung_pixels=inside, lungs=str(_lung_output(job)), qc="; ".join(qc) or "ok")
+        if not qc:
+            stats.update(involvement_percent=percent, severity=grade(percent))
+        for side, name in ((1, "right"), (2, "left")) if anatomy.sided else ():
+            part = anatomy.lungs == side
+            side_inside, side_lung, side_percent = involvement(mask, part)
+            if ml_per_voxel is not None:
+                stats[f"lung_{name}_ml"] = side_lung * unit
+            if not qc and side_percent is not None:
+                stats[f"involvement_{name}_percent"] = side_percent
         if ml_per_voxel is not None:
-            stats["lung_ml"] = lung * ml_per_voxel
+            stats.update(lung_ml=lung * ml_per_voxel, lung_removed_ml=round(removed_lung, 3))
     return stats
 
 
@@ -77,7 +95,7 @@ def case_id_of(job: Job, case_regex: str | None = None) -> str:
     return job.name or (job.path.name if job.path.is_dir() else volume_stem(job.path))
 
 
-def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, viewer: ViewerWriter | None = None, case_regex: str | None = None) -> list[dict]:
+def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, viewer: ViewerWriter | None = None, case_regex: str | None = None, use_anatomy: bool = True) -> list[dict]:
     """Rows for ``jobs`` (all images), in their order."""
     rows: dict[int, dict] = {}
     for start in range(0, len(jobs), batch_size):
@@ -91,8 +109,10 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
         maps = predictor.predict_maps([raw for _, raw in loaded], batch_size)
         for (i, raw), m in zip(loaded, maps):
             job, prob = jobs[i], m[0]
-            mask = prob >= predictor.card.threshold
-            lungs = m[1] >= LUNG_THRESHOLD if _lung_output(job) else None
+            lung_map = m[1] >= LUNG_THRESHOLD if predictor.card.lung_output else None
+            anatomy = clean_slice(prob >= predictor.card.threshold, lung_map) if use_anatomy else Anatomy(prob >= predictor.card.threshold, lung_map)
+            mask = anatomy.lesion
+            lungs = anatomy.lungs if _lung_output(job) else None
             try:
                 write_mask(job.outputs[0], mask)
                 for out in job.outputs[1:]:
@@ -105,20 +125,23 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
             except OSError as err:
                 rows[i] = _report(bar, job, f"cannot write output ({err})")
             else:
-                rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, mask, lungs=lungs))
+                rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None))
                 if viewer:
-                    viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=lungs,
+                    viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=None if lungs is None else lungs > 0,
                                      label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
             bar.update()
     return [rows[i] for i in range(len(jobs))]
 
 
-def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm, viewer: ViewerWriter | None = None) -> dict:
+def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm, viewer: ViewerWriter | None = None, use_anatomy: bool = True) -> dict:
     try:
-        ref, slices = read_volume(job.path, *window)
+        ref, hu, note = read_scan(job.path)
     except _READ_ERRORS as err:
         bar.update()
         return _report(bar, job, str(err).removeprefix(f"{job.path}: "))
+    if note:
+        bar.write(f"warning: {note}", file=sys.stderr)
+    slices = apply_window(hu, *window)
     bar.total += len(slices) - 1
     lung_out = _lung_output(job)
     prob_out = next((p for p in job.outputs if p.name.endswith("_prob.nii.gz")), None)
@@ -127,24 +150,31 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
         masks.append(m[0] >= predictor.card.threshold)
         if prob_out:
             probs.append(m[0].astype(np.float32))
-        if lung_out:
+        if predictor.card.lung_output:
             lungs.append(m[1] >= LUNG_THRESHOLD)
         bar.update()
-    mask = np.stack(masks).astype(np.uint8)
-    lung = np.stack(lungs).astype(np.uint8) if lung_out else None
+    spacing = display_spacing(ref.affine)
+    lung = np.stack(lungs) if lungs else None
+    anatomy = clean_volume(np.stack(masks), lung, hu, spacing) if use_anatomy else Anatomy(np.stack(masks), None if lung is None else lung.astype(np.uint8))
+    del hu
+    mask = anatomy.lesion.astype(np.uint8)
     try:
         write_like(job.outputs[0], mask, ref)
         if prob_out:
             write_like(prob_out, np.stack(probs), ref)
         if lung_out:
-            write_like(lung_out, lung, ref)
+            write_like(lung_out, anatomy.lungs.astype(np.uint8), ref)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
+    row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None))
+    if row.get("qc") not in ("", "ok", None):
+        bar.write(f"warning: {job.name or job.path}: not graded: {row['qc']}", file=sys.stderr)
     if viewer:
+        view_lungs = None if not lung_out else anatomy.lungs > 0
         for k, raw in enumerate(slices):
-            viewer.add_slice(case_id_of(job), normalize_intensity(raw, predictor.card.normalization), mask[k], lungs=None if lung is None else lung[k],
+            viewer.add_slice(case_id_of(job), normalize_intensity(raw, predictor.card.normalization), mask[k], lungs=None if view_lungs is None else view_lungs[k],
                              label=f"slice {k + 1} of {len(slices)}", kind="volume", source=str(job.path), ml_per_voxel=voxel_ml(ref))  # fmt: skip
-    return _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, mask, voxel_ml(ref), lung))
+    return row
 
 
 def warn_kind_mismatch(card, jobs: list[Job], window) -> None:
@@ -174,6 +204,7 @@ def predict_paths(
     lungs: bool = False,
     case_regex: str | None = None,
     viewer: bool = False,
+    anatomy: bool = True,
 ) -> list[dict]:
     """Predicts every input, writes the outputs and ``summary.csv``, and returns its rows.
 
@@ -189,6 +220,9 @@ def predict_paths(
         case_regex: group image files into cases (first group of the regex on the file stem)
             and write ``cases.csv`` with summed pixels, involvement and grade per case.
         viewer: also write ``index.html`` and ``viewer/``: the cases in a browser (``covidseg.viewer``).
+        anatomy: pass every prediction through the anatomy stage (``covidseg.anatomy``: body,
+            3D lungs, lesions inside the lungs, scan checks before a grade); ``False`` writes the
+            network's thresholded maps as they are.
 
     Returns:
         One dict per input file, in input order, with the ``SUMMARY_FIELDS`` keys; ``status``
@@ -220,10 +254,10 @@ def predict_paths(
                 by_job[i] = _report(bar, job, job.error)
                 bar.update()
         images = [i for i, job in enumerate(jobs) if job.kind == "image"]
-        by_job.update(zip(images, _predict_images(predictor, [jobs[i] for i in images], batch_size, bar, sink, case_regex)))
+        by_job.update(zip(images, _predict_images(predictor, [jobs[i] for i in images], batch_size, bar, sink, case_regex, anatomy)))
         for i, job in enumerate(jobs):
             if job.kind == "volume":
-                by_job[i] = _predict_volume(predictor, job, batch_size, window, bar, sink)
+                by_job[i] = _predict_volume(predictor, job, batch_size, window, bar, sink, anatomy)
     rows = [by_job[i] for i in range(len(jobs))]
     with open(output / SUMMARY, "w", newline="") as f:
         writer = csv.DictWriter(f, SUMMARY_FIELDS, extrasaction="ignore")
