@@ -72,6 +72,7 @@ def evaluate(
     viewer: bool = False,
     tensorboard_prefix: str | None = None,
     case_regex: str | None = None,
+    anatomy: bool = True,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -140,7 +141,7 @@ def evaluate(
     return write_report(
         predictor, chosen, output, threshold_source=source, split=split, roots=eval_roots,
         run_dirs=None, tensorboard=tensorboard, step=step, batch_size=batch_size, progress=progress,
-        lesion_labels=settings.get("lesion_labels"), viewer=viewer, lung_labels=settings.get("lung_labels"), tensorboard_prefix=tensorboard_prefix,
+        lesion_labels=settings.get("lesion_labels"), viewer=viewer, lung_labels=settings.get("lung_labels"), tensorboard_prefix=tensorboard_prefix, anatomy=anatomy,
     )  # fmt: skip
 
 
@@ -154,6 +155,7 @@ def build_parser():
     p.add_argument("--data.case_regex", type=str | None, default=None, help="case id from each file stem (first group), as in fit: groups an external set's slices into cases")
     options.add_inference(p, auto_threshold=True)
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with Dice and truth vs prediction")
+    p.add_argument("--anatomy", type=bool, default=True, help="score what predict writes: lesions only inside the lungs and the body, lungs cleaned (covidseg.anatomy); false scores the network's maps as they are")
     p.add_argument("--tensorboard", type=str | None, default=None, help="also add scalars and figures to this TensorBoard log dir")
     return p
 
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     options.checked(a)
     metrics = evaluate(
         options.model_paths(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
-        lesion_labels=a.data.lesion_labels, viewer=a.viewer, case_regex=a.data.case_regex,
+        lesion_labels=a.data.lesion_labels, viewer=a.viewer, case_regex=a.data.case_regex, anatomy=a.anatomy,
     )  # fmt: skip
     print("\n" + metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")

@@ -35,6 +35,7 @@ def models_dir(lung_ckpt, tiny_data, tmp_path_factory) -> Path:
 
 
 def _volume(path: Path) -> Path:
+    """A 3-slice volume of lung-like HU without a body: never graded."""
     rng = np.random.default_rng(0)
     hu = np.full((72, 64, 3), -850, np.int16)
     hu[20:40, 20:30] = rng.integers(-400, -200, (20, 10, 3))
@@ -76,7 +77,7 @@ def test_predict_without_ckpt_uses_the_builtin_model(models_dir, tmp_path, monke
         assert nib.load(tmp_path / "out" / name).shape == (72, 64, 3)
     with open(tmp_path / "out" / "summary.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["status"] == "ok" and row["severity"].startswith("CT-") and row["involvement_percent"] != ""
+    assert row["status"] == "ok" and row["severity"] == "" and row["qc"] not in ("", "ok")  # no body, 3 slices: no grade
     # --ckpt reference names it explicitly: the same masks
     assert main(["--ckpt", "reference", "--input", str(volume), "--output", str(tmp_path / "again"), "--lungs", "true"]) == 0
     a, b = (np.asanyarray(nib.load(tmp_path / d / "scan_mask.nii.gz").dataobj) for d in ("out", "again"))
@@ -110,16 +111,20 @@ def test_the_shipped_reference_predicts_a_volume_offline(tmp_path, monkeypatch, 
     assert card["model"]["lung_output"] is True and "not for diagnosis" in card["terms"]
     assert card["cross_validation"]["experiment"] == "c2-lungs" and len(card["cross_validation"]["folds"]) == 5
     assert all(r["lesion_dice_mean"] >= 0.99 and r["lung_dice_mean"] >= 0.99 for k, r in card["agreement"].items() if k != "rule")
-    from predict_speed import make_volume  # CT-like: body, two lungs, lesions (the packaging check's volume)
+    from covidseg.data.phantom import phantom, write_nifti
 
-    volume = make_volume(tmp_path / "scan.nii.gz", 3, 256)
+    chest = phantom("chest", size=160, lesions=4)  # a whole chest in HU: body in air, table, gas below the lungs
+    volume = write_nifti(tmp_path / "scan.nii.gz", chest.hu, chest)
     assert main(["--input", str(volume), "--output", str(tmp_path / "out"), "--lungs", "true"]) == 0
     assert f"using the built-in model 'reference' version {card['version']}" in capsys.readouterr().out
     with open(tmp_path / "out" / "summary.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["status"] == "ok" and row["severity"].startswith("CT-") and float(row["lung_ml"]) > 0
+    true_ml = np.count_nonzero(chest.lungs) * chest.voxel_ml
+    true_percent = 100 * np.count_nonzero(chest.lesion) / np.count_nonzero(chest.lungs)
+    assert row["status"] == "ok" and row["qc"] == "ok" and abs(float(row["lung_ml"]) - true_ml) < 0.05 * true_ml
+    assert abs(float(row["involvement_percent"]) - true_percent) < 2.0 and row["severity"] == "CT-1"
     lungs = np.asanyarray(nib.load(tmp_path / "out" / "scan_lungs.nii.gz").dataobj)
-    assert lungs.shape == (256, 256, 3) and lungs.mean() > 0.05  # it finds the two lungs
+    assert lungs.shape == (160, 160, 48) and set(np.unique(lungs)) == {0, 1, 2}  # right and left lung
 
 
 def test_no_builtin_model_is_one_clear_error(tmp_path, monkeypatch):

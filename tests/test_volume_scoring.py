@@ -35,8 +35,8 @@ def test_3d_scores_count_false_positives_on_dropped_slices(tmp_path):
     keep = validate_data([root], lesion_labels=[1, 2], progress=False).samples
     lesion_slices = [s for s in keep if mask_of(s, [1, 2]).any()]
     assert 0 < len(lesion_slices) < len(keep) == 6
-    full = score(_Everywhere(), keep, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
-    part = score(_Everywhere(), lesion_slices, 0.5, progress=False, lesion_labels=[1, 2]).cases[0]
+    full = score(_Everywhere(), keep, 0.5, progress=False, lesion_labels=[1, 2], anatomy=False).cases[0]  # the network as is
+    part = score(_Everywhere(), lesion_slices, 0.5, progress=False, lesion_labels=[1, 2], anatomy=False).cases[0]
     assert part["pred_ml"] == pytest.approx(full["pred_ml"]) and part["dice"] == pytest.approx(full["dice"])
     assert part["pred_ml"] == pytest.approx(6 * 32 * 32 * 0.7 * 0.7 * 2.5 / 1000)
 
@@ -135,3 +135,15 @@ def test_volume_runs_monitor_lesion_slices_and_report_per_case_dice(tmp_path, ca
     from covidseg.metrics.summary import headline
 
     assert next(iter(headline(results))) == "dice_case"
+
+
+def test_evaluate_scores_what_predict_writes_nothing_outside_the_body(tmp_path):
+    """The anatomy stage in scoring (issue 30): a model that calls every voxel lesion scores,
+    in 3D and per slice, only the lesion inside the patient's body (no lung output here)."""
+    root = generate_volumes(tmp_path / "v", cases=1, slices=6, size=32, seed=3)
+    keep = validate_data([root], lesion_labels=[1, 2], progress=False).samples
+    raw = score(_Everywhere(), keep, 0.5, progress=False, lesion_labels=[1, 2], anatomy=False)
+    clean = score(_Everywhere(), keep, 0.5, progress=False, lesion_labels=[1, 2])
+    assert clean.cases[0]["pred_ml"] < 0.7 * raw.cases[0]["pred_ml"]  # the air around the body is gone
+    assert sum(r["pred_pixels"] for r in clean.rows) < 0.7 * sum(r["pred_pixels"] for r in raw.rows)
+    assert clean.cases[0]["dice"] > raw.cases[0]["dice"]

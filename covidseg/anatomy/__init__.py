@@ -44,6 +44,7 @@ class Anatomy:
     removed: dict[str, float] = field(default_factory=dict)
     qc: list[str] = field(default_factory=list)
     sided: bool = False  # lungs carry right (1) / left (2) labels
+    region: np.ndarray | None = None  # where lesion may lie (grown lungs, inside the body); None: anywhere
 
 
 def _grow_sides(lungs: np.ndarray, radius_px: int) -> np.ndarray:
@@ -56,17 +57,19 @@ def _grow_sides(lungs: np.ndarray, radius_px: int) -> np.ndarray:
     return out
 
 
-def _gate(lesion: np.ndarray, lungs: np.ndarray, radius_px: int, body: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Lesion inside the grown lungs (and the body); lungs with those lesions added."""
+def _gate(lesion: np.ndarray, lungs: np.ndarray, radius_px: int, body: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Lesion inside the grown lungs (and the body); lungs with those lesions added; pixels
+    dropped; the region lesions may lie in."""
     grown = _grow_sides(lungs, radius_px)
-    keep = np.asarray(lesion, bool) & (grown > 0)
+    region = grown > 0
     if body is not None:
-        keep &= body
+        region &= body
+    keep = np.asarray(lesion, bool) & region
     dropped = int(np.count_nonzero(lesion)) - int(np.count_nonzero(keep))
     lungs = lungs.copy()
     add = keep & (lungs == 0)
     lungs[add] = grown[add]
-    return keep, lungs, dropped
+    return keep, lungs, dropped, region
 
 
 def clean_volume(lesion: np.ndarray, lungs: np.ndarray | None, hu: np.ndarray | None, spacing: tuple[float, float, float]) -> Anatomy:
@@ -89,9 +92,9 @@ def clean_volume(lesion: np.ndarray, lungs: np.ndarray | None, hu: np.ndarray | 
     labels, lung_removed = clean_lungs(lungs, hu, body, spacing)
     removed.update({f"lung_{k}": v for k, v in lung_removed.items()})
     radius = max(1, round(LESION_MARGIN_MM / max(min(spacing[1:]), 1e-3)))
-    lesion, labels, dropped = _gate(lesion, labels, radius, body)
+    lesion, labels, dropped, region = _gate(lesion, labels, radius, body)
     removed["lesion_outside_lungs"] = dropped * voxel_ml
-    return Anatomy(lesion, labels, body, {k: v for k, v in removed.items() if v > 0}, grade_checks(labels, spacing), sided=True)
+    return Anatomy(lesion, labels, body, {k: v for k, v in removed.items() if v > 0}, grade_checks(labels, spacing), sided=True, region=region)
 
 
 def clean_slice(lesion: np.ndarray, lungs: np.ndarray | None, hu: np.ndarray | None = None, spacing: tuple[float, float] | None = None) -> Anatomy:
@@ -105,11 +108,11 @@ def clean_slice(lesion: np.ndarray, lungs: np.ndarray | None, hu: np.ndarray | N
     if lungs is None:
         if body is None:
             return Anatomy(lesion)
-        return Anatomy(lesion & body, None, body, {"lesion_outside_body": float(np.count_nonzero(lesion & ~body))})
+        return Anatomy(lesion & body, None, body, {"lesion_outside_body": float(np.count_nonzero(lesion & ~body))}, region=body)
     labels, removed = clean_lungs(np.asarray(lungs, bool)[None], None if hu is None else hu[None], None if body is None else body[None], (1.0, *pixel), min_ml=0.0, min_share=MIN_SLICE_SHARE)
     px = 1000.0 / float(np.prod(pixel))  # mL back to pixels: clean_lungs counts mL of 1-mm slices
     removed = {f"lung_{k}": v * px for k, v in removed.items()}
     radius = LESION_MARGIN_PX if spacing is None else max(1, round(LESION_MARGIN_MM / min(pixel)))
-    kept, labels, dropped = _gate(lesion[None], labels, radius, None if body is None else body[None])
+    kept, labels, dropped, region = _gate(lesion[None], labels, radius, None if body is None else body[None])
     removed["lesion_outside_lungs"] = float(dropped)
-    return Anatomy(kept[0], labels[0], None if body is None else body, {k: v for k, v in removed.items() if v > 0}, sided=True)
+    return Anatomy(kept[0], labels[0], None if body is None else body, {k: v for k, v in removed.items() if v > 0}, sided=True, region=region[0])

@@ -47,7 +47,7 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
     out = {}
     for key, tta in (("plain", False), ("tta", True)):
         predictor = Predictor(ckpt, device="cpu", tta=tta, threshold=REPORTED)
-        scores = score(predictor, samples, REPORTED, batch_size=16, progress=progress, desc=f"fold {key}")
+        scores = score(predictor, samples, REPORTED, batch_size=16, progress=progress, desc=f"fold {key}", anatomy=False)  # the network's maps, as every fold file before issue 30
         dice = scores.dice_by_threshold(THRESHOLDS)  # [N, T]
         of_source = {src: np.asarray(sources) == src for src in sorted(set(sources))}
         by_threshold = {f"{t:.1f}": {src: float(dice[rows, j].mean()) for src, rows in of_source.items()} for j, t in enumerate(THRESHOLDS)}

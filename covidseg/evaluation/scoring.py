@@ -66,6 +66,7 @@ def score(
     tolerance_mm: float = 1.0,
     on_slice: Callable[[Sample, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], None] | None = None,
     lung_labels: list[int] | None = None,
+    anatomy: bool = True,
 ) -> Scores:
     """Predicts every slice of ``samples`` and scores it at ``threshold``; slices of volumes are
     also gathered per volume and scored in 3D (``metrics.volume.case_metrics``).
@@ -76,8 +77,12 @@ def score(
         tolerance_mm: surface distance that counts as agreement for the volumes' NSD.
         on_slice: called for each slice with ``(sample, raw image, predicted mask, true mask,
             lung mask or None)`` (the HTML viewer); the maps are not kept otherwise.
+        anatomy: score what predict writes: each slice through ``anatomy.clean_slice`` (lesion
+            probability zero outside the grown lungs and the body, lungs cleaned), each volume's
+            3D figures through ``anatomy.clean_volume``.
     """
     out = Scores()
+    spacings: dict[str, tuple[float, float, float]] = {}
     volume: _Volume | None = None
     raws: deque[np.ndarray] = deque()  # inputs read ahead by predict_maps, until their map comes back
 
@@ -96,10 +101,13 @@ def score(
             names = ", ".join(str(p) for p in predictor.paths)
             raise CovidSegError(f"{names}: the model cannot take these slices ({str(err).splitlines()[0][:160]})") from None
         prob, truth = m[0], mask_of(s, lesion_labels)
+        lung_map = m[1] >= LUNG_THRESHOLD if predictor.card.lung_output else None
+        if anatomy:
+            prob, lung_map = _clean(prob, lung_map, s, threshold, spacings)
         if predictor.card.lung_output and s.lung_mask is not None:
-            out.lungs.append(_lung_row(s, prob >= threshold, truth, m[1] >= LUNG_THRESHOLD, lung_mask_of(s, lung_labels)))
+            out.lungs.append(_lung_row(s, prob >= threshold, truth, lung_map, lung_mask_of(s, lung_labels)))
         if on_slice:
-            on_slice(s, raws.popleft(), prob >= threshold, truth.astype(bool), m[1] >= LUNG_THRESHOLD if predictor.card.lung_output else None)
+            on_slice(s, raws.popleft(), prob >= threshold, truth.astype(bool), lung_map)
         p, gt = torch.from_numpy(prob)[None], torch.from_numpy(truth)[None]
         tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(p, gt, threshold)[0])
         hist = metrics.histograms(p, gt).numpy().astype(np.int32)
@@ -116,11 +124,32 @@ def score(
             if volume is not None and volume.sample.image != s.image:
                 out.cases.append(volume.finish(lesion_labels, tolerance_mm, predictor, threshold, batch_size))
                 volume = None
-            volume = volume or _Volume(s)
+            volume = volume or _Volume(s, anatomy)
             volume.slices[s.slice] = prob >= threshold
+            if lung_map is not None:
+                volume.lungs[s.slice] = lung_map
     if volume is not None:
         out.cases.append(volume.finish(lesion_labels, tolerance_mm, predictor, threshold, batch_size))
     return out
+
+
+def _clean(prob: np.ndarray, lung_map: np.ndarray | None, s: Sample, threshold: float, spacings: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """One slice through the anatomy stage, as predict applies it: the lesion probability is
+    zero where no lesion may lie (so every threshold sees the cleaned output), lungs cleaned."""
+    from covidseg.anatomy import clean_slice
+
+    hu = spacing = None
+    if s.slice is not None:  # a volume slice: HU, so the body and gas rules apply
+        from covidseg.data.cache import cache_volume, read_slice
+        from covidseg.data.volumes import display_spacing
+
+        if s.image not in spacings:
+            spacings[s.image] = display_spacing(np.array(cache_volume(s.image).affine))
+        hu, spacing = read_slice(s.image, s.slice), spacings[s.image][1:]
+    a = clean_slice(prob >= threshold, lung_map, hu, spacing)
+    if a.region is not None:
+        prob = np.where(a.region, prob, np.float32(0))
+    return prob, None if a.lungs is None else a.lungs > 0
 
 
 def _lung_row(s: Sample, lesion: np.ndarray, truth: np.ndarray, lungs: np.ndarray, true_lungs: np.ndarray) -> dict:
@@ -139,8 +168,8 @@ class _Volume:
     here, so false positives on them count in the case's Dice, HD95 and mL (issue 23, item 6);
     they are not rows of the per-slice table."""
 
-    def __init__(self, sample: Sample):
-        self.sample, self.slices = sample, {}
+    def __init__(self, sample: Sample, anatomy: bool = False):
+        self.sample, self.slices, self.lungs, self.anatomy = sample, {}, {}, anatomy
 
     def finish(self, lesion_labels: list[int] | None, tolerance_mm: float, predictor: Predictor, threshold: float, batch_size: int = 8) -> dict:
         from covidseg.data.cache import read_hu_slice, read_mask_volume
@@ -152,8 +181,19 @@ class _Volume:
             pred[k] = mask
         missing = [k for k in range(truth.shape[0]) if k not in self.slices]
         raws = (read_hu_slice(self.sample.image, k, predictor.card.window) for k in missing)
+        lungs = np.zeros(truth.shape, bool) if predictor.card.lung_output else None
         for k, m in zip(missing, predictor.predict_maps(raws, batch_size)):
             pred[k] = m[0] >= threshold
+            if lungs is not None:
+                lungs[k] = m[1] >= LUNG_THRESHOLD
+        if self.anatomy:  # the whole volume through the anatomy stage, as predict writes it
+            from covidseg.anatomy import clean_volume
+            from covidseg.data.cache import cache_volume
+
+            if lungs is not None:
+                for k, lung in self.lungs.items():
+                    lungs[k] = lung
+            pred = clean_volume(pred, lungs, np.load(cache_volume(self.sample.image).cache, mmap_mode="r"), spacing).lesion
         return {"case_id": self.sample.case_id, "file": self.sample.image, "slices": len(self.slices), **case_metrics(pred, truth, spacing, tolerance_mm)}
 
 

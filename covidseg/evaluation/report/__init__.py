@@ -88,6 +88,7 @@ def write_report(
     viewer: bool = False,
     lung_labels: list[int] | None = None,
     tensorboard_prefix: str | None = None,
+    anatomy: bool = True,
 ) -> dict:
     """Scores ``samples`` at the predictor's operating point and writes every report file into
     ``output``; returns the content of ``metrics.json``.
@@ -108,6 +109,7 @@ def write_report(
         lesion_labels: label values that are lesion (label-map masks), as the model was trained.
         viewer: also write ``index.html`` and ``viewer/``: each case in a browser, with its Dice
             and truth against prediction (``covidseg.viewer``).
+        anatomy: score the anatomy stage's output, as predict writes it (``scoring.score``).
     """
     if not samples:
         raise DataError("no slices to evaluate")
@@ -117,7 +119,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
 
     sink = _viewer(predictor, out, split) if viewer else None
-    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels, on_slice=_keeper(sink, s.normalization) if sink else None, lung_labels=lung_labels)
+    scores = score(predictor, samples, t, batch_size, progress, lesion_labels=lesion_labels, on_slice=_keeper(sink, s.normalization) if sink else None, lung_labels=lung_labels, anatomy=anatomy)
     counts = np.asarray(scores.counts, dtype=np.int64)
     pos, neg = scores.pos, scores.neg
     metrics = {
