@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX for deployment, and check the export against PyTorch.
 
     covidseg export --ckpt best.ckpt --output model.onnx [--opset 18]
+    covidseg export --ckpt reference --output reference.onnx      # a built-in model by name
 
 The ONNX model maps input ``image`` (float32 ``[batch, 1, H, W]``, preprocessed as in training)
 to output ``probability`` (sigmoid included, same shape; with a lung output, channel 1 holds the
@@ -31,7 +32,8 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns 0 (errors exit with 2)."""
     args = build_parser().parse_args(argv)
-    diff = export_onnx(args.ckpt, args.output, args.opset)
+    (ckpt,) = options.model_paths(args.ckpt)  # built-in names (reference) as in predict and evaluate
+    diff = export_onnx(ckpt, args.output, args.opset)
     size_mb = Path(args.output).stat().st_size / 1e6
     print(f"max |onnxruntime - pytorch| = {diff:.2e} (batch sizes {', '.join(map(str, CHECK_BATCH_SIZES))}; limit {MAX_ABS_DIFF:g})")
     print(f"wrote {args.output} ({size_mb:.1f} MB, opset {args.opset})")

@@ -150,6 +150,9 @@ def main(args: list[str] | None = None) -> dict:
     rank 0; other ranks return ``{}``)."""
     cli = build_cli(args)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    if trainer.logger is None:  # --trainer.logger false: no TensorBoard files, so nothing to log learning rates to
+        trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        rank_zero_info(f"no logger (--trainer.logger false): no TensorBoard events or learning-rate curve; checkpoints, config and report go to {trainer.log_dir}")
     dm.validated()  # validate all data before any process group or worker starts
     monitor_volumes(trainer, model, dm)
     validated = "val" in dm.make_split().values()
@@ -172,7 +175,8 @@ def main(args: list[str] | None = None) -> dict:
         return results
     print(f"\nrun directory:   {run_dir}")
     print(f"best checkpoint: {best}" + ("" if validated else "  (the latest weights: no validation split)"))
-    print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
+    if trainer.logger is not None:
+        print(f"monitor with:    tensorboard --logdir {run_dir.parent}")
     return results
 
 

@@ -261,3 +261,38 @@ def test_report_on_the_validation_split_keeps_the_training_curves(tiny_data, tmp
     ea.Reload()
     assert len(ea.Scalars("val/dice_image")) == 1  # the one epoch
     assert "report_val/dice_image" in ea.Tags()["scalars"]
+
+
+def test_no_logger_trains_and_says_where_the_files_are(tiny_data, tmp_path, capsys, caplog, monkeypatch):
+    """Issue 31, item 21: --trainer.logger false died on the learning-rate monitor."""
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO):
+        main(["--data.root", str(tiny_data), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "root"), "--trainer.max_epochs", "1", "--test", "false"]
+             + TINY_MODEL + FAST_TRAINER)  # fmt: skip
+    out = capsys.readouterr().out + caplog.text
+    assert "no logger (--trainer.logger false)" in out and "tensorboard --logdir" not in out
+    assert (tmp_path / "root" / "checkpoints" / "last.ckpt").is_file() and not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_last_checkpoint_does_not_log_weights_only_every_epoch(tiny_data, tmp_path, capsys, caplog):
+    """Issue 31, item 19: Lightning logged "`weights_only` was not set" once per epoch."""
+    with caplog.at_level(logging.INFO):
+        _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--test", "false")
+    assert "weights_only" not in capsys.readouterr().err + caplog.text
+
+
+def test_resume_with_more_epochs_does_not_rewarm_the_learning_rate(tiny_data, tmp_path, caplog):
+    """Issue 31, item 4: a 2-epoch cosine run resumed to 5 epochs climbed back towards lr
+    (T_max restored from the checkpoint); it must keep decreasing from where it stopped."""
+    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--test", "false", "--model.lr", "0.01")
+    run = tmp_path / "covidseg" / "version_0"
+    with caplog.at_level(logging.INFO):
+        _fit(tiny_data, tmp_path, "--trainer.max_epochs", "5", "--ckpt_path", "last", "--test", "false", "--model.lr", "0.01")
+    assert "no re-warm" in caplog.text
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 4
+    ea = EventAccumulator(str(run))
+    ea.Reload()
+    lrs = [e.value for e in sorted(ea.Scalars("lr-AdamW"), key=lambda e: e.step)]
+    assert len(lrs) >= 5 and all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs  # never up
+    assert lrs[-1] < lrs[1]

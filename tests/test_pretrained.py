@@ -151,3 +151,13 @@ def test_packaging_refuses_when_masks_disagree(lung_ckpt, tiny_ckpt, tiny_data, 
     with pytest.raises(CovidSegError, match="not packaged"):
         packaging.write(lung_ckpt, tmp_path / "m.ckpt", {"name": "m"}, {"slices": raws}, min_dice=1.01)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_takes_a_builtin_name(models_dir, tmp_path, monkeypatch, capsys):
+    """Issue 31, item 7: `covidseg export --ckpt reference` said "checkpoint not found"."""
+    from covidseg.export import main as export
+
+    monkeypatch.setenv("COVIDSEG_MODELS", str(models_dir))
+    assert export(["--ckpt", "reference", "--output", str(tmp_path / "reference.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "using the built-in model 'reference' version 0.test" in out and (tmp_path / "reference.onnx").stat().st_size > 0

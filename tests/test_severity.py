@@ -111,3 +111,16 @@ def test_lesion_free_synthetic_cases_and_the_floor_measurement(lung_ckpt, tmp_pa
     out = module.main([str(lung_ckpt), "--cases", "2", "--slices", "2", "--size", "80"])
     assert out["cases"] == 2 and set(out["per_case_percent"]) == {"case000", "case001"} and out["floor_percent"] == CT0_MAX_PERCENT
     assert "lesion-free cases have predicted lesion in the lungs" in capsys.readouterr().out
+
+
+def test_grade_accuracy_comes_with_the_trivial_baseline():
+    """Issue 30/31: "12 of 13 right" beside what always answering the most common grade scores."""
+    from covidseg.metrics.severity import compare_cases
+
+    truth = [{"case_id": f"c{i}", "involvement_percent": p, "severity": grade(p)} for i, p in enumerate([5, 6, 7, 8, 30])]
+    pred = [{"case_id": f"c{i}", "involvement_percent": p, "severity": grade(p)} for i, p in enumerate([4, 6, 9, 8, 10])]
+    out = compare_cases(truth, pred)
+    assert out["grade_accuracy"] == pytest.approx(0.8)
+    assert out["baseline_grade"] == "CT-1" and out["baseline_accuracy"] == pytest.approx(0.8)  # the model scores only what "always CT-1" does
+    assert out["cases_per_grade"] == {"CT-0": 0, "CT-1": 4, "CT-2": 1, "CT-3": 0, "CT-4": 0}
+    assert out["accuracy_per_grade"] == {"CT-1": 1.0, "CT-2": 0.0}

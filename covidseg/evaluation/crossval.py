@@ -67,6 +67,7 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
                 "mean_abs_error_pp": sev.get("mean_abs_error_pp"),
                 "max_abs_error_pp": sev.get("max_abs_error_pp"),
                 "grade_accuracy": sev.get("grade_accuracy"),
+                "grade_baseline_accuracy": sev.get("baseline_accuracy"),
                 "cases": sev.get("cases_table"),
             }
     return out

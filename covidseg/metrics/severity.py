@@ -106,9 +106,23 @@ def compare_cases(truth: list[dict], pred: list[dict]) -> dict:
         "mean_abs_error_pp": float(np.mean([r["abs_error_pp"] for r in rows])),
         "max_abs_error_pp": float(np.max([r["abs_error_pp"] for r in rows])),
         "grade_accuracy": float(np.mean([r["true_grade"] == r["pred_grade"] for r in rows])),
+        **grade_baseline(rows),
         "confusion": confusion,
         "cases_table": rows,
     }
+
+
+def grade_baseline(rows: list[dict]) -> dict:
+    """What always answering the most common true grade would score, and the cases per grade:
+    "12 of 13 grades right" means little when 12 of the 13 are CT-1.
+
+    Args:
+        rows: ``{"true_grade", "pred_grade"}`` per case.
+    """
+    counts = {g: sum(r["true_grade"] == g for r in rows) for g in GRADES}
+    common = max(GRADES, key=lambda g: counts[g])
+    per_grade = {g: float(np.mean([r["pred_grade"] == g for r in rows if r["true_grade"] == g])) for g in GRADES if counts[g]}
+    return {"cases_per_grade": counts, "baseline_grade": common, "baseline_accuracy": counts[common] / max(len(rows), 1), "accuracy_per_grade": per_grade}
 
 
 def restrict_to_lungs(lesion: np.ndarray, lungs: np.ndarray, dilate_px: int = 0) -> np.ndarray:

@@ -83,4 +83,5 @@ class LastEpochCheckpoint(Callback):
         cb = trainer.checkpoint_callback
         if cb is None or cb.dirpath is None:  # checkpointing disabled
             return
-        trainer.save_checkpoint(Path(cb.dirpath) / self.FILENAME)  # every rank calls; rank 0 writes
+        # every rank calls; rank 0 writes. weights_only given: Lightning logs a line per call otherwise (issue 31, item 19)
+        trainer.save_checkpoint(Path(cb.dirpath) / self.FILENAME, weights_only=False)

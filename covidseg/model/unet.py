@@ -245,6 +245,32 @@ class LitUNet(pl.LightningModule):
             return
         self.log_dict({f"{stage}/{prefix}{k}": values[k] for k in keys}, prog_bar=False, sync_dist=False)
 
+    def on_train_start(self) -> None:
+        self._continue_schedule()
+
+    def _continue_schedule(self) -> None:
+        """A resumed run whose ``max_epochs`` differs from the one its cosine schedule was made
+        for: the restored scheduler (``T_max`` from the checkpoint) would climb back up once past
+        its end (issue 31, item 4). It continues instead from the current learning rate down to
+        the same minimum over the epochs that remain, and says so in one line."""
+        if self._trainer is None or self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+                continue
+            planned_end = self.current_epoch - sched.last_epoch + sched.T_max  # the epoch this cosine reaches its minimum
+            if self.current_epoch == 0 or planned_end == self.trainer.max_epochs:
+                continue
+            remaining = max(1, self.trainer.max_epochs - self.current_epoch)
+            lrs = [group["lr"] for group in sched.optimizer.param_groups]
+            sched.base_lrs, sched.T_max, sched.last_epoch = lrs, remaining, 0
+            sched._last_lr = lrs
+            from pytorch_lightning.utilities import rank_zero_info
+
+            rank_zero_info(f"resume: the cosine schedule ended at epoch {planned_end}, this run at {self.trainer.max_epochs}; the learning rate continues "
+                           f"from {lrs[0]:.3g} down to {sched.eta_min:.3g} over the remaining {remaining} epochs (no re-warm)")  # fmt: skip
+
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.probabilities(batch["image"])
 

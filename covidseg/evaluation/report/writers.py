@@ -81,7 +81,10 @@ def markdown(metrics: dict) -> str:
         sev = lungs.get("severity")
         if sev:
             lines += [f"- involvement (lesion inside the lungs / lungs, per case): mean absolute error {sev['mean_abs_error_pp']:.2f} "
-                      f"percentage points (max {sev['max_abs_error_pp']:.2f}) over {sev['cases']} cases; grade correct in {100 * sev['grade_accuracy']:.0f}%",
+                      f"percentage points (max {sev['max_abs_error_pp']:.2f}) over {sev['cases']} cases; grade correct in {100 * sev['grade_accuracy']:.0f}% "
+                      f"(always answering the most common grade, {sev['baseline_grade']}: {100 * sev['baseline_accuracy']:.0f}%; cases per true grade: "
+                      + ", ".join(f"{g} {n}" for g, n in sev["cases_per_grade"].items() if n) + "; right per grade: "
+                      + ", ".join(f"{g} {100 * a:.0f}%" for g, a in sev["accuracy_per_grade"].items()) + ")",
                       "", "| case | true % | predicted % | error (pp) | true grade | predicted grade |", "|---|---|---|---|---|---|"]  # fmt: skip
             lines += [f"| {c['case_id']} | {c['true_percent']:.2f} | {c['pred_percent']:.2f} | {c['abs_error_pp']:.2f} | {c['true_grade']} | {c['pred_grade']} |" for c in sev["cases_table"]]
             grades = list(sev["confusion"])
