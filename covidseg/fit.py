@@ -90,12 +90,36 @@ def train_without_validation(trainer, model: LitUNet, reason: str) -> None:
     rank_zero_info(f"{reason}; no early stopping, checkpoints keep the latest weights")
 
 
+def _val_has_lesion(dm: CTDataModule) -> bool:
+    """Whether any validation slice's truth holds lesion (volumes: one read per mask volume)."""
+    from covidseg.data.cache import read_mask_volume
+    from covidseg.data.samples import mask_of
+
+    split = dm.make_split()  # as setup() will make it (deterministic)
+    val = [s for s in dm.validated().samples if split.get(s.image) == "val"]
+    volumes: dict[str, np.ndarray] = {}
+    for s in val:
+        if s.slice is None:
+            if mask_of(s, dm.hparams.lesion_labels).any():
+                return True
+            continue
+        if s.mask not in volumes:
+            volumes[s.mask] = read_mask_volume(s.mask, dm.hparams.lesion_labels)[0].any(axis=(1, 2))
+        if volumes[s.mask][s.slice]:
+            return True
+    return not val  # no validation split: nothing to monitor anyway
+
+
 def monitor_volumes(trainer, model: LitUNet, dm: CTDataModule) -> None:
     """On volume data most slices hold no lesion and score 1.0 when left empty, so the default
     monitor ``val/dice_image`` would mostly measure empty slices: checkpointing, early stopping
     and the plateau scheduler follow ``val/dice_lesion_image`` (per-image Dice over the slices
     whose truth has lesion) instead. A monitor set by the user is kept."""
     if not dm.report.volumes:
+        return
+    if not _val_has_lesion(dm):
+        rank_zero_info(f"volume data: no validation slice holds lesion, so {VAL_DICE_LESION_IMAGE} is undefined; checkpoints and early stopping follow "
+                       f"{VAL_DICE_IMAGE} (give validation a case with lesion: --data.split_seed, --data.val_fraction)")  # fmt: skip
         return
     for cb in [*trainer.checkpoint_callbacks, *(c for c in trainer.callbacks if isinstance(c, EarlyStopping))]:
         if cb.monitor == VAL_DICE_IMAGE:

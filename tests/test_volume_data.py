@@ -329,3 +329,22 @@ def test_slice_cache_stores_exact_hu_as_int16_and_says_where_and_how_big(tmp_pat
     note = [n for n in validate_data([root], lesion_labels=[1, 2], progress=False).notes if n.startswith("slice cache")]
     assert len(note) == 1 and str(cache_dir()) in note[0] and "delete the folder to clear it" in note[0]
     assert not [n for n in validate_data([root], lesion_labels=[1, 2], progress=False).notes if n.startswith("slice cache")]  # nothing new: no note
+
+
+def test_volume_run_without_lesion_in_validation_trains_to_the_end(tmp_path, caplog):
+    """Issue 31, item 5: with no lesion slice in validation, val/dice_lesion_image was NaN and
+    EarlyStopping's check_finite ended the run after one epoch, before a best checkpoint."""
+    import logging
+
+    import nibabel as nib
+    import torch
+
+    root = generate_volumes(tmp_path / "d", cases=4, slices=4, size=32)
+    for mask in (root / "masks").glob("*.nii.gz"):  # lesion-free studies
+        img = nib.load(mask)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), mask)
+    with caplog.at_level(logging.INFO):
+        _fit(root, tmp_path / "runs", "--data.lesion_labels", "[1, 2]", "--trainer.max_epochs", "3", "--test", "false")
+    assert "no validation slice holds lesion" in caplog.text
+    (run,) = (tmp_path / "runs" / "covidseg").glob("version_*")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2 and (run / "checkpoints" / "best.ckpt").is_file()
