@@ -79,17 +79,10 @@ def onnx_has_cuda() -> bool:
 
 
 def write_volume(path: Path, size: int, slices: int) -> None:
-    """A small CT-like volume in HU (body, lungs, a brighter lesion) as NIfTI."""
-    import nibabel as nib
+    """A small chest phantom in HU (``covidseg.data.phantom.write_chest``) as NIfTI."""
+    from covidseg.data.phantom import write_chest
 
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    body = ((yy - 0.5) / 0.4) ** 2 + ((xx - 0.5) / 0.45) ** 2 <= 1
-    lungs = (((yy - 0.48) / 0.25) ** 2 + ((xx - 0.32) / 0.12) ** 2 <= 1) | (((yy - 0.48) / 0.25) ** 2 + ((xx - 0.68) / 0.12) ** 2 <= 1)
-    hu = np.where(body, 40.0, -1000.0)
-    hu[lungs] = -850.0
-    vol = np.repeat(hu[..., None], slices, axis=2)
-    vol[int(0.4 * size) : int(0.5 * size), int(0.28 * size) : int(0.36 * size), slices // 3 :] = -300.0
-    nib.save(nib.Nifti1Image(vol.astype(np.int16), np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+    write_chest(path, slices, size, spacing=(2.5, 0.8, 0.8))
 
 
 def main(argv: list[str] | None = None) -> int:

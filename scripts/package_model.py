@@ -85,7 +85,7 @@ def cv_scores(name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from predict_speed import make_volume
+    from covidseg.data.phantom import write_chest as make_volume
 
     from covidseg.data.samples import image_of
     from covidseg.data.validate import validate_data

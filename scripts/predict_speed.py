@@ -34,24 +34,10 @@ TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
 
 def make_volume(path: Path, slices: int, side: int, seed: int = 0) -> Path:
-    """A CT-like int16 HU volume ``[side, side, slices]`` (0.7 x 0.7 x 1 mm) saved as NIfTI."""
-    import nibabel as nib
-    import numpy as np
+    """The generated scan (``covidseg.data.phantom.write_chest``: a chest in HU, 0.7 x 0.7 x 1 mm)."""
+    from covidseg.data.phantom import write_chest
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side, 0:side] / side
-    body = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.47) ** 2 < 1
-    lungs = (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.3) / 0.15) ** 2 < 1) | (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.7) / 0.15) ** 2 < 1)
-    base = np.where(body, 40.0, -1000.0)
-    base[lungs] = -850.0
-    vol = np.empty((side, side, slices), np.int16)
-    for z in range(slices):
-        sl = base.copy()
-        cy, cx, r = 0.35 + 0.3 * rng.random(), 0.25 + 0.5 * rng.random(), 0.02 + 0.06 * rng.random()
-        sl[(((yy - cy) ** 2 + (xx - cx) ** 2) < r * r) & lungs] = -300.0  # a ground-glass blob
-        vol[..., z] = np.clip(sl + rng.normal(0, 20, sl.shape), -1024, 3000).astype(np.int16)
-    nib.save(nib.Nifti1Image(vol, np.diag([0.7, 0.7, 1.0, 1.0])), str(path))
-    return path
+    return write_chest(path, slices, side, seed)
 
 
 def make_checkpoint(path: Path, image_size: int, tiny: bool, lungs: bool = False) -> Path:

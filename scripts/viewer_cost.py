@@ -52,8 +52,7 @@ def time_predict(n: int, size: int) -> None:
     from covidseg.model.unet import LitUNet
     from covidseg.predict import main as predict
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from predict_speed import make_volume as make_ct
+    from covidseg.data.phantom import write_chest as make_ct
 
     with tempfile.TemporaryDirectory() as tmp:
         volume = make_ct(Path(tmp) / "ct.nii.gz", n, size)

@@ -145,6 +145,13 @@ def write_nifti(path: str | Path, display: np.ndarray, p: Phantom, dtype=np.int1
     return path
 
 
+def write_chest(path: str | Path, slices: int = 300, side: int = 512, seed: int = 0, spacing: tuple[float, float, float] = (1.0, 0.7, 0.7)) -> Path:
+    """A whole-chest phantom as an int16 NIfTI in HU: the one generated scan of the speed,
+    memory and packaging scripts and the GPU smoke test (``slices`` x ``side`` x ``side``)."""
+    p = phantom("chest", slices=slices, size=side, spacing=spacing, lesions=max(3, slices // 40), seed=seed)
+    return write_nifti(path, p.hu, p)
+
+
 def write_dicom_series(img, folder: str | Path, slope: float = 0.5, intercept: float = -2048.0, series_uid: str | None = None, skip: tuple[int, ...] = (), study_uid: str | None = None, shuffle: bool = True) -> Path:
     """Writes a NIfTI image ``[X, Y, Z]`` (HU) as a CT series, one file per Z slice, with a
     rescale (``intercept`` 0 and ``slope`` 1 store raw values as HU + 0), in shuffled file names
