@@ -170,6 +170,8 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
     if row.get("qc") not in ("", "ok", None):
         bar.write(f"warning: {job.name or job.path}: not graded: {row['qc']}", file=sys.stderr)
     if viewer:
+        if row.get("qc") not in ("", "ok", None):
+            viewer.not_graded(case_id_of(job), row["qc"])
         view_lungs = None if not lung_out else anatomy.lungs > 0
         for k, raw in enumerate(slices):
             viewer.add_slice(case_id_of(job), normalize_intensity(raw, predictor.card.normalization), mask[k], lungs=None if view_lungs is None else view_lungs[k],

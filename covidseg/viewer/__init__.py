@@ -62,6 +62,7 @@ class _Case:
     source: str = ""
     ml_per_voxel: float | None = None
     reasons: list[str] = field(default_factory=list)
+    qc: str = ""  # why the study is not graded (the anatomy stage's scan checks), as summary.csv
     slices: list[dict] = field(default_factory=list)  # per slice: label and pixel counts at full size
     cell: tuple[int, int] | None = None  # (h, w) of the written slices
     thumb: tuple[float, int, np.ndarray] | None = None  # (score, slice, RGB uint8) of the most involved slice
@@ -163,6 +164,10 @@ class ViewerWriter:
         c.kind, c.source = c.kind or kind, c.source or source
         c.reasons.append(reason)
 
+    def not_graded(self, case: str, qc: str) -> None:
+        """Shows ``case`` without involvement and grade, with the reason ``summary.csv`` gives."""
+        self._case(case).qc = qc
+
     def summary(self, c: _Case) -> dict:
         """The index row of a case: counts, mL, involvement and grade (``aggregate_cases``)."""
         row = {"name": c.name, "slices": len(c.slices) or None, "kind": c.kind, "source": c.source,
@@ -174,7 +179,9 @@ class ViewerWriter:
             row["lesion_ml"] = agg["lesion_pixels"] * c.ml_per_voxel
             if self.lungs:
                 row["lung_ml"] = agg["lung_pixels"] * c.ml_per_voxel
-        if self.lungs:
+        if self.lungs and c.qc:
+            row["status"] = f"ok; not graded: {c.qc}"
+        elif self.lungs:
             row["involvement_percent"], row["grade"] = agg["involvement_percent"], agg["severity"]
         return row
 
