@@ -113,6 +113,10 @@ class CTDataModule(pl.LightningDataModule):
             pixels, not grey levels).
         lung_labels: lung mask values that are lung; ``None``: every non-zero value (binary
             masks, left/right lung maps 1/2, lobe maps).
+        unlabelled: a folder of unlabelled slices (``covidseg.data.unlabelled``) for
+            semi-supervised training (``model.consistency_weight``): each training batch then
+            also carries as many unlabelled slices, drawn at random from those whose case is not
+            in validation or test (held out with their patients, so a fold does not leak).
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class CTDataModule(pl.LightningDataModule):
         soft_masks: bool = False,
         lung_masks: bool = False,
         lung_labels: list[int] | None = None,
+        unlabelled: str | None = None,
     ):
         super().__init__()
         check_resolution(image_size, patch_size, foreground_fraction)
@@ -267,6 +272,14 @@ class CTDataModule(pl.LightningDataModule):
             )
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")
+        if hp.unlabelled:
+            from covidseg.data.unlabelled import UnlabelledDataset, held_in, read_unlabelled
+
+            kept, dropped = held_in(read_unlabelled(hp.unlabelled, hp.case_regex), self.validated().samples, self.split)
+            if not kept:
+                raise DataError(f"data.unlabelled {hp.unlabelled}: every slice belongs to a validation or test case; nothing left to train on")
+            self.datasets["unlabelled"] = UnlabelledDataset(kept, self.image_size, self.normalization, aug, hp.patch_size)
+            rank_zero_info(f"unlabelled: {len(kept)} slices of {len({s.case_id for s in kept})} cases for training; {dropped} of validation/test cases held out")
 
     def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
         dataset = self.datasets[name]
@@ -297,7 +310,18 @@ class CTDataModule(pl.LightningDataModule):
             per_source = Counter(s.source for s in samples)
             weights = [1.0 / per_source[s.source] for s in samples]
             sampler = WeightedRandomSampler(weights, num_samples=len(samples), replacement=True)
-        return self._loader("train", shuffle=True, sampler=sampler)
+        labelled = self._loader("train", shuffle=True, sampler=sampler)
+        if "unlabelled" not in self.datasets:
+            return labelled
+        from pytorch_lightning.utilities import CombinedLoader
+        from torch.utils.data import RandomSampler
+
+        # an epoch stays one pass over the labelled slices (recipes are in epochs); unlabelled
+        # slices are drawn at random, as many as labelled ones
+        unlabelled = self.datasets["unlabelled"]
+        draw = RandomSampler(unlabelled, replacement=True, num_samples=len(self.datasets["train"]))
+        extra = DataLoader(unlabelled, batch_size=self.batch_size, sampler=draw, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=False)
+        return CombinedLoader({"labelled": labelled, "unlabelled": extra}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader:
         if not len(self.datasets["val"]):

@@ -105,6 +105,9 @@ class LitUNet(pl.LightningModule):
         lung_weight: weight of the lung loss against the lesion loss.
         channels_last: NHWC memory format (faster convolutions on CPU and tensor cores).
         num_val_samples: validation slices drawn to TensorBoard each epoch.
+        consistency_weight, ema_decay, consistency_rampup, consistency_noise: the mean teacher on
+            unlabelled slices (``covidseg.model.mean_teacher``), active only when the data module
+            serves them (``--data.unlabelled DIR``); ``consistency_weight 0`` turns it off.
 
     Shape:
         forward: ``[B, 1, H, W]`` float in [0, 1] -> logits ``[B, C, H, W]``: channel 0 lesion,
@@ -139,6 +142,10 @@ class LitUNet(pl.LightningModule):
         lung_weight: float = 1.0,
         channels_last: bool = True,
         num_val_samples: int = 4,
+        consistency_weight: float = 1.0,
+        ema_decay: float = 0.99,
+        consistency_rampup: int = 5,
+        consistency_noise: float = 0.05,
     ):
         super().__init__()
         check_threshold(threshold, "model.threshold")
@@ -205,10 +212,36 @@ class LitUNet(pl.LightningModule):
         self.train_scores.update(logits[:, :1].detach().float().sigmoid(), target)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        unlabelled = None
+        if "labelled" in batch:  # --data.unlabelled: {"labelled": ..., "unlabelled": ...}
+            batch, unlabelled = batch["labelled"], batch["unlabelled"]
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"], batch)
         self.update_train_metrics(loss, logits, batch["mask"])
+        if unlabelled is not None and self.hparams.consistency_weight > 0:
+            from covidseg.model.mean_teacher import rampup
+
+            teacher = self._mean_teacher()
+            weight = self.hparams.consistency_weight * rampup(self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1), self.hparams.consistency_rampup)
+            consistency = teacher.consistency(self, unlabelled["image"])
+            self.log("train/consistency", consistency.detach(), on_step=False, on_epoch=True, sync_dist=False, batch_size=len(unlabelled["image"]))
+            loss = loss + weight * consistency
         return loss
+
+    def _mean_teacher(self):
+        """The EMA teacher, made from the network on first use (kept out of the checkpoint)."""
+        teacher = self.__dict__.get("_teacher")
+        if teacher is None:
+            from covidseg.model.mean_teacher import MeanTeacher
+
+            teacher = MeanTeacher(self.net, self.hparams.ema_decay, self.hparams.consistency_noise)
+            self.__dict__["_teacher"] = teacher
+        return teacher
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        teacher = self.__dict__.get("_teacher")
+        if teacher is not None:
+            teacher.update(self.net)
 
     def on_train_epoch_end(self) -> None:
         self._log_loss(TRAIN_LOSS, self.train_loss)
