@@ -110,6 +110,42 @@ def _val_has_lesion(dm: CTDataModule) -> bool:
     return not val  # no validation split: nothing to monitor anyway
 
 
+DDP_TIMEOUT_S = 600.0  # torch's default is 30 min: a stuck rank would hold a cluster job (or CI) that long
+
+
+def bound_collectives(trainer) -> float | None:
+    """Every collective of a DDP run fails after ``COVIDSEG_DDP_TIMEOUT`` seconds (default
+    ``DDP_TIMEOUT_S``) instead of torch's 30 minutes, unless the strategy was given its own
+    timeout; returns the timeout in seconds (``None`` when the run is not DDP)."""
+    import datetime
+    import os
+
+    from pytorch_lightning.strategies import DDPStrategy
+    from torch.distributed.constants import default_pg_timeout
+
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy):
+        return None
+    if getattr(strategy, "_timeout", None) in (None, default_pg_timeout):
+        strategy._timeout = datetime.timedelta(seconds=float(os.environ.get("COVIDSEG_DDP_TIMEOUT", DDP_TIMEOUT_S)))
+    return strategy._timeout.total_seconds()
+
+
+def _stop_other_ranks(trainer) -> None:
+    """Kills the processes Lightning's DDP launcher started from this one (rank 0 of a node);
+    Lightning does so on Ctrl-C, not when an exception ends the run."""
+    import signal
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if launcher is not None and getattr(launcher, "procs", None):
+        launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _is_timeout(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
+
+
 def monitor_volumes(trainer, model: LitUNet, dm: CTDataModule) -> None:
     """On volume data most slices hold no lesion and score 1.0 when left empty, so the default
     monitor ``val/dice_image`` would mostly measure empty slices: checkpointing, early stopping
@@ -181,11 +217,19 @@ def main(args: list[str] | None = None) -> dict:
     monitor_volumes(trainer, model, dm)
     validated = "val" in dm.make_split().values()
     dm.check_world_size(trainer.world_size)  # before any process starts: one error line, exit 2
+    timeout = bound_collectives(trainer)
     if not validated:
         train_without_validation(trainer, model, "no validation split: training on every case")
     elif trainer.limit_val_batches == 0:
         train_without_validation(trainer, model, "validation off (--trainer.limit_val_batches 0)")
-    trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
+    except BaseException as err:
+        _stop_other_ranks(trainer)  # a rank left behind would wait out its own timeout (and hold a CI job's pipes)
+        if timeout is None or not isinstance(err, RuntimeError) or not _is_timeout(err):  # torch.distributed.DistBackendError is a RuntimeError
+            raise
+        raise CovidSegError(f"DDP: rank {trainer.global_rank} waited {timeout:.0f} s in a collective that another process never joined (it died or is stuck); "
+                            f"nothing was lost before the last checkpoint; set COVIDSEG_DDP_TIMEOUT (seconds) to wait longer") from None  # fmt: skip
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""
     run_dir = Path(trainer.log_dir or ".")  # a collective under DDP: every rank asks

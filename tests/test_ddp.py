@@ -75,3 +75,34 @@ def test_ddp_split_smaller_than_world_size_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and proc.stderr.count("error:") == 1, proc.stderr[-3000:]
     message = lines[0]
     assert "val split has 2 slice(s)" in message and "3 processes" in message and "--data.val_fraction" in message and "--trainer.devices" in message
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_a_stuck_rank_fails_the_run_in_one_line_after_the_timeout(tmp_path):
+    """Issue 31, item 20: a collective one rank never joins used to wait torch's 30 minutes;
+    with COVIDSEG_DDP_TIMEOUT the run stops after that many seconds with one error line, and
+    the other process is not left behind."""
+    import signal
+    import time
+
+    data = generate(tmp_path / "data", cases=9, slices=3, size=64)
+    cmd = [sys.executable, "-m", "covidseg.fit", "--data.root", str(data), "--data.val_fraction", "0.2", "--trainer.accelerator", "cpu",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "3", "--test", "false",
+           "--trainer.callbacks+=ddp_stall.StallOnRank1", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")] + TINY_MODEL + FAST_TRAINER  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PL_DISABLE_FORK": "1", "COVIDSEG_DDP_TIMEOUT": "20",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        # the pipes close only when every process of the run has ended: a rank left behind
+        # (sleeping in the callback) would keep them open until this timeout
+        out, err = proc.communicate(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "DDP: rank 0 waited 20 s in a collective" in lines[0] and "COVIDSEG_DDP_TIMEOUT" in lines[0], err[-3000:]
+    assert time.monotonic() - start < 250
