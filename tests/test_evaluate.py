@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
 import pickle
@@ -311,3 +312,20 @@ def test_the_runs_lesion_labels_on_other_data_are_announced(tiny_ckpt, tmp_path,
     assert lines == [f"lesion labels [255]: the run's mapping, applied to {ext} (--data.lesion_labels to change)"]
     main(["--ckpt", str(tiny_ckpt), "--data.root", str(ext), "--data.lesion_labels", "[255]", "--output", str(tmp_path / "b")])
     assert "lesion labels" not in capsys.readouterr().out  # given, not carried over: nothing to announce
+
+
+def test_ensemble_members_that_disagree_on_tta_are_refused_and_thresholds_averaged_aloud(tiny_ckpt, tmp_path, capsys):
+    """Issue 31, item 8: TTA came from the first member silently."""
+    from covidseg.errors import CovidSegError
+    from covidseg.model.card import read_card, write_card
+    from covidseg.model.predictor import Predictor
+
+    loaded = torch.load(tiny_ckpt, weights_only=False)
+    other = tmp_path / "other.ckpt"
+    card = read_card(loaded)
+    torch.save(write_card(loaded, dataclasses.replace(card, tta=not card.tta, threshold=0.3)), other)
+    with pytest.raises(CovidSegError, match=r"ensemble members disagree on flip TTA \(best.ckpt (on|off), other.ckpt (on|off)\); pass --tta true or --tta false"):
+        Predictor([tiny_ckpt, other], device="cpu")
+    p = Predictor([tiny_ckpt, other], device="cpu", tta=True)
+    assert p.card.tta is True and p.card.threshold == pytest.approx((card.threshold + 0.3) / 2)
+    assert "the mean of the members'" in capsys.readouterr().out

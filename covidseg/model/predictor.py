@@ -95,7 +95,10 @@ class Predictor:
     Args:
         paths: a ``.ckpt`` or ``.onnx`` path, or a list of them (averaged: a fold ensemble).
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available); checkpoints only.
-        threshold, tta: override the operating point on the model card(s).
+        threshold, tta: override the operating point on the model card(s). Without them an
+            ensemble's threshold is the mean of its members' (said in one line when they
+            differ), and members whose flip TTA settings differ are refused (one line): there
+            is no mean of on and off.
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], device: str | None = None, threshold: float | None = None, tta: bool | None = None):
@@ -121,9 +124,15 @@ class Predictor:
             if not card.runs_like(first):
                 raise CovidSegError(f"{path}: preprocessing or outputs ({card}) differ from {paths[0]}; cannot ensemble")
         self.paths = paths
+        if tta is None and len({c.tta for c in cards}) > 1:
+            flags = ", ".join(f"{p.name} {'on' if c.tta else 'off'}" for p, c in zip(paths, cards))
+            raise CovidSegError(f"ensemble members disagree on flip TTA ({flags}); pass --tta true or --tta false")
+        thresholds = [c.threshold for c in cards]
+        if threshold is None and len(set(thresholds)) > 1:
+            print(f"ensemble: threshold {np.mean(thresholds):g}, the mean of the members' ({', '.join(f'{t:g}' for t in thresholds)}); --threshold overrides it")
         self.card: ModelCard = replace(
             first,
-            threshold=float(np.mean([c.threshold for c in cards])) if threshold is None else float(threshold),
+            threshold=float(np.mean(thresholds)) if threshold is None else float(threshold),
             tta=first.tta if tta is None else bool(tta),
         )
 
