@@ -109,8 +109,12 @@ def test_lesion_free_synthetic_cases_and_the_floor_measurement(lung_ckpt, tmp_pa
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = module.main([str(lung_ckpt), "--cases", "2", "--slices", "2", "--size", "80"])
-    assert out["cases"] == 2 and set(out["per_case_percent"]) == {"case000", "case001"} and out["floor_percent"] == CT0_MAX_PERCENT
-    assert "lesion-free cases have predicted lesion in the lungs" in capsys.readouterr().out
+    assert out["cases"] == 2 and set(out["per_case_percent"]) == {"case000", "case001"}
+    printed = capsys.readouterr().out
+    assert "lesion-free cases have predicted lesion in the lungs" in printed
+    # what it prints is what it measured: the count of cases above 0 and of cases the floor keeps CT-0
+    above = sum(v > 0 for v in out["per_case_percent"].values())
+    assert f"{above} of 2 lesion-free cases have predicted lesion in the lungs" in printed, printed
 
 
 def test_grade_accuracy_comes_with_the_trivial_baseline():

@@ -129,8 +129,14 @@ def test_evaluate_adds_dice_and_truth(evaluated):
     table = {c["case_id"]: c for c in metrics["lungs"]["severity"]["cases_table"]}
     rows = {r["name"]: r for r in index["rows"]}
     assert set(rows) == {f"case{i:03d}" for i in range(8)}
+    with open(evaluated / "per_image.csv", newline="") as f:
+        images = list(csv.DictReader(f))
     for name, row in rows.items():
-        assert 0.0 <= row["dice"] <= 1.0
+        # the case's Dice pools its slices' counts: 2 TP / (truth + predicted), TP = Dice_i (g_i + p_i) / 2
+        mine = [r for r in images if r["case_id"] == name]
+        sizes = [int(r["gt_pixels"]) + int(r["pred_pixels"]) for r in mine]
+        pooled = sum(float(r["dice"]) * n for r, n in zip(mine, sizes)) / sum(sizes) if sum(sizes) else 1.0
+        assert row["dice"] == pytest.approx(pooled, abs=1e-6), name
         assert row["truth_involvement_percent"] == pytest.approx(table[name]["true_percent"])
         assert row["involvement_percent"] == pytest.approx(table[name]["pred_percent"])
     # per-case Dice of slices: the pooled counts of the case, not a mean of slice Dice

@@ -303,7 +303,7 @@ def test_fit_trains_the_lung_output_on_volumes_with_left_right_lung_maps(tmp_pat
 
     assert set(np.unique(read_slice(report.samples[1].lung_mask, 1)).tolist()) == {0, 1, 2}  # left/right lung labels
     results = _fit(root, tmp_path / "runs", "--data.lesion_labels", "[1, 2]", "--data.lung_masks", "true", "--data.image_size", "32")
-    assert results["lungs"]["slices"] > 0 and 0 <= results["lungs"]["lung_dice_image"] <= 1
+    assert results["lungs"]["slices"] > 0  # its value has a known-answer test: test_volume_scoring.py::test_lung_dice_on_left_right_lung_maps_has_its_known_answer
     assert lung_mask_of(report.samples[1]).max() == 1
 
 

@@ -147,3 +147,35 @@ def test_evaluate_scores_what_predict_writes_nothing_outside_the_body(tmp_path):
     assert clean.cases[0]["pred_ml"] < 0.7 * raw.cases[0]["pred_ml"]  # the air around the body is gone
     assert sum(r["pred_pixels"] for r in clean.rows) < 0.7 * sum(r["pred_pixels"] for r in raw.rows)
     assert clean.cases[0]["dice"] > raw.cases[0]["dice"]
+
+
+class _LungsEverywhere(_Everywhere):
+    """Lesion nowhere, lungs everywhere: each slice's lung Dice is known from its true lung map."""
+
+    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=True)
+
+    def predict_maps(self, raws, batch_size=8):
+        for raw in raws:
+            yield np.stack([np.zeros(raw.shape[:2], np.float32), np.ones(raw.shape[:2], np.float32)])
+
+
+def test_lung_dice_on_left_right_lung_maps_has_its_known_answer(tmp_path):
+    """Issue 31, item 17 (tests/test_volume_data.py only checked 0 <= lung Dice <= 1): with lungs
+    predicted everywhere, a slice's lung Dice is 2 |lungs| / (|lungs| + |slice|), where both
+    labels of a right/left lung map (1 and 2) are lung. Reading only label 1 as lung would
+    give about half the lung and another Dice."""
+    from covidseg.data.cache import read_slice
+    from covidseg.metrics.summary import lung_summary
+
+    root = generate_volumes(tmp_path / "v", cases=1, slices=4, size=32, seed=5, lungs=True)
+    samples = validate_data([root], lesion_labels=[1, 2], progress=False).samples
+    out = score(_LungsEverywhere(), samples, 0.5, progress=False, lesion_labels=[1, 2], anatomy=False)
+    want = []
+    for s in samples:
+        lung = read_slice(s.lung_mask, s.slice)
+        assert {1, 2} <= set(np.unique(lung).tolist())
+        n = np.count_nonzero(lung)
+        want.append(2 * n / (n + lung.size))
+    got = [2 * r["counts"][0] / (2 * r["counts"][0] + r["counts"][1] + r["counts"][2]) for r in out.lungs]
+    assert got == pytest.approx(want)
+    assert lung_summary(out.lungs)["lung_dice_image"] == pytest.approx(float(np.mean(want)))
