@@ -1,7 +1,7 @@
 """The paired cross-validation table, from the fold result files of ``scripts/crossval.sh``.
 
-    python scripts/cv_summary.py                       # every experiment in docs/experiments, paired with 'reference'
-    python scripts/cv_summary.py NAME [REFERENCE]      # one experiment (paired with REFERENCE, default 'reference')
+    python scripts/cv_summary.py                       # every experiment in docs/experiments, paired with the current reference
+    python scripts/cv_summary.py NAME [REFERENCE]      # one experiment (paired with REFERENCE, default the current reference, c2-lungs)
     python scripts/cv_summary.py NAME --results DIR    # result files elsewhere
     python scripts/cv_summary.py c2-lungs --rule non-inferiority   # the rule written for that comparison
 
@@ -19,6 +19,7 @@ import argparse
 import statistics
 from pathlib import Path
 
+from covidseg.evaluation.adoption import CURRENT_REFERENCE, RULES, verdict
 from covidseg.evaluation.crossval import best_setting, pooled_by_lesion_size, read_records, sd, setting_scores, source_means
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,33 +74,6 @@ def paired(name: str, records: dict[int, dict], ref_name: str, refs: dict[int, d
     print("\n" + verdict({s: statistics.mean(d) for s, d in diffs.items()}, lung_dice, len(common), mine[common[0]]["num_folds"], rule))
 
 
-# docs/RESULTS.md's rules, written before the runs: (least mean-of-sources difference, least per-source difference)
-RULES = {"superiority": (0.01, -0.01), "non-inferiority": (-0.01, -0.02)}
-
-
-def verdict(source_diffs: dict[str, float], lung_dice: list[float] | None, folds: int, num_folds: int, rule: str = "superiority") -> str:
-    """An adoption rule of docs/RESULTS.md (written before the runs), applied to the paired means.
-    ``superiority`` (a candidate recipe): mean of sources at least +0.01, no source below -0.01;
-    ``non-inferiority`` (a part the product needs, e.g. the lung output): mean of sources no lower
-    than -0.01, no source below -0.02. Both: lung Dice at least 0.95 on every fold (lung-output
-    candidates); fewer folds than ``num_folds`` can discard a candidate, never adopt it."""
-    least_mean, least_source = RULES[rule]
-    mean = statistics.mean(source_diffs.values())
-    worst = min(source_diffs, key=source_diffs.get)
-    checks = [
-        (mean >= least_mean, f"mean of sources {mean:+.4f} (needs >= {least_mean:+.2f})"),
-        (source_diffs[worst] >= least_source, f"worst source {worst} {source_diffs[worst]:+.4f} (needs >= {least_source:+.2f})"),
-    ]
-    if lung_dice is not None:
-        checks.append((min(lung_dice) >= 0.95, f"lung Dice at least {min(lung_dice):.3f} on every fold (needs >= 0.95)"))
-    lines = [f"- {'met' if ok else 'NOT met'}: {what}" for ok, what in checks]
-    if all(ok for ok, _ in checks):
-        decision = "adopt" if folds >= num_folds else f"screening only ({folds} of {num_folds} folds): may not adopt yet"
-    else:
-        decision = "not adopted" if folds >= num_folds else f"screening ({folds} of {num_folds} folds): not met on these folds; the remaining folds decide"
-    return f"adoption rule (docs/RESULTS.md, {rule}): " + decision + "\n" + "\n".join(lines)
-
-
 def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> None:
     """Dice by lesion size pooled over all folds' held-out slices, and lung figures (threshold 0.5)."""
     print(f"\n{name}, {'flip TTA' if mode == 'tta' else 'no TTA'}, threshold 0.5, by lesion size (px at the original resolution; all folds' held-out slices):\n")
@@ -120,7 +94,7 @@ def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> No
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name", nargs="?", help="experiment (default: all)")
-    p.add_argument("reference", nargs="?", default="reference", help="experiment to pair with (default: reference)")
+    p.add_argument("reference", nargs="?", default=CURRENT_REFERENCE, help=f"experiment to pair with (default: the current reference, {CURRENT_REFERENCE})")
     p.add_argument("--results", default=str(REPO / "docs" / "experiments"), help="folder of NAME/fold-K.json")
     p.add_argument("--rule", choices=sorted(RULES), default="superiority", help="the adoption rule written for this comparison (docs/RESULTS.md)")
     a = p.parse_args(argv)

@@ -5,7 +5,7 @@
 # machine on 2026-12-01, 23 min beside other work before); the recipe is defined in epochs, so a
 # slower machine takes longer and a GPU is faster, with the same result.
 # The recipe (configs/reference.yaml) and its inference settings (threshold, flip TTA) were
-# chosen by 5-fold patient-level cross-validation (scripts/crossval.sh, scripts/cv_tune.py;
+# chosen by 5-fold patient-level cross-validation (scripts/crossval.sh, scripts/experiments/cv_tune.py;
 # docs/RESULTS.md), so this run holds no patient out and selects nothing: the last line printed
 # is the final checkpoint, which carries the threshold and TTA setting that
 # `covidseg predict --ckpt` and `covidseg evaluate` use by default.

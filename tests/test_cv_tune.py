@@ -1,11 +1,11 @@
-"""scripts/cv_tune.py: settings scored on each run's own validation split, best one reported."""
+"""scripts/experiments/cv_tune.py: settings scored on each run's own validation split, best one reported."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cv_tune.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "cv_tune.py"
 spec = importlib.util.spec_from_file_location("cv_tune", SCRIPT)
 cv_tune = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cv_tune)

@@ -68,7 +68,7 @@ def test_lung_gate_script_runs_on_a_lung_model_run(lung_ckpt, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "lung_gate.py"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "lung_gate.py"
     spec = importlib.util.spec_from_file_location("lung_gate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""scripts/tta_variants.py: the TTA experiment's flip4 variant is covidseg's --tta, zoom views
+"""scripts/experiments/tta_variants.py: the TTA experiment's flip4 variant is covidseg's --tta, zoom views
 map back to the input frame, and every variant is scored on each run's validation split."""
 
 import importlib.util
@@ -8,7 +8,7 @@ import numpy as np
 
 from covidseg.model.predictor import Predictor
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
 spec = importlib.util.spec_from_file_location("tta_variants", SCRIPTS / "tta_variants.py")
 tta_variants = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tta_variants)

@@ -1,7 +1,7 @@
 """Cross-validation folds: each fold's last checkpoint scored on its own held-out patients, one
 small result record per fold (``docs/experiments/NAME/fold-K.json``), and the paired table of
 two experiments over their common folds (``scripts/crossval.sh``, ``scripts/cv_summary.py``,
-``scripts/cv_tune.py``)."""
+``scripts/experiments/cv_tune.py``)."""
 
 from __future__ import annotations
 

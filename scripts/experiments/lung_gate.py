@@ -1,6 +1,6 @@
 """Experiment: does restricting lesion predictions to the (dilated) predicted lungs help?
 
-    python scripts/lung_gate.py RUN_DIR [RUN_DIR ...]    (fold runs of a lung-output model, scripts/crossval.sh)
+    python scripts/experiments/lung_gate.py RUN_DIR [RUN_DIR ...]    (fold runs of a lung-output model, scripts/crossval.sh)
 
 Each fold's last checkpoint predicts its own validation patients at its stored threshold and TTA;
 the lesion mask is scored as predicted and gated by the predicted lungs grown by 0, 3 or 7 px

@@ -1,6 +1,6 @@
 """Measurement: how much Dice the training-target resolution alone costs, per source.
 
-    python scripts/label_ceiling.py DATA_DIR/medseg50 DATA_DIR/zenodo20 [--sizes 96 128 160 192]
+    python scripts/experiments/label_ceiling.py DATA_DIR/medseg50 DATA_DIR/zenodo20 [--sizes 96 128 160 192]
 
 Each true mask goes through ``io.preprocess_mask`` at input size S (nearest-neighbour, the
 default target, or ``soft``, the area-resized lesion fraction), comes back to its own size

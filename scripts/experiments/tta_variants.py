@@ -1,6 +1,6 @@
 """Experiment: which test-time augmentation variants help, across all folds of a cross-validation.
 
-    python scripts/tta_variants.py RUN_DIR [RUN_DIR ...]    (the runs of scripts/crossval.sh)
+    python scripts/experiments/tta_variants.py RUN_DIR [RUN_DIR ...]    (the runs of scripts/crossval.sh)
 
 Each fold's last checkpoint predicts its own validation patients with every variant below, and a
 variant is scored at thresholds 0.3-0.5 by the per-source mean per-image Dice, averaged over

@@ -2,7 +2,7 @@
 cross-validation, never on one split: each fold's last checkpoint predicts its own validation
 patients, and a setting is scored by the mean over sources of the fold-averaged per-image Dice.
 
-    python scripts/cv_tune.py RUN_DIR [RUN_DIR ...]    (the runs of scripts/crossval.sh)
+    python scripts/experiments/cv_tune.py RUN_DIR [RUN_DIR ...]    (the runs of scripts/crossval.sh)
 
 Prints one table row per setting (per-source means and per-fold values) and the best setting.
 """
