@@ -2,7 +2,8 @@
 
 A LightningCLI over ``LitUNet`` and ``CTDataModule``. Every output of a run lives in one run
 directory, ``<save_dir>/<name>/version_N`` (default ``runs/covidseg/version_N``): the resolved
-``config.yaml``, ``splits.csv``, ``checkpoints/best.ckpt`` and ``last.ckpt``, TensorBoard events
+``config.yaml``, ``splits.csv``, ``checkpoints/best.ckpt`` and ``last.ckpt`` (each with the git commit
+the code was trained from and whether its tree was clean, ``model.provenance``), TensorBoard events
 and ``report/``: the test split scored by ``covidseg evaluate`` at the model's operating point
 (threshold and TTA), the run's one test score (also logged as ``test/*`` in TensorBoard). ``--ckpt_path last`` resumes the newest run of that name exactly (the ``version_N`` of the highest
 ``N``; one line names the checkpoint; refused in one line when that run has no ``last.ckpt`` or
@@ -28,6 +29,7 @@ from covidseg.evaluation.report.writers import metric_table
 from covidseg.metrics.scores import VAL_DICE_IMAGE, VAL_DICE_LESION_IMAGE
 from covidseg.model.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
 from covidseg.model.card import FIT_LINKS
+from covidseg.model.provenance import RecordProvenance
 from covidseg.model.unet import LitUNet
 
 
@@ -211,6 +213,7 @@ def main(args: list[str] | None = None) -> dict:
     if trainer.logger is None:  # --trainer.logger false: no TensorBoard files, so nothing to log learning rates to
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         rank_zero_info(f"no logger (--trainer.logger false): no TensorBoard events or learning-rate curve; checkpoints, config and report go to {trainer.log_dir}")
+    trainer.callbacks.append(RecordProvenance())  # the commit and clean/dirty tree, in every checkpoint
     dm.validated()  # validate all data before any process group or worker starts
     monitor_volumes(trainer, model, dm)
     validated = "val" in dm.make_split().values()
