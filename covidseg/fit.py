@@ -15,6 +15,7 @@ beside it, ``config.resume-1.yaml`` (then ``-2``, ...).
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -22,6 +23,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
+from covidseg import options
 from covidseg.data.datamodule import CTDataModule
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.evaluate import evaluate
@@ -87,7 +89,7 @@ class CovidSegCLI(LightningCLI):
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": VAL_DICE_IMAGE, "early_stopping.mode": "max", "early_stopping.patience": 10})
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume: 'last' (newest run of this name) or a last.ckpt path")
+        parser.add_argument("--ckpt_path", "--ckpt", type=str | None, default=None, help="resume: 'last' (newest run of this name) or a last.ckpt path")
         parser.add_argument("--test", type=bool, default=True, help="evaluate the best checkpoint on the test split after fitting (report/)")
 
     def before_instantiate_classes(self) -> None:
@@ -208,7 +210,9 @@ def test_report(trainer, dm: CTDataModule, best: str, run_dir: Path) -> dict:
 def main(args: list[str] | None = None) -> dict:
     """Fits, evaluates the best checkpoint and returns its ``report/metrics.json`` (on global
     rank 0; other ranks return ``{}``)."""
-    cli = build_cli(args)
+    typed = sys.argv[1:] if args is None else list(args)
+    renamed = options.rename_flags(typed, options.FIT_ALIASES)  # --threshold, --tta, ... as in evaluate and predict
+    cli = build_cli(renamed if args is not None or renamed != typed else None)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     if trainer.logger is None:  # --trainer.logger false: no TensorBoard files, so nothing to log learning rates to
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
