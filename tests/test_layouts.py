@@ -1,4 +1,5 @@
-"""Case ids and source names: single-slice "cases" are said to be slices, two roots of one name stay two sources."""
+"""Layouts (issue 31): single-slice "cases" are said to be slices, two roots of one name stay two
+sources, MSD-style nnU-Net names are read."""
 
 import logging
 
@@ -8,6 +9,7 @@ import numpy as np
 from covidseg.data.datamodule import CTDataModule
 from covidseg.data.layouts.find import find_pairs, source_names
 from covidseg.data.splits import assign_splits, case_note, split_summary
+from covidseg.data.synthetic import generate_volumes
 
 
 def _slices(folder, names):
@@ -51,3 +53,17 @@ def test_two_roots_of_one_name_stay_two_sources(tmp_path):
     assert source_names([a]) == ["covid"]  # one root: today's name, so old splits.csv keys still match
     deeper = [_slices(tmp_path / x / "data" / "covid", ["1"]) for x in ("p", "q")]
     assert source_names(deeper) == ["p-data-covid", "q-data-covid"]
+
+
+def test_msd_names_without_the_channel_suffix_are_read(tmp_path):
+    root = generate_volumes(tmp_path / "Task_covid", cases=2, slices=3, size=16, layout="nnunet")
+    for image in (root / "imagesTr").iterdir():
+        image.rename(image.with_name(image.name.replace("_0000", "")))
+    (root / "imagesTr" / "._case000.nii.gz").write_bytes(b"macOS metadata, not a volume")
+    samples, layouts, problems = find_pairs([root])
+    assert layouts[str(root)] == "nnunet" and not problems
+    assert sorted(s.case_id for s in samples) == ["case000", "case001"]
+    # mixed names: the odd one is named with what to rename it to
+    (root / "imagesTr" / "case001.nii.gz").rename(root / "imagesTr" / "case001_0000.nii.gz")
+    _, _, problems = find_pairs([root])
+    assert len(problems) == 2 and "case000.nii.gz: not named CASE_0000.nii.gz" in problems[0] and "rename it case000_0000.nii.gz" in problems[0]
