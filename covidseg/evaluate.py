@@ -22,6 +22,7 @@ truth against prediction (``covidseg.viewer``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +57,13 @@ def tune_threshold(
     return t, dice, [write_tuned(path, ckpt, t, note) for path, ckpt in zip(ckpts, loaded)]
 
 
+def _windowed(predictor: Predictor, window: tuple[float, float] | None) -> Predictor:
+    """``predictor`` with its volume window replaced by ``window`` (``--data.window``), as predict does."""
+    if window is not None:
+        predictor.card = replace(predictor.card, window=(float(window[0]), float(window[1])))
+    return predictor
+
+
 def evaluate(
     ckpts: PathLike | Sequence[PathLike],
     roots: Sequence[PathLike] | None = None,
@@ -73,6 +81,8 @@ def evaluate(
     tensorboard_prefix: str | None = None,
     case_regex: str | None = None,
     anatomy: bool = True,
+    window: tuple[float, float] | None = None,
+    lung_labels: list[int] | None = None,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -90,6 +100,8 @@ def evaluate(
         viewer: also write the HTML case viewer (``index.html``, ``viewer/``) into ``output``.
         case_regex: case id from a file stem (as fit's ``--data.case_regex``): groups the slices
             of an external 2D set into cases for the bootstrap interval and per-case rows.
+        window: ``(center, width)`` in HU for volume slices (default: the model's), as predict's.
+        lung_labels: lung mask values that are lung (default: the run's; else every non-zero value).
     """
     ckpts = [Path(ckpts)] if isinstance(ckpts, (str, Path)) else [Path(c) for c in ckpts]
     if split is not None and split not in SPLITS:
@@ -99,7 +111,9 @@ def evaluate(
     if split is None and not roots:
         raise CovidSegError("--data.root is required unless --split selects a split of the checkpoint's run")
     options.check_device(device)
-    predictor = Predictor(ckpts, device=device, tta=tta, threshold=None if threshold == "auto" else threshold)
+    if window is not None and window[1] <= 0:
+        raise CovidSegError(f"--data.window {window[0]:g} {window[1]:g}: width must be positive")
+    predictor = _windowed(Predictor(ckpts, device=device, tta=tta, threshold=None if threshold == "auto" else threshold), window)
     needs_run = bool(split) or threshold == "auto"
     if needs_run and any(p.suffix.lower() == ".onnx" for p in ckpts):
         raise CovidSegError("--split and --threshold auto need checkpoints (.ckpt): an ONNX file does not know its run")
@@ -112,11 +126,14 @@ def evaluate(
         print(f"lesion labels {settings['lesion_labels']}: the run's mapping, applied to {', '.join(map(str, roots))} (--data.lesion_labels to change)")
     if case_regex is not None:
         settings["case_regex"] = case_regex
+    if lung_labels is not None:
+        settings["lung_labels"] = list(lung_labels)
+    given = ("lesion_labels", "case_regex", *(("lung_labels",) if lung_labels is not None else ()))
     eval_roots = list(roots) if roots else run_roots
     if eval_roots is None:
         raise CovidSegError(f"{ckpts[0]}: no data settings stored in the checkpoint; pass --data.root")
     # the run's own data: its scan settings; other data: only the label mapping (and a given case pattern) carry over
-    samples = validate_data(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k in ("lesion_labels", "case_regex")})).samples
+    samples = validate_data(eval_roots, **(settings if split else {k: v for k, v in settings.items() if k in given})).samples
     chosen = select_split(ckpts, loaded, samples, split) if split else samples
 
     source = None
@@ -133,7 +150,7 @@ def evaluate(
                 raise CovidSegError(f"--threshold auto tunes on the run's validation split, but the run's data ({', '.join(run_roots or [])}) cannot be read here ({first}); pass --threshold VALUE") from None
             val = select_split(ckpts, loaded, run_samples, "val")
         t, dice, tuned = tune_threshold(predictor, ckpts, loaded, val, batch_size, progress, settings.get("lesion_labels"))
-        predictor = Predictor(tuned, device=device, tta=tta)
+        predictor = _windowed(Predictor(tuned, device=device, tta=tta), window)
         source = f"auto: best mean per-image Dice on {len(val)} validation slices"
         print(f"threshold auto: {t:.2f} (mean per-image Dice {dice:.4f} on {len(val)} validation slices); wrote {', '.join(map(str, tuned))}")
     elif threshold is not None:
@@ -152,7 +169,9 @@ def build_parser():
     p.add_argument("--split", type=Literal["train", "val", "test"] | None, default=None, help="score this split of the checkpoint's run instead of every pair")
     p.add_argument("--output", type=str, required=True, help="report folder")
     p.add_argument("--data.lesion_labels", type=list[int] | None, default=None, help="label values that are lesion in label-map masks (default: the mapping the run trained with)")
-    p.add_argument("--data.case_regex", type=str | None, default=None, help="case id from each file stem (first group), as in fit: groups an external set's slices into cases")
+    p.add_argument("--data.case_regex", "--case_regex", type=str | None, default=None, help="case id from each file stem (first group), as in fit: groups an external set's slices into cases")
+    p.add_argument("--data.window", "--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volume slices (default: the model's), as in fit and predict")
+    p.add_argument("--data.lung_labels", type=list[int] | None, default=None, help="lung mask values that are lung (default: the run's mapping; else every non-zero value), as in fit")
     options.add_inference(p, auto_threshold=True)
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with Dice and truth vs prediction")
     p.add_argument("--anatomy", type=bool, default=True, help="score what predict writes: lesions only inside the lungs and the body, lungs cleaned (covidseg.anatomy); false scores the network's maps as they are")
@@ -167,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     options.checked(a)
     metrics = evaluate(
         options.model_paths(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
-        lesion_labels=a.data.lesion_labels, viewer=a.viewer, case_regex=a.data.case_regex, anatomy=a.anatomy,
+        lesion_labels=a.data.lesion_labels, viewer=a.viewer, case_regex=a.data.case_regex, anatomy=a.anatomy, window=a.data.window,
+        lung_labels=a.data.lung_labels,
     )  # fmt: skip
     print("\n" + metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")

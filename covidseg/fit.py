@@ -2,14 +2,20 @@
 
 A LightningCLI over ``LitUNet`` and ``CTDataModule``. Every output of a run lives in one run
 directory, ``<save_dir>/<name>/version_N`` (default ``runs/covidseg/version_N``): the resolved
-``config.yaml``, ``splits.csv``, ``checkpoints/best.ckpt`` and ``last.ckpt``, TensorBoard events
+``config.yaml``, ``splits.csv``, ``checkpoints/best.ckpt`` and ``last.ckpt`` (each with the git commit
+the code was trained from and whether its tree was clean, ``model.provenance``), TensorBoard events
 and ``report/``: the test split scored by ``covidseg evaluate`` at the model's operating point
-(threshold and TTA), the run's one test score (also logged as ``test/*`` in TensorBoard). ``--ckpt_path last`` resumes the newest run of that name exactly;
-``--ckpt_path RUN/checkpoints/last.ckpt`` resumes that run.
+(threshold and TTA), the run's one test score (also logged as ``test/*`` in TensorBoard). ``--ckpt_path last`` resumes the newest run of that name exactly (the ``version_N`` of the highest
+``N``; one line names the checkpoint; refused in one line when that run has no ``last.ckpt`` or
+a run folder of another name makes "newest" ambiguous); ``--ckpt_path RUN/checkpoints/last.ckpt``
+resumes that run. A resume keeps the run's ``config.yaml`` and writes its own configuration
+beside it, ``config.resume-1.yaml`` (then ``-2``, ...).
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -17,6 +23,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
+from covidseg import options
 from covidseg.data.datamodule import CTDataModule
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.evaluate import evaluate
@@ -24,15 +31,43 @@ from covidseg.evaluation.report.writers import metric_table
 from covidseg.metrics.scores import VAL_DICE_IMAGE, VAL_DICE_LESION_IMAGE
 from covidseg.model.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
 from covidseg.model.card import FIT_LINKS
+from covidseg.model.provenance import RecordProvenance
 from covidseg.model.unet import LitUNet
 
 
+LAST = Path("checkpoints", "last.ckpt")
+
+
 def find_last_checkpoint(save_dir: str, name: str) -> Path:
-    """The ``last.ckpt`` of the newest ``version_N`` run under ``save_dir/name``."""
-    runs = sorted(Path(save_dir, name).glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parts[-3].split("_")[-1]))
-    if not runs:
-        raise CovidSegError(f"--ckpt_path last: no {Path(save_dir, name)}/version_*/checkpoints/last.ckpt to resume")
-    return runs[-1]
+    """The ``last.ckpt`` of the newest run under ``save_dir/name``: the ``version_N`` folder of
+    the highest ``N``. Raises ``CovidSegError`` (one line) when there is none, when that newest
+    run has no ``last.ckpt`` (an older run's is never taken silently), or when a run folder not
+    named ``version_N`` has one (which run is newest is then ambiguous)."""
+    base = Path(save_dir, name)
+    folders = sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+    numbered = sorted((d for d in folders if re.fullmatch(r"version_\d+", d.name)), key=lambda d: int(d.name.split("_")[1]))
+    named = [d for d in folders if d not in numbered and (d / LAST).is_file()]
+    if not any((d / LAST).is_file() for d in numbered) and not named:
+        raise CovidSegError(f"--ckpt_path last: no {base}/version_*/{LAST.as_posix()} to resume")
+    if named and (len(named) > 1 or numbered):
+        runs = ", ".join(d.name for d in [*named, *numbered[-1:]])
+        raise CovidSegError(f"--ckpt_path last: which run under {base} is newest is ambiguous ({runs}: not all named version_N); pass --ckpt_path RUN/{LAST.as_posix()}")
+    newest = named[0] if named else numbered[-1]
+    if not (newest / LAST).is_file():
+        older = next(d for d in reversed(numbered) if (d / LAST).is_file())
+        raise CovidSegError(f"--ckpt_path last: the newest run {newest} has no {LAST.as_posix()}; to resume the older {older.name}, pass --ckpt_path {older / LAST}")
+    return newest / LAST
+
+
+def resume_config_name(run_dir: Path) -> str:
+    """Where a resume writes its configuration: ``config.yaml`` for a run that has none, else
+    the next free ``config.resume-K.yaml``, so the run's own ``config.yaml`` is never replaced."""
+    if not (run_dir / "config.yaml").exists():
+        return "config.yaml"
+    k = 1
+    while (run_dir / f"config.resume-{k}.yaml").exists():
+        k += 1
+    return f"config.resume-{k}.yaml"
 
 
 class CovidSegCLI(LightningCLI):
@@ -54,7 +89,7 @@ class CovidSegCLI(LightningCLI):
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": VAL_DICE_IMAGE, "early_stopping.mode": "max", "early_stopping.patience": 10})
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume: 'last' (newest run of this name) or a last.ckpt path")
+        parser.add_argument("--ckpt_path", "--ckpt", type=str | None, default=None, help="resume: 'last' (newest run of this name) or a last.ckpt path")
         parser.add_argument("--test", type=bool, default=True, help="evaluate the best checkpoint on the test split after fitting (report/)")
 
     def before_instantiate_classes(self) -> None:
@@ -70,6 +105,9 @@ class CovidSegCLI(LightningCLI):
             raise CovidSegError(f"--ckpt_path {ckpt}: checkpoint not found")
         run_dir = ckpt.resolve().parent.parent
         args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
+        # the run's config.yaml records how it started; this command's goes beside it
+        self.save_config_kwargs["config_filename"] = config = resume_config_name(run_dir)
+        rank_zero_info(f"--ckpt_path {cfg.ckpt_path}: resuming {ckpt}; this command's configuration goes to {run_dir / config}")
         if not cfg.data.split_file and (run_dir / "splits.csv").is_file():
             cfg.data.split_file = str(run_dir / "splits.csv")  # same patients in the same splits
         cfg.ckpt_path = str(ckpt)
@@ -208,11 +246,14 @@ def test_report(trainer, dm: CTDataModule, best: str, run_dir: Path) -> dict:
 def main(args: list[str] | None = None) -> dict:
     """Fits, evaluates the best checkpoint and returns its ``report/metrics.json`` (on global
     rank 0; other ranks return ``{}``)."""
-    cli = build_cli(args)
+    typed = sys.argv[1:] if args is None else list(args)
+    renamed = options.rename_flags(typed, options.FIT_ALIASES)  # --threshold, --tta, ... as in evaluate and predict
+    cli = build_cli(renamed if args is not None or renamed != typed else None)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     if trainer.logger is None:  # --trainer.logger false: no TensorBoard files, so nothing to log learning rates to
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         rank_zero_info(f"no logger (--trainer.logger false): no TensorBoard events or learning-rate curve; checkpoints, config and report go to {trainer.log_dir}")
+    trainer.callbacks.append(RecordProvenance())  # the commit and clean/dirty tree, in every checkpoint
     dm.validated()  # validate all data before any process group or worker starts
     monitor_volumes(trainer, model, dm)
     validated = "val" in dm.make_split().values()

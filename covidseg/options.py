@@ -5,6 +5,10 @@ Every entry point parses with jsonargparse (``fit`` through LightningCLI), so al
 ``--ckpt``, ``--data.root``, ``--output``, ``--batch_size``, ``--threshold``, ``--tta``, ``--device``;
 data settings are ``--data.*`` as in ``fit`` (``--data.window``, ``--data.case_regex``). A boolean
 flag typed bare (``--probabilities``) means true; ``--probabilities true|false`` works too.
+
+Where two commands grew two spellings of one thing, both work in every command (``ALIASES``):
+``--ckpt``/``--ckpt_path``, ``--threshold``/``--model.threshold``, ``--tta``/``--model.tta``,
+``--data.window``/``--window``, ``--data.case_regex``/``--case_regex``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,30 @@ from covidseg.errors import CovidSegError
 from covidseg.model.card import check_threshold
 
 Device = Literal["cpu", "cuda"]
+
+
+# spelling -> the spelling fit's LightningCLI knows (its model and data flags are class arguments, so
+# fit renames these in argv; fit's --ckpt_path/--ckpt and the other commands declare both spellings)
+FIT_ALIASES = {"--threshold": "--model.threshold", "--tta": "--model.tta", "--window": "--data.window",
+               "--case_regex": "--data.case_regex"}  # fmt: skip
+_BARE_TRUE = {"--model.tta"}  # a boolean given bare means true, as in the other commands
+
+
+def rename_flags(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """``argv`` with each alias (``--tta``, ``--tta=x``) spelled as its target; a bare boolean
+    target gets ``true``."""
+    out: list[str] = []
+    for k, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        target = aliases.get(flag)
+        if target is None:
+            out.append(arg)
+            continue
+        out.append(target + eq + value)
+        bare = not eq and (k + 1 == len(argv) or argv[k + 1].startswith("--"))
+        if bare and target in _BARE_TRUE:
+            out.append("true")
+    return out
 
 
 def check_device(device: str | None) -> str | None:
@@ -53,21 +81,21 @@ def add_model(p: ArgumentParser, many: bool = True, builtin_default: bool = Fals
     if many:
         text = "covidseg .ckpt or exported .onnx, or a built-in model's name (covidseg models); a list is averaged (fold ensemble)"
         if builtin_default:
-            p.add_argument("--ckpt", type=list[str] | str | None, default=None, help=text + "; default: the built-in model 'reference'")
+            p.add_argument("--ckpt", "--ckpt_path", type=list[str] | str | None, default=None, help=text + "; default: the built-in model 'reference'")
         else:
-            p.add_argument("--ckpt", type=list[str] | str, required=True, help=text)
+            p.add_argument("--ckpt", "--ckpt_path", type=list[str] | str, required=True, help=text)
     else:
-        p.add_argument("--ckpt", type=str, required=True, help="covidseg checkpoint (.ckpt)")
+        p.add_argument("--ckpt", "--ckpt_path", type=str, required=True, help="covidseg checkpoint (.ckpt)")
 
 
 def add_inference(p: ArgumentParser, auto_threshold: bool = False) -> None:
     """``--threshold``, ``--tta``, ``--batch_size`` and ``--device``."""
     if auto_threshold:
-        p.add_argument("--threshold", type=float | Literal["auto"] | None, default=None,
+        p.add_argument("--threshold", "--model.threshold", type=float | Literal["auto"] | None, default=None,
                        help="lesion where probability >= threshold, in (0, 1); default: the model's; auto: tune it (see above)")  # fmt: skip
     else:
-        p.add_argument("--threshold", type=float | None, default=None, help="lesion where probability >= threshold, in (0, 1); default: the model's")
-    p.add_argument("--tta", type=bool | None, default=None, help="flip test-time augmentation (default: the model's setting)")
+        p.add_argument("--threshold", "--model.threshold", type=float | None, default=None, help="lesion where probability >= threshold, in (0, 1); default: the model's")
+    p.add_argument("--tta", "--model.tta", type=bool | None, default=None, help="flip test-time augmentation (default: the model's setting)")
     p.add_argument("--batch_size", type=PositiveInt, default=16, help="slices per forward pass")
     p.add_argument("--device", type=Device | None, default=None, help="default: cuda when available")
 

@@ -1,8 +1,8 @@
 """Performance benchmark: training step (Lightning vs plain PyTorch), input pipeline, inference
 (eager / tuned / onnxruntime) and memory, on one model, one data set and one set of settings.
 
-    python scripts/benchmark.py [--json OUT] [--device cpu|cuda] [--image-size 128]
-        [--batch-size 16] [--steps N] [--warmup N] [--tiny]
+    python scripts/benchmark.py [--json OUT] [--device cpu|cuda] [--image_size 128]
+        [--batch_size 16] [--steps N] [--warmup N] [--tiny]
 
 Every timed figure is the median over ``--steps`` timed steps after ``--warmup`` untimed ones.
 
@@ -19,7 +19,7 @@ Every timed figure is the median over ``--steps`` timed steps after ``--warmup``
   also timed alone (``LitUNet.update_train_metrics`` where the module has it).
 * Input pipeline: ``CTDataModule.train_dataloader()`` over a synthetic demo set on disk
   (PNG decoding, resize, augmentation, ``default_num_workers()`` workers) iterated alone.
-* Inference: batch ``--batch-size`` at the training size, numpy in -> probabilities out
+* Inference: batch ``--batch_size`` at the training size, numpy in -> probabilities out
   (host<->device copies included on GPU): eager fp32 (NCHW, ``no_grad``), the tuned PyTorch
   path (channels_last + ``inference_mode``; on GPU also bf16 autocast and ``torch.compile``,
   the fastest is reported) and onnxruntime on the model exported by ``covidseg.export``.
@@ -27,7 +27,7 @@ Every timed figure is the median over ``--steps`` timed steps after ``--warmup``
   batches); on GPU also ``torch.cuda.max_memory_allocated`` of a training run.
 * GPU only: fp32 and bf16-mixed training images/s at 128 and 256 px, device->host syncs per
   training step (``torch.cuda.set_sync_debug_mode``), a batch copy from pageable vs pinned
-  memory, and DDP scaling efficiency when 2+ GPUs are visible (a ``--ddp-probe`` subprocess).
+  memory, and DDP scaling efficiency when 2+ GPUs are visible (a ``--ddp_probe`` subprocess).
 
 ``--threads N`` pins torch and onnxruntime to N CPU threads (default: one per core). ``--tiny``
 shrinks everything (32 px, 3-level U-Net, 3 steps, 1 thread) so the test suite can run it.
@@ -65,17 +65,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python scripts/benchmark.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write all figures, settings and the machine to this JSON file")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--image-size", type=int, default=None, help="training/inference side in px (default 128, tiny 32)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 16, tiny 4)")
+    p.add_argument("--image_size", "--image-size", type=int, default=None, help="training/inference side in px (default 128, tiny 32)")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=None, help="batch size (default 16, tiny 4)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per figure (default 8 on CPU, 30 on GPU, tiny 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 2 on CPU, 5 on GPU, tiny 1)")
-    p.add_argument("--data-size", type=int, default=None, help="side of the synthetic slices on disk (default 2x image size)")
+    p.add_argument("--data_size", "--data-size", type=int, default=None, help="side of the synthetic slices on disk (default 2x image size)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, model and step counts (for the test suite)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime, also passed to the fit run as OMP_NUM_THREADS (default: one per core; tiny: 1)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
-    p.add_argument("--no-compile", action="store_true", help="GPU: skip the torch.compile inference variant")
-    p.add_argument("--ddp-probe", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--ddp-out", help=argparse.SUPPRESS)
+    p.add_argument("--no_compile", "--no-compile", action="store_true", help="GPU: skip the torch.compile inference variant")
+    p.add_argument("--ddp_probe", "--ddp-probe", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--ddp_out", "--ddp-out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     gpu = a.device == "cuda"
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 5 if gpu else 2)
     a.data_size = a.data_size or (a.image_size if a.tiny else 2 * a.image_size)
     if a.data_size < a.image_size:
-        p.error("--data-size must be at least --image-size")
+        p.error("--data_size must be at least --image_size")
     if gpu and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device visible to torch")
     if a.threads is None and a.tiny:

@@ -8,7 +8,8 @@ card, then predicts with both on up to ``--max_slices`` slices of each ``--slice
 one CT volume (``--volume``, else a generated 512x512 CT-like volume), each at the checkpoint's
 operating point (threshold, TTA) and in the intensity protocol it was trained with, and writes
 the file only if the masks agree (mean per-slice Dice >= 0.99 for lesions and lungs,
-probabilities within 0.02); otherwise it writes nothing and exits 2. The card records what the
+probabilities within 0.02); otherwise it writes nothing and exits 2. The card records the commit the checkpoint was trained from and whether that tree was clean
+(``covidseg.model.provenance``, stored by ``covidseg fit``; ``packaged_from`` is this checkout), what the
 model was trained on (its run's data and split), its recipe, its cross-validated scores
 (``docs/experiments/CV/fold-*.json`` via ``covidseg.evaluation.crossval``), the agreement, and its terms of use.
 """
@@ -19,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,13 +29,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def trained_on(ckpt_path: Path) -> dict:
@@ -93,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from covidseg.errors import CovidSegError
     from covidseg.model.card import read_card
     from covidseg.model.checkpoint import read_checkpoint
+    from covidseg.model import provenance
     from covidseg.model.pretrained import packaging
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -124,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             "name": a.name,
             "version": a.version,
             "created": datetime.date.today().isoformat(),
-            "commit": _commit(),
+            **provenance.card_fields(loaded),  # the commit the checkpoint was trained from, and whether that tree was clean
+            "packaged_from": provenance.git_provenance(REPO),
             "recipe": recipe(loaded),
             "trained_on": trained_on(a.ckpt),
             "cross_validation": cv_scores(a.cv) if a.cv else {},

@@ -3,7 +3,7 @@ once into the slice cache), iterates the training DataLoader over every slice, a
 runs a short ``covidseg.fit`` on it.
 
     python scripts/volume_memory.py [--volumes 20] [--slices 300] [--size 512] [--workers 2]
-        [--fit-batches 20] [--baseline] [--out DIR] [--json OUT]
+        [--fit_batches 20] [--baseline] [--out DIR] [--json OUT]
 
 The default is the issue's requirement: 20 volumes of 512x512x300 int16 HU (.nii.gz, label
 maps), which must train under 4 GiB RSS. One volume is generated and copied (the content does
@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--fit-batches", type=int, default=20, help="training batches of the covidseg.fit run (0: no fit)")
+    p.add_argument("--image_size", "--image-size", type=int, default=128)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=16)
+    p.add_argument("--fit_batches", "--fit-batches", type=int, default=20, help="training batches of the covidseg.fit run (0: no fit)")
     p.add_argument("--baseline", action="store_true", help="also measure the same fit on a PNG slice set (--volumes cases x 8 slices, --size px)")
     p.add_argument("--out", default=None, help="folder for the set and its cache, kept and reused (default: a temporary one, deleted)")
     p.add_argument("--json", default=None, help="write the figures here")

@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from covidseg.data.dicom import is_series, read_series
+from covidseg.data.dicom import is_dicom_file, is_series, list_series, read_series
 from covidseg.data.synthetic import generate_volumes
 from covidseg.data.volumes import read_volume
 from covidseg.errors import VolumeReadError
@@ -104,6 +104,38 @@ def test_bad_series_are_refused_naming_the_folder(ct, tmp_path):
     (broken / "junk.dcm").write_bytes(b"not dicom at all")
     with pytest.raises(VolumeReadError, match="broken: junk.dcm is not readable DICOM"):
         read_series(broken)
+
+
+def test_a_folder_of_several_series_is_split_by_series_and_each_predicted(tiny_ckpt, ct, tmp_path, capsys):
+    """As scanners write them: two series in one flat folder. Each is predicted, named by its place."""
+    img = nib.load(ct)
+    flat = write_series(img, tmp_path / "scanner", series_uid="1.2.3")
+    write_series(nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, :5], img.affine), tmp_path / "other", series_uid="1.2.4")
+    for f in (tmp_path / "other").iterdir():
+        f.rename(flat / ("b" + f.name))
+    assert [(uid, label, n) for uid, label, n in list_series(flat)] == [("1.2.3", "series-1", 7), ("1.2.4", "series-2", 5)]
+    assert read_series(flat, "1.2.4")[1].shape[2] == 5
+    out = tmp_path / "preds"
+    assert main(["--ckpt", str(tiny_ckpt), "--input", str(flat), "--output", str(out), "--device", "cpu", "--anatomy", "false"]) == 0
+    printed = capsys.readouterr().out
+    for name, n in (("scanner_series-1", 7), ("scanner_series-2", 5)):
+        assert nib.load(out / f"{name}_mask.nii.gz").shape[2] == n
+        assert f"({n} files) -> {name}" in printed
+
+
+def test_files_without_the_preamble_are_read(ct, tmp_path):
+    img = nib.load(ct)
+    series = write_series(img, tmp_path / "raw")
+    for f in list(series.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.file_meta, ds.preamble = FileMetaDataset(), None
+        f.unlink()
+        pydicom.dcmwrite(series / f.stem, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)  # no preamble, no DICM, no suffix
+    assert all(f.read_bytes()[:2] == b"\x08\x00" for f in series.iterdir())  # the data set from byte 0
+    assert is_series(series) and all(is_dicom_file(f) for f in series.iterdir())
+    assert np.array_equal(read_series(series)[1], read_series(write_series(img, tmp_path / "ref"))[1])
+    (series / "notes.txt").write_bytes(b"\x08\x00" + b"looks like a start, holds no image" * 4)
+    assert not is_dicom_file(series / "notes.txt")
 
 
 def test_predict_same_mask_from_nifti_and_dicom(tiny_ckpt, ct, tmp_path):

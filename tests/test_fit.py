@@ -11,7 +11,8 @@ from conftest import FAST_TRAINER, TINY_MODEL
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from covidseg.evaluate import evaluate
-from covidseg.fit import main
+from covidseg.errors import CovidSegError
+from covidseg.fit import find_last_checkpoint, main
 
 REQUIRED_TAGS = {"train/loss", "train/dice", "train/dice_image", "val/loss", "val/dice", "val/iou", "val/precision", "val/recall", "val/specificity",
                  "val/accuracy", "val/auroc", "val/dice_image", "lr-AdamW", "test/dice_image", "test/dice", "test/auroc"}  # fmt: skip
@@ -41,17 +42,22 @@ def test_run_directory_holds_everything(tiny_run):
     assert "image_size: 64" in config and "encoder_depth: 3" in config
 
 
-def test_resume_continues_the_same_run(tiny_data, tmp_path):
+def test_resume_continues_the_same_run(tiny_data, tmp_path, caplog):
     _fit(tiny_data, tmp_path, "--trainer.max_epochs", "1", "--early_stopping.patience", "7")
     run = tmp_path / "covidseg" / "version_0"
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     splits = (run / "splits.csv").read_text()
-    _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--data.split_seed", "999", "--early_stopping.patience", "7")
+    with caplog.at_level(logging.INFO):
+        _fit(tiny_data, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--data.split_seed", "999", "--early_stopping.patience", "7")
+    assert f"--ckpt_path last: resuming {run / 'checkpoints' / 'last.ckpt'}" in caplog.text  # which checkpoint 'last' was
     assert not (tmp_path / "covidseg" / "version_1").exists()  # resumed into the same directory
     second = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0 and second["epoch"] == 1
     assert second["global_step"] == 2 * first["global_step"]
     assert (run / "splits.csv").read_text() == splits  # same patients, despite a new seed
+    # the run's record stays: its config.yaml is the first command's, the resume's lies beside it
+    assert "split_seed: 42" in (run / "config.yaml").read_text()
+    assert "split_seed: 999" in (run / "config.resume-1.yaml").read_text()
     es = next(v for k, v in second["callbacks"].items() if k.startswith("EarlyStopping"))
     es_first = next(v for k, v in first["callbacks"].items() if k.startswith("EarlyStopping"))
     assert es["patience"] == 7 and es["best_score"] >= es_first["best_score"]
@@ -66,6 +72,31 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--ckpt_path last: no " in err and "last.ckpt to resume" in err
+
+
+def test_last_is_the_newest_run_or_a_one_line_refusal(tmp_path, caplog):
+    """``--ckpt_path last`` took an older run's last.ckpt when the newest had none, and crashed on
+    a run folder not named version_N."""
+    base = tmp_path / "covidseg"
+
+    def run(name, last=True):
+        (base / name / "checkpoints").mkdir(parents=True)
+        if last:
+            (base / name / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+    run("version_2")
+    run("version_10")
+    assert find_last_checkpoint(str(tmp_path), "covidseg") == base / "version_10" / "checkpoints" / "last.ckpt"  # by number, not by name
+    run("version_11", last=False)
+    with pytest.raises(CovidSegError, match="newest run .*version_11 has no checkpoints/last.ckpt; to resume the older version_10, pass --ckpt_path"):
+        find_last_checkpoint(str(tmp_path), "covidseg")
+    run("final")
+    with pytest.raises(CovidSegError, match="ambiguous"):
+        find_last_checkpoint(str(tmp_path), "covidseg")
+    only = tmp_path / "other"
+    (only / "covidseg" / "version_final" / "checkpoints").mkdir(parents=True)
+    (only / "covidseg" / "version_final" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert find_last_checkpoint(str(only), "covidseg").parts[-3] == "version_final"  # a lone run of another name is no ambiguity
 
 
 def test_bad_data_stops_before_training_naming_files(tiny_data, tmp_path, capsys):

@@ -10,6 +10,12 @@ when that is exact (whole numbers in range: the usual CT case), half the disk of
 The cache is never pruned: validation notes its folder and size whenever it grew
 (``cache_note``); delete the folder to reclaim disk.
 
+Finding a volume's cache entry costs a ``stat`` of every file of a DICOM folder and a JSON parse,
+too much per sample, so each process keeps what it found in memory (``_memo``), valid while
+one ``stat`` of the path (the file, or the DICOM folder: files added, removed or renamed change
+it) is unchanged; a new process checks every file again. A DataLoader worker inherits the memo
+that validation filled. Measured: ``scripts/loader_speed.py``, docs/PERFORMANCE.md.
+
 Mask volumes are read through the one label rule (``io.lesion_mask``), as 2D masks are.
 """
 
@@ -95,6 +101,10 @@ def _cache_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{mtime}|{size}|{len(stats)}|{CACHE_VERSION}".encode()).hexdigest()
 
 
+# (path, cache folder) -> (stat of the path when found, its VolumeInfo): see the module docstring
+_memo: dict[tuple[str, str], tuple[tuple[int, int], VolumeInfo]] = {}
+
+
 def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:
     """Decodes a volume once into the slice cache (see the module docstring) and describes it.
 
@@ -102,8 +112,20 @@ def cache_volume(path: str | Path, mask: bool = False) -> VolumeInfo:
         VolumeReadError: naming the file (missing, truncated gzip, not 3D, ...).
     """
     path = Path(path)
-    if not path.exists():
-        raise VolumeReadError(f"{path}: file not found")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VolumeReadError(f"{path}: file not found") from None
+    memo_key, token = (str(path), str(cache_dir())), (st.st_mtime_ns, st.st_size)
+    hit = _memo.get(memo_key)
+    if hit is not None and hit[0] == token and (not mask or hit[1].values is not None):
+        return hit[1]
+    info = _cache_volume(path, mask)
+    _memo[memo_key] = (token, info)
+    return info
+
+
+def _cache_volume(path: Path, mask: bool) -> VolumeInfo:
     key = _cache_key(path)
     meta = cache_dir() / f"{key}.json"
     if meta.is_file():
@@ -140,7 +162,15 @@ def read_slice(path: str | Path, index: int) -> np.ndarray:
 
     The cache file is mapped for this one read and unmapped, so no volume stays in memory.
     """
-    volume = np.load(cache_volume(path).cache, mmap_mode="r")
+    return _slice(cache_volume(path), index)
+
+
+def _slice(info: VolumeInfo, index: int) -> np.ndarray:
+    try:
+        volume = np.load(info.cache, mmap_mode="r")
+    except FileNotFoundError:  # the cache folder was deleted while this process ran: decode again
+        _memo.pop((info.path, str(cache_dir())), None)
+        volume = np.load(cache_volume(info.path, info.values is not None).cache, mmap_mode="r")
     out = np.array(volume[index])
     del volume
     return out
@@ -174,5 +204,5 @@ def read_mask_volume(path: str | Path, lesion_labels: list[int] | None = None) -
 def read_mask_slice(path: str | Path, index: int, lesion_labels: list[int] | None = None) -> np.ndarray:
     """Display slice ``index`` of a mask volume as ``uint8 [H, W]`` in {0, 1}, through the one
     label rule ``io.lesion_mask`` (the volume equivalent of ``io.read_mask``)."""
-    _, labels = _mask_labels(path, lesion_labels)
-    return lesion_mask(read_slice(path, index), labels, str(path))
+    info, labels = _mask_labels(path, lesion_labels)
+    return lesion_mask(_slice(info, index), labels, str(path))  # the entry found once, not twice

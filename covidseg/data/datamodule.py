@@ -28,7 +28,7 @@ from covidseg.data.dataset import SliceDataset
 from covidseg.data.io import Normalization
 from covidseg.data.layouts.find import data_kind
 from covidseg.data.samples import Sample
-from covidseg.data.splits import assign_splits, read_splits, write_splits
+from covidseg.data.splits import assign_splits, case_note, read_splits, split_summary, write_splits
 from covidseg.data.synthetic import ensure_demo
 from covidseg.data.transforms import train_transforms
 from covidseg.data.validate import DataReport, EmptyMaskPolicy, validate_data
@@ -200,6 +200,8 @@ class CTDataModule(pl.LightningDataModule):
             if hp.lung_masks and not any(s.lung_mask for s in self.report.samples):
                 raise DataError(f"data.lung_masks: none of {', '.join(map(str, roots))} has lung masks (a manifest lung_mask column or a lungs/ folder beside masks/)")
             rank_zero_info(self.report.summary())
+            if note := case_note(self.report.samples):
+                rank_zero_info(note)
         return self.report
 
     def make_split(self) -> dict[str, str]:
@@ -253,9 +255,7 @@ class CTDataModule(pl.LightningDataModule):
             return
         self.split = self.make_split()
         self.check_world_size(self.trainer.world_size if self.trainer is not None else 1)  # before any collective below
-        counts = Counter(self.split[s.image] for s in self.validated().samples)  # slices, not volumes
-        cases = {k: len({s.case_id for s in self.samples(k)}) for k in ("train", "val", "test")}
-        rank_zero_info("split: " + ", ".join(f"{k} {counts.get(k, 0)} slices / {cases[k]} cases" for k in ("train", "val", "test")))
+        rank_zero_info(split_summary(self.validated().samples, self.split))
         # trainer.log_dir is a collective under DDP: every rank asks. Without a logger (e.g.
         # fast_dev_run) there is no run directory, and nothing is written.
         log_dir = self.trainer.log_dir if self.trainer is not None and self.trainer.logger is not None else None

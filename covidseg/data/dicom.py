@@ -13,8 +13,15 @@ folder and the syntax.
     -> voxel data [X = column, Y = row, Z = slice], affine from ImageOrientationPatient,
     PixelSpacing and the positions, converted from DICOM's LPS to NIfTI's RAS
 
-A folder with several series, slices of different size or orientation, repeated positions or
-uneven spacing (missing slices) is refused with one ``VolumeReadError`` naming the folder.
+Scanners and PACS exports often put several series in one flat folder: ``list_series`` groups
+its files by SeriesInstanceUID (as dcm2niix does) and ``read_series(folder, uid)`` reads one of
+them; ``covidseg predict`` predicts each, named ``FOLDER_seriesN`` (N its SeriesNumber). Files
+without the 128-byte preamble and ``DICM`` (older scanners, some exports) are DICOM too when
+pydicom reads image attributes from them (``is_dicom_file``).
+
+Without a series chosen, a folder with several series is refused, as are slices of different
+size or orientation, repeated positions or uneven spacing (missing slices): one
+``VolumeReadError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -31,9 +38,15 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 SPACING_TOLERANCE = 0.1  # relative deviation from the median slice gap that counts as uneven
 
 
+# a data set written without preamble and file meta starts with a group 0x0002 or 0x0008 element
+_RAW_STARTS = (b"\x02\x00", b"\x08\x00")
+
+
 def is_dicom_file(path: str | Path) -> bool:
-    """A ``.dcm``/``.dicom``/``.ima`` file, or any file with the ``DICM`` preamble marker; not a
-    ``DICOMDIR`` (the index a CD/PACS export puts beside its study folders, no image)."""
+    """A ``.dcm``/``.dicom``/``.ima`` file, a file with the ``DICM`` preamble marker, or a data set
+    without preamble (starting with a group 0x0002/0x0008 element) from which pydicom reads an
+    image (``SOPClassUID``, ``Rows``); not a ``DICOMDIR`` (the index a CD/PACS export puts
+    beside its study folders, no image)."""
     path = Path(path)
     if not path.is_file() or path.name.upper() == "DICOMDIR":
         return False
@@ -41,10 +54,52 @@ def is_dicom_file(path: str | Path) -> bool:
         return True
     try:
         with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
+            head = f.read(132)
     except OSError:
         return False
+    if head[128:132] == b"DICM":
+        return True
+    if head[:2] not in _RAW_STARTS:
+        return False
+    try:
+        ds = _dcmread(path, stop_before_pixels=True)
+    except Exception:  # not DICOM after all
+        return False
+    return "SOPClassUID" in ds and "Rows" in ds
+
+
+def _dcmread(path: Path, stop_before_pixels: bool = False):
+    """``pydicom.dcmread`` that also reads a data set without preamble and file meta (then its
+    transfer syntax is the encoding it was read with, so its pixels decode)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
+
+
+def list_series(folder: str | Path) -> list[tuple[str, str, int]]:
+    """The series of a DICOM folder as ``(SeriesInstanceUID, label, files)``, by SeriesNumber:
+    ``label`` is ``seriesN`` (N the SeriesNumber), or ``series-K`` (K its place) where the numbers
+    are missing or repeat. Unreadable files are left to ``read_series`` to name."""
+    found: dict[str, list] = {}
+    for file in series_files(folder):
+        try:
+            ds = _dcmread(file, stop_before_pixels=True)
+        except Exception:
+            continue
+        number = getattr(ds, "SeriesNumber", None)
+        found.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), [number, 0])[1] += 1
+    order = sorted(found, key=lambda uid: (found[uid][0] is None, str(found[uid][0]).zfill(8), uid))
+    numbers = [found[uid][0] for uid in order]
+    unique = None not in numbers and len(set(map(str, numbers))) == len(numbers)
+    return [(uid, f"series{found[uid][0]}" if unique else f"series-{k + 1}", found[uid][1]) for k, uid in enumerate(order)]
 
 
 def series_files(folder: str | Path) -> list[Path]:
@@ -78,8 +133,9 @@ def _floats(ds, name: str, folder: Path, file: Path) -> np.ndarray:
     return np.atleast_1d(np.array(list(value) if hasattr(value, "__len__") else value, dtype=np.float64))
 
 
-def read_series(folder: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Reads one DICOM series (see the module docstring).
+def read_series(folder: str | Path, series: str | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Reads one DICOM series (see the module docstring): the folder's only one, or the one
+    whose SeriesInstanceUID is ``series``.
 
     Returns:
         ``(image, hu)``: a ``Nifti1Image`` (RAS affine, spacing in mm; its data is ``hu``) and
@@ -90,8 +146,6 @@ def read_series(folder: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
             mixed sizes or orientations, repeated or unevenly spaced positions, pixel data
             that cannot be decoded.
     """
-    import pydicom
-
     folder = Path(folder)
     files = series_files(folder)
     if not files:
@@ -99,12 +153,20 @@ def read_series(folder: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     slices = []
     for file in files:
         try:
-            slices.append((file, pydicom.dcmread(file)))
+            ds = _dcmread(file)
         except Exception as err:  # pydicom raises InvalidDicomError, EOFError, ValueError ...
-            raise VolumeReadError(f"{folder}: {file.name} is not readable DICOM ({str(err).splitlines()[0][:100]})") from None
+            raise VolumeReadError(f"{folder}: {file.name} is not readable DICOM ({(str(err).splitlines() or [type(err).__name__])[0][:100]})") from None
+        if "PixelData" not in ds or "Rows" not in ds:  # force=True reads almost anything: an image it must hold
+            raise VolumeReadError(f"{folder}: {file.name} is not readable DICOM (no image in it)")
+        slices.append((file, ds))
+    if series is not None:
+        slices = [(f, ds) for f, ds in slices if str(getattr(ds, "SeriesInstanceUID", "")) == series]
+        if not slices:
+            raise VolumeReadError(f"{folder}: no DICOM file of series {series}")
     uids = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices})
     if len(uids) > 1:
-        raise VolumeReadError(f"{folder}: {len(uids)} DICOM series in one folder (SeriesInstanceUID {', '.join(uids[:3])}); put each series in its own folder")
+        raise VolumeReadError(f"{folder}: {len(uids)} DICOM series in one folder (SeriesInstanceUID {', '.join(uids[:3])}); covidseg predict "
+                              f"splits such a folder by series; to train, put each series in its own folder")  # fmt: skip
     orientation = _floats(slices[0][1], "ImageOrientationPatient", folder, slices[0][0])
     spacing = _floats(slices[0][1], "PixelSpacing", folder, slices[0][0])  # [between rows, between columns]
     size = (int(slices[0][1].Rows), int(slices[0][1].Columns))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from covidseg.data.samples import Sample
@@ -73,6 +73,45 @@ def assign_splits(
     if "train" not in which.values():
         raise DataError("the split leaves no cases for training")
     return {s.image: which[s.case_id] for s in samples}
+
+
+def single_slice_cases(samples: list[Sample]) -> tuple[int, int]:
+    """``(cases holding one 2D slice, cases)``: a case of one slice file is a file whose case id
+    is its own stem (no ``--data.case_regex`` match, no manifest ``case_id``), rarely a patient."""
+    sizes = Counter(s.case_id for s in samples)
+    slices_2d = {s.case_id for s in samples if s.slice is None}
+    return sum(1 for c, n in sizes.items() if n == 1 and c in slices_2d), len(sizes)
+
+
+def case_note(samples: list[Sample]) -> str | None:
+    """One warning line when every case, or most, is a single slice (the case id fell back to
+    the file stem), else ``None``: then slices of one patient can sit in train and validation."""
+    single, cases = single_slice_cases(samples)
+    if not cases or 2 * single <= cases:
+        return None
+    sizes = Counter(s.case_id for s in samples)
+    others = sorted(n for n in sizes.values() if n > 1)
+    held = "1 slice each" if single == cases else f"{single} of them 1 slice each, the other {cases - single} {others[0]}-{others[-1]} slices"
+    return (
+        f"warning: {cases} cases, {held}: without patient ids each file is its own case, so slices of one patient can land in "
+        f"both train and validation (optimistic scores); give case ids with --data.case_regex (its first group on the file stem) "
+        f"or a manifest.csv case_id column"
+    )
+
+
+def split_summary(samples: list[Sample], split: dict[str, str]) -> str:
+    """The one line fit prints about a split: slices and cases per split; where most cases are
+    single slices (``case_note``) they are not called cases, as they are not patients."""
+    slices = Counter(split[s.image] for s in samples)
+    ids = {k: {s.case_id for s in samples if split[s.image] == k} for k in SPLITS}
+    if case_note(samples) is None:
+        return "split: " + ", ".join(f"{k} {slices.get(k, 0)} slices / {len(ids[k])} cases" for k in SPLITS)
+    sizes = Counter(s.case_id for s in samples)
+    parts = []
+    for k in SPLITS:
+        multi = sum(1 for c in ids[k] if sizes[c] > 1)
+        parts.append(f"{k} {slices.get(k, 0)} slices" + (f" ({multi} multi-slice cases)" if multi else ""))
+    return "split: " + ", ".join(parts) + " (single slices split one by one: no patient ids)"
 
 
 def _fold(cases: list[str], sizes: dict[str, int], num_folds: int, fold: int) -> list[str]:

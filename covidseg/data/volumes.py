@@ -113,8 +113,9 @@ def from_display(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def read_voxels(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Loads a NIfTI volume or a DICOM series folder with its voxel data in its own layout.
+def read_voxels(path: str | Path, series: str | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Loads a NIfTI volume or a DICOM series folder (``series``: the SeriesInstanceUID to read
+    from a folder of several) with its voxel data in its own layout.
 
     Returns:
         ``(image, data)``: the nibabel image (affine, header) and ``[X, Y, Z]`` data in the
@@ -125,7 +126,7 @@ def read_voxels(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """
     path = Path(path)
     if path.is_dir():
-        return read_series(path)
+        return read_series(path, series)
     if not path.is_file():
         raise VolumeReadError(f"{path}: file not found")
     try:
@@ -146,8 +147,8 @@ def read_voxels(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
-def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, str | None]:
-    """Loads a CT volume (NIfTI file or DICOM series folder) as display-ordered HU, through the
+def read_scan(path: str | Path, series: str | None = None) -> tuple[nib.Nifti1Image, np.ndarray, str | None]:
+    """Loads a CT volume (NIfTI file or DICOM series folder; ``series`` as ``read_voxels``) as display-ordered HU, through the
     HU protocol check (``covidseg.anatomy.checks.hu_protocol``: a volume stored without its
     rescale offset is corrected by its documented rule, one that is not CT in HU refused).
 
@@ -160,7 +161,7 @@ def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, str | None
     """
     from covidseg.anatomy.checks import hu_protocol
 
-    img, data = read_voxels(path)
+    img, data = read_voxels(path, series)
     data, note = hu_protocol(data, str(path))
     return img, to_display(data, img.affine), note
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from covidseg.data.dicom import find_series, is_series, series_files
+from covidseg.data.dicom import find_series, is_series, list_series, series_files
 from covidseg.data.io import IMAGE_SUFFIXES
 from covidseg.data.volumes import is_volume, volume_stem
 from covidseg.errors import CovidSegError
@@ -23,6 +23,7 @@ class Job:
     outputs: tuple[Path, ...] = ()
     error: str = ""
     name: str = ""  # what outputs and cases are named after (a nested series: its path in the study)
+    series: str = ""  # the SeriesInstanceUID read from a folder holding several series
 
 
 def expand_inputs(paths: list[str | Path]) -> list[tuple[Path, str]]:
@@ -49,7 +50,12 @@ def list_inputs(paths: list[str | Path]) -> list[Path]:
 
 def series_lines(jobs: list[Job]) -> list[str]:
     """One line per DICOM series to predict, as DICOM converters report what they found."""
-    return [f"DICOM series {job.path} ({len(series_files(job.path))} files) -> {job.name}" for job in jobs if job.kind == "volume" and job.path.is_dir()]
+    lines = []
+    for job in jobs:
+        if job.kind == "volume" and job.path.is_dir():
+            files = next((n for uid, _, n in list_series(job.path) if uid == job.series), 0) if job.series else len(series_files(job.path))
+            lines.append(f"DICOM series {job.path}{f' (SeriesInstanceUID {job.series})' if job.series else ''} ({files} files) -> {job.name}")
+    return lines
 
 
 def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False) -> list[Job]:
@@ -58,10 +64,13 @@ def plan(paths: list[str | Path], output: Path, probabilities: bool = False, ove
     for path, name in expand_inputs(paths):
         if path.is_dir() and not is_series(path):
             jobs.append(Job(path, "", error="no images, NIfTI volumes or DICOM series in folder (at any depth)"))
-        elif is_volume(path) or path.is_dir():  # a DICOM series folder is a volume
-            outs = [output / f"{name}_mask.nii.gz"] + ([output / f"{name}_prob.nii.gz"] if probabilities else [])
-            outs += [output / f"{name}_lungs.nii.gz"] if lungs else []
-            jobs.append(Job(path, "volume", tuple(outs), name=name))
+        elif is_volume(path) or path.is_dir():  # a DICOM series folder is a volume; a folder of several series, one per series
+            several = list_series(path) if path.is_dir() else []
+            for uid, label, _ in several if len(several) > 1 else [("", "", 0)]:
+                named = f"{name}_{label}" if uid else name
+                outs = [output / f"{named}_mask.nii.gz"] + ([output / f"{named}_prob.nii.gz"] if probabilities else [])
+                outs += [output / f"{named}_lungs.nii.gz"] if lungs else []
+                jobs.append(Job(path, "volume", tuple(outs), name=named, series=uid))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             outs = [output / f"{path.stem}.png"]
             outs += [output / f"{path.stem}.npy"] if probabilities else []

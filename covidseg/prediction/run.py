@@ -135,7 +135,7 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
 
 def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm, viewer: ViewerWriter | None = None, use_anatomy: bool = True) -> dict:
     try:
-        ref, hu, note = read_scan(job.path)
+        ref, hu, note = read_scan(job.path, job.series or None)
     except _READ_ERRORS as err:
         bar.update()
         return _report(bar, job, str(err).removeprefix(f"{job.path}: "))

@@ -1,5 +1,5 @@
 """GPU only: training images/s by precision and size, host syncs per step, pinned copies, and
-DDP scaling (a ``--ddp-probe`` subprocess per device count)."""
+DDP scaling (a ``--ddp_probe`` subprocess per device count)."""
 
 from __future__ import annotations
 
@@ -161,8 +161,8 @@ def run_ddp_probe(args, devices: int, work: Path) -> float:
     """Global images/s of a DDP run on ``devices`` devices, in a fresh process (Lightning's DDP
     launcher re-runs the command line for the other ranks)."""
     out = work / f"ddp{devices}.json"
-    cmd = [sys.executable, str(BENCHMARK), "--ddp-probe", str(devices), "--ddp-out", str(out),
-           "--device", args.device, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+    cmd = [sys.executable, str(BENCHMARK), "--ddp_probe", str(devices), "--ddp_out", str(out),
+           "--device", args.device, "--image_size", str(args.image_size), "--batch_size", str(args.batch_size),
            "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])  # fmt: skip
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]

@@ -36,6 +36,29 @@ def detect_layout(root: Path) -> str:
     )
 
 
+def source_names(roots: list[Path]) -> list[str]:
+    """A unique, stable name per root: its folder name, or where two roots share one
+    (``/a/covid``, ``/b/covid``) the shortest tail of their paths that tells them apart, joined
+    by ``-`` (``a-covid``, ``b-covid``). Names that do not collide stay the folder name, so
+    existing ``splits.csv`` keys and case ids keep their meaning. Raises ``DataError`` for a root
+    given twice."""
+    paths = [r.resolve() for r in roots]
+    for i, p in enumerate(paths):
+        if p in paths[:i]:
+            raise DataError(f"{roots[i]}: data root given twice")
+    parts = [p.parts[1:] for p in paths]  # without the anchor ("/")
+    depth = [1] * len(paths)
+    while True:
+        names = ["-".join(q[-d:]) for q, d in zip(parts, depth)]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+        if not clash:
+            return names
+        for i in clash:
+            if depth[i] >= len(parts[i]):
+                raise DataError(f"{roots[i]}: its name {names[i]!r} cannot be told apart from another data root's")
+            depth[i] += 1
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -51,7 +74,8 @@ def find_pairs(
 
     A volume pair comes out as one ``Sample`` with ``slice=None``; ``validate.validate_data`` checks it and
     expands it into its slices. With several roots, case ids are prefixed with the root's
-    folder name so that two sources never share a patient id by accident.
+    folder name (``source_names``: unique, also for two folders of one name) so that two sources
+    never share a patient id by accident.
     """
     roots = [Path(r) for r in roots]
     samples, layouts, problems = [], {}, []
@@ -59,7 +83,7 @@ def find_pairs(
     if case_regex:
         compile_case_regex(case_regex)
     prefix = len(roots) > 1
-    for root in roots:
+    for root, source in zip(roots, source_names(roots)):
         layout = detect_layout(root)
         layouts[str(root)] = layout
         if layout == "manifest":
@@ -75,7 +99,6 @@ def find_pairs(
         if not pairs and not problems:
             problems.append(f"{root}: no image/mask pairs found ({layout} layout)")
         stems += [file_stem(i).removesuffix(NNUNET_CHANNEL) if layout == "nnunet" else file_stem(i) for i, _, _ in pairs]
-        source = root.resolve().name
         lungs = find_lung_masks(root, layout, [i for i, _, _ in pairs])
         samples += [Sample(str(i), str(m), f"{source}/{c}" if prefix else c, source, _relative(i, root), lung_mask=lungs.get(i)) for i, m, c in pairs]
     if case_regex:

@@ -4,7 +4,8 @@
 ``Morozov_study_0255``; ``bjorke_17`` has no patient id and stays one case per slice),
 ``images/``+``masks/`` (matched by stem: ``12.jpg`` with ``12.png``, ``ct_01.nii.gz`` with
 ``ct_01.nii``; the case id is the stem unless ``case_regex`` says otherwise) and nnU-Net
-``imagesTr/``+``labelsTr/`` (``CASE_0000`` with ``CASE``)."""
+``imagesTr/``+``labelsTr/`` (``CASE_0000`` with ``CASE``, or MSD style ``CASE`` with ``CASE``
+when no image name ends in ``_0000``)."""
 
 from __future__ import annotations
 
@@ -30,16 +31,19 @@ def is_3d(path: str | Path) -> bool:
 
 def files_in(folder: Path) -> dict[str, Path]:
     """Slices and volumes in ``folder`` by stem."""
-    return {file_stem(p): p for p in sorted(folder.iterdir()) if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))}
+    return {file_stem(p): p for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith("._") and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))}  # ._X: macOS metadata (MSD tarballs hold them)
 
 
 def pairs_from_folders(root: Path, image_dir: str, regex: str | None, exact_names: bool, problems: list[str], mask_dir: str = "masks") -> list[tuple[Path, Path, str]]:
     images, masks = files_in(root / image_dir), files_in(root / mask_dir)
-    if image_dir == "imagesTr":  # nnU-Net: CASE_0000.nii.gz is channel 0 of CASE
+    if image_dir == "imagesTr" and any(k.endswith(NNUNET_CHANNEL) for k in images):  # nnU-Net: CASE_0000.nii.gz is channel 0 of CASE
         for key, path in images.items():
             if not key.endswith(NNUNET_CHANNEL):
-                problems.append(f"{path}: not named CASE{NNUNET_CHANNEL}.nii.gz (covidseg reads one CT channel, _0000)")
+                problems.append(f"{path}: not named CASE{NNUNET_CHANNEL}.nii.gz like the other images (covidseg reads one CT channel, _0000): "
+                                f"rename it {key}{NNUNET_CHANNEL}{path.name[len(key):]}, or drop _0000 from every name (MSD style)")  # fmt: skip
         images = {k.removesuffix(NNUNET_CHANNEL): p for k, p in images.items() if k.endswith(NNUNET_CHANNEL)}
+    # else MSD style (Medical Segmentation Decathlon): imagesTr/CASE.nii.gz with labelsTr/CASE.nii.gz
     if exact_names:  # Kaggle: identical file names
         images = {p.name: p for p in images.values()}
         masks = {p.name: p for p in masks.values()}

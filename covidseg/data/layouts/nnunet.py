@@ -1,5 +1,5 @@
-"""nnU-Net / Medical Segmentation Decathlon: ``imagesTr/CASE_0000.nii.gz`` with
-``labelsTr/CASE.nii.gz``; ``dataset.json`` label names, when present, name the labels in the
+"""nnU-Net / Medical Segmentation Decathlon: ``imagesTr/CASE_0000.nii.gz`` (nnU-Net) or
+``imagesTr/CASE.nii.gz`` (MSD) with ``labelsTr/CASE.nii.gz``; ``dataset.json`` label names, when present, name the labels in the
 error that asks for ``lesion_labels``."""
 
 from __future__ import annotations
