@@ -19,7 +19,7 @@ from covidseg.errors import CovidSegError, user_errors
 from covidseg.metrics.severity import write_cases
 from covidseg.prediction.journal import COHORT, merge, read_cohort, sources
 from covidseg.prediction.run import CASES, SUMMARY_FIELDS, cases_of
-from covidseg.prediction.staging import PARTIAL
+from covidseg.prediction.staging import remove_leftovers
 
 
 def build_parser():
@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         write_cases(output / CASES, cases_of(merged.rows, cohort["case_regex"]))
     print(merged.line(output))
     if not merged.missing:
-        import shutil
-
-        shutil.rmtree(output / PARTIAL, ignore_errors=True)  # what killed processes left
+        remove_leftovers(output)  # what killed processes left
     return 1 if merged.missing or merged.failed else 0
 
 

@@ -23,7 +23,6 @@ from covidseg.data.dicom import series_headers
 from covidseg.data.volumes import from_display
 from covidseg.errors import CovidSegError
 
-EXTRA = "dicom"  # pip install "covidseg[dicom]" when highdicom is missing
 # patient and study attributes a SEG copies from its source (type 2: present, may be empty); an
 # anonymised export often drops them, and highdicom then stops with an AttributeError
 _COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
@@ -33,7 +32,7 @@ def _highdicom():
     try:
         import highdicom
     except ImportError:
-        raise CovidSegError(f'--dicom_seg: highdicom is not installed; pip install "covidseg[{EXTRA}]" (or pip install highdicom)') from None
+        raise CovidSegError("--dicom_seg: highdicom is not installed (a dependency of covidseg); pip install highdicom") from None
     return highdicom
 
 

@@ -25,7 +25,7 @@ from covidseg.prediction.journal import Journal, latest_rows, merge, write_cohor
 from covidseg.prediction.loader import READ_ERRORS, Loaded, read_studies
 from covidseg.prediction.progress import Progress
 from covidseg.prediction.cohort import select
-from covidseg.prediction.staging import Staging
+from covidseg.prediction.staging import Staging, remove_leftovers
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
 
@@ -316,6 +316,8 @@ def predict_paths(
         merged = merge(output, SUMMARY_FIELDS, shard)
         if case_regex:
             write_cases(output / CASES, cases_of(merged.rows, case_regex))
+        if not merged.missing:
+            remove_leftovers(output)
         if n > 1 or resume:
             print(merged.line(output))
     else:

@@ -47,3 +47,8 @@ class Staging:
             self.root.rmdir()
         except OSError:
             pass  # other processes' folders, or none
+
+
+def remove_leftovers(output: str | Path) -> None:
+    """Removes ``.partial`` with what killed processes left there (call when the cohort is complete)."""
+    shutil.rmtree(Path(output) / PARTIAL, ignore_errors=True)
