@@ -13,7 +13,8 @@ import warnings
 COMMANDS = {
     "fit": "train a U-Net (LightningCLI), then evaluate its best checkpoint on the test split",
     "evaluate": "score a checkpoint, ONNX model or fold ensemble on a split or a data set; write a report",
-    "predict": "segment lesions in image files, folders and NIfTI volumes",
+    "predict": "segment lesions in image files, folders, NIfTI volumes, DICOM series and cohort lists",
+    "merge": "merge the summary parts of sharded or resumed predict runs into summary.csv; list missing and failed studies",
     "export": "export a checkpoint to ONNX, checked against PyTorch",
     "models": "list the built-in models with their cards (what --ckpt NAME uses; predict's default)",
 }
@@ -21,7 +22,7 @@ MODULES = {"models": "covidseg.models"}  # other commands: covidseg.<command>
 
 
 def usage() -> str:
-    lines = ["usage: covidseg {fit,evaluate,predict,export,models} [options]", "", "COVID-19 CT lesion segmentation.", "", "commands:"]
+    lines = ["usage: covidseg {fit,evaluate,predict,merge,export,models} [options]", "", "COVID-19 CT lesion segmentation.", "", "commands:"]
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
     lines += ["", "covidseg COMMAND --help shows the options of a command."]
     return "\n".join(lines)

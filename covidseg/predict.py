@@ -39,23 +39,40 @@ has one row per input: status, lesion pixels and fraction, and lesion volume in 
 Existing outputs are never replaced without ``--overwrite``: the run refuses up front, before
 anything is written, and names them. An unreadable input is reported on stderr and skipped;
 the others are processed and the exit status is 1. Bad arguments or models exit with 2.
+
+Cohorts (docs/COHORTS.md): ``--input`` also takes a list file (``.txt``, one path per line, or a
+``.csv`` with a ``path`` and an optional ``study_id`` column). Every study's outputs are written
+under a temporary name and renamed when complete, and its ``summary.csv`` row is appended when it
+finishes; ``--resume true`` skips the studies whose outputs are complete and predicts the rest.
+``--shard K/N`` predicts shard K (from 0) of N, by study (default: torchrun's ``RANK/WORLD_SIZE``,
+each rank on ``cuda:LOCAL_RANK``, or a SLURM array's task); shards write
+``summary.part-K-of-N.csv`` and the last to finish (or ``covidseg merge OUTPUT``) merges them into
+``summary.csv``. ``--num_workers`` processes read and window the volumes while the network runs;
+a line per study gives the rate and an ETA. ``--dicom_seg true`` also writes ``NAME_seg.dcm``, a
+DICOM Segmentation (highdicom) of each DICOM series input: lesion, and right/left lung with ``--lungs``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from jsonargparse.typing import NonNegativeInt
+
 from covidseg import options
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.model.predictor import Predictor
-from covidseg.prediction import CASES, SUMMARY, check_outputs, extra_outputs, plan, predict_paths
+from covidseg.prediction import CASES, SUMMARY, extra_outputs, predict_paths
+from covidseg.prediction.cohort import select
+from covidseg.prediction.dicom_seg import check_available
+from covidseg.prediction.shards import launcher_device, launcher_shard, parse_shard
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 
 
 def build_parser():
     p = options.parser("covidseg predict", __doc__)
     options.add_model(p, builtin_default=True)
-    p.add_argument("--input", type=list[str] | str, required=True, help="image files, folders of images, .nii/.nii.gz volumes, DICOM series folders")
+    p.add_argument("--input", type=list[str] | str, required=True, help="image files, folders of images, .nii/.nii.gz volumes, DICOM series folders, cohort list files (.txt: a path per line; .csv: path[, study_id])")
     p.add_argument("--output", type=str, required=True, help="output folder")
     p.add_argument("--probabilities", type=bool, default=False, help="also write probability maps (.npy / _prob.nii.gz)")
     p.add_argument("--overlay", type=bool, default=False, help="also write NAME_overlay.png (images only)")
@@ -66,7 +83,23 @@ def build_parser():
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with involvement, grade and a slice-by-slice overlay")
     p.add_argument("--anatomy", type=bool, default=True, help="the anatomy stage (covidseg.anatomy): nothing outside the body, lungs cleaned in 3D and split right/left, lesions only inside the lungs, scan checks before a grade; false writes the network's maps as they are")
     p.add_argument("--data.window", "--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volumes (default: the model's; lung -600, 1500 for image-trained models)")
+    p.add_argument("--resume", type=bool, default=False, help="skip the studies whose outputs are complete (a row in the summary and every output file), predict the rest")
+    p.add_argument("--shard", type=str | None, default=None, help="K/N: predict shard K (from 0) of N of the cohort, by study; default: torchrun's RANK/WORLD_SIZE or a SLURM array task, else 0/1")
+    p.add_argument("--num_workers", type=NonNegativeInt, default=2, help="processes that read and window volumes while the network runs (0: in the main process)")
+    p.add_argument("--dicom_seg", type=bool, default=False, help="also write NAME_seg.dcm, a DICOM Segmentation (lesion; right/left lung with --lungs) referencing each DICOM series input")
     return p
+
+
+def shard_of(value: str | None) -> tuple[int, int]:
+    """``--shard`` or the launcher's (torchrun, SLURM array), announced in one line when taken from it."""
+    if value is not None:
+        return parse_shard(value)
+    k, n, launcher = launcher_shard()
+    if n > 1:
+        print(f"shard {k}/{n} from the {launcher} environment")
+    if not 0 <= k < n:
+        raise CovidSegError(f"{launcher} environment gives shard {k} of {n}; pass --shard K/N")
+    return k, n
 
 
 @user_errors
@@ -79,21 +112,25 @@ def main(argv: list[str] | None = None) -> int:
         raise CovidSegError(f"--data.window {window[0]:g} {window[1]:g}: width must be positive")
     output = Path(args.output)
     inputs = options.as_list(args.input)
-    check_outputs(plan(inputs, output, args.probabilities, args.overlay, args.lungs), output, args.overwrite, extra_outputs(case_regex, args.viewer))  # before loading models
-    predictor = Predictor(options.model_paths(args.ckpt), device=args.device, threshold=args.threshold, tta=args.tta)
+    shard = shard_of(args.shard)
+    flags = dict(probabilities=args.probabilities, overlay=args.overlay, lungs=args.lungs, case_regex=case_regex, viewer=args.viewer, overwrite=args.overwrite, resume=args.resume, shard=shard)
+    select(inputs, output, dicom_seg=args.dicom_seg, extra=extra_outputs(case_regex, args.viewer), **flags)  # before loading models
+    if args.dicom_seg:
+        check_available()
+    device = args.device
+    if device in (None, "cuda"):  # torchrun: one GPU per rank
+        device = launcher_device(cuda=torch.cuda.is_available()) or device
+    predictor = Predictor(options.model_paths(args.ckpt), device=device, threshold=args.threshold, tta=args.tta)
     rows = predict_paths(
         predictor,
         inputs,
         output,
-        probabilities=args.probabilities,
-        overlay=args.overlay,
         batch_size=args.batch_size,
         window=window,
-        overwrite=args.overwrite,
-        lungs=args.lungs,
-        case_regex=case_regex,
-        viewer=args.viewer,
         anatomy=args.anatomy,
+        num_workers=args.num_workers,
+        dicom_seg=args.dicom_seg,
+        **flags,
     )
     failed = sum(row["status"] != "ok" for row in rows)
     s = predictor.card

@@ -133,6 +133,26 @@ def _floats(ds, name: str, folder: Path, file: Path) -> np.ndarray:
     return np.atleast_1d(np.array(list(value) if hasattr(value, "__len__") else value, dtype=np.float64))
 
 
+def position_order(datasets: list) -> np.ndarray:
+    """The slice order of a series: ImagePositionPatient projected on the slice normal (the
+    first slice's row x column direction), ascending; the Z order of ``read_series``'s voxels."""
+    orientation = np.array(datasets[0].ImageOrientationPatient, dtype=np.float64)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.array([np.array(ds.ImagePositionPatient, dtype=np.float64) for ds in datasets])
+    return np.argsort(positions @ normal, kind="stable")
+
+
+def series_headers(folder: str | Path, series: str | None = None) -> list:
+    """The series' datasets without pixel data, in ``read_series``'s slice order (for the
+    DICOM SEG that references them); ``series``: only that SeriesInstanceUID's files."""
+    import pydicom
+
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True, force=True) for f in series_files(folder)]
+    if series:
+        datasets = [ds for ds in datasets if str(getattr(ds, "SeriesInstanceUID", "")) == series]
+    return [datasets[i] for i in position_order(datasets)]
+
+
 def read_series(folder: str | Path, series: str | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Reads one DICOM series (see the module docstring): the folder's only one, or the one
     whose SeriesInstanceUID is ``series``.
@@ -176,7 +196,7 @@ def read_series(folder: str | Path, series: str | None = None) -> tuple[nib.Nift
     row_dir, col_dir = orientation[:3], orientation[3:]  # directions of increasing column / row index
     normal = np.cross(row_dir, col_dir)
     positions = np.array([_floats(ds, "ImagePositionPatient", folder, file) for file, ds in slices])
-    order = np.argsort(positions @ normal, kind="stable")
+    order = position_order([ds for _, ds in slices])
     slices, positions = [slices[i] for i in order], positions[order]
     gaps = np.diff(positions @ normal)
     if len(gaps):

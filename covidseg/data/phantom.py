@@ -165,6 +165,7 @@ def write_dicom_series(img, folder: str | Path, slope: float = 0.5, intercept: f
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
     dx, dy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
     study, series = study_uid or generate_uid(), series_uid or generate_uid()
+    frame = generate_uid(entropy_srcs=[study, "frame"])  # one frame of reference for the series (prefix=None would ignore the sources)
     order = random.Random(0).sample(range(1000), data.shape[2]) if shuffle else range(data.shape[2])
     names = [f"IM{n:04d}" for n in order]
     for k in range(data.shape[2]):
@@ -176,7 +177,7 @@ def write_dicom_series(img, folder: str | Path, slope: float = 0.5, intercept: f
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = study, series, "CT", k + 1
-        ds.FrameOfReferenceUID = generate_uid(prefix=None, entropy_srcs=[study, "frame"])
+        ds.FrameOfReferenceUID = frame
         ds.ImageOrientationPatient = [*(lps[:3, 0] / dx), *(lps[:3, 1] / dy)]
         ds.ImagePositionPatient = [*(lps @ [0, 0, k, 1])[:3]]
         ds.PixelSpacing, ds.SliceThickness = [dy, dx], float(np.linalg.norm(lps[:3, 2]))

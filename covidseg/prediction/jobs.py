@@ -8,8 +8,10 @@ from pathlib import Path
 
 from covidseg.data.dicom import find_series, is_series, list_series, series_files
 from covidseg.data.io import IMAGE_SUFFIXES
+from covidseg.data.samples import case_id_from_name
 from covidseg.data.volumes import is_volume, volume_stem
 from covidseg.errors import CovidSegError
+from covidseg.prediction.listfile import is_list_file, read_list
 
 SUMMARY = "summary.csv"
 
@@ -30,10 +32,15 @@ def expand_inputs(paths: list[str | Path]) -> list[tuple[Path, str]]:
     """Each input with its name: folders expand into their image and NIfTI files (not
     recursive) and their DICOM series at any depth (a study export ``STUDY/SERIES/*.dcm``; a
     nested series is named by its path below the folder, ``STUDY_SERIES``, so two studies'
-    ``SE0001`` do not clash); files and a folder that is itself a series stay."""
+    ``SE0001`` do not clash); files and a folder that is itself a series stay; a cohort list
+    file (``.txt``/``.csv``, ``listfile``) stands for its entries."""
     found: list[tuple[Path, str]] = []
     for path in map(Path, paths):
-        if path.is_dir() and not is_series(path):
+        if is_list_file(path):  # a cohort list (covidseg.prediction.listfile): its entries, named by study_id when given
+            for entry, study in read_list(path):
+                inside = expand_inputs([entry])
+                found.extend((p, (study if len(inside) == 1 else f"{study}_{name}") if study else name) for p, name in inside)
+        elif path.is_dir() and not is_series(path):
             files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p)))
             inside = [(p, volume_stem(p) if is_volume(p) else p.stem) for p in files]
             inside += [(s, "_".join(s.relative_to(path).parts)) for s in find_series(path)]
@@ -58,8 +65,9 @@ def series_lines(jobs: list[Job]) -> list[str]:
     return lines
 
 
-def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False) -> list[Job]:
-    """One ``Job`` per input file, with its output paths under ``output``."""
+def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False, dicom_seg: bool = False) -> list[Job]:
+    """One ``Job`` per input file, with its output paths under ``output`` (``dicom_seg``:
+    ``NAME_seg.dcm`` for each DICOM series)."""
     jobs = []
     for path, name in expand_inputs(paths):
         if path.is_dir() and not is_series(path):
@@ -70,13 +78,14 @@ def plan(paths: list[str | Path], output: Path, probabilities: bool = False, ove
                 named = f"{name}_{label}" if uid else name
                 outs = [output / f"{named}_mask.nii.gz"] + ([output / f"{named}_prob.nii.gz"] if probabilities else [])
                 outs += [output / f"{named}_lungs.nii.gz"] if lungs else []
+                outs += [output / f"{named}_seg.dcm"] if dicom_seg and path.is_dir() else []
                 jobs.append(Job(path, "volume", tuple(outs), name=named, series=uid))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            outs = [output / f"{path.stem}.png"]
-            outs += [output / f"{path.stem}.npy"] if probabilities else []
-            outs += [output / f"{path.stem}_overlay.png"] if overlay else []
-            outs += [output / f"{path.stem}_lungs.png"] if lungs else []
-            jobs.append(Job(path, "image", tuple(outs)))
+            outs = [output / f"{name}.png"]
+            outs += [output / f"{name}.npy"] if probabilities else []
+            outs += [output / f"{name}_overlay.png"] if overlay else []
+            outs += [output / f"{name}_lungs.png"] if lungs else []
+            jobs.append(Job(path, "image", tuple(outs), name=name))
         else:
             jobs.append(Job(path, "", error=f"unsupported file type (expected {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz)"))
     return jobs
@@ -101,3 +110,10 @@ def check_outputs(jobs: list[Job], output: Path, overwrite: bool, extra: list[st
     if existing:
         names = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise CovidSegError(f"{len(existing)} output file(s) already exist ({names}); pass --overwrite true or choose another --output")
+
+
+def case_id_of(job: Job, case_regex: str | None = None) -> str:
+    """The case an input belongs to: a volume's name, or an image's ``case_regex`` case (else its stem)."""
+    if job.kind == "image":
+        return case_id_from_name(job.path.stem, case_regex) if case_regex else job.name or job.path.stem
+    return job.name or (job.path.name if job.path.is_dir() else volume_stem(job.path))

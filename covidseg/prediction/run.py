@@ -5,11 +5,10 @@ with masks, probabilities, overlays, lung masks and the lesion burden written pe
 
 from __future__ import annotations
 
-import csv
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -17,21 +16,25 @@ from covidseg.anatomy import Anatomy, clean_slice, clean_volume
 from covidseg.data.io import normalize_intensity, read_image, write_image, write_mask
 from covidseg.data.overlay import overlay
 from covidseg.data.samples import case_id_from_name, check_case_regex, compile_case_regex
-from covidseg.data.volumes import apply_window, display_spacing, read_scan, volume_stem, voxel_ml, write_like
+from covidseg.data.volumes import display_spacing, voxel_ml, write_like
 from covidseg.errors import CovidSegError
 from covidseg.metrics.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
 from covidseg.model.predictor import Predictor
-from covidseg.prediction.jobs import SUMMARY, Job, check_outputs, plan, series_lines
+from covidseg.prediction.jobs import Job, case_id_of, series_lines
+from covidseg.prediction.journal import Journal, latest_rows, merge, write_cohort
+from covidseg.prediction.loader import READ_ERRORS, Loaded, read_studies
+from covidseg.prediction.progress import Progress
+from covidseg.prediction.cohort import select
+from covidseg.prediction.staging import Staging, remove_leftovers
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
 
 SUMMARY_FIELDS = (
-    "input", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
-    "lung_pixels", "lung_ml", "lung_right_ml", "lung_left_ml", "involvement_percent", "involvement_right_percent",
+    "input", "study_id", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
+    "lung_pixels", "lesion_in_lung_pixels", "lung_ml", "lung_right_ml", "lung_left_ml", "involvement_percent", "involvement_right_percent",
     "involvement_left_percent", "severity", "qc", "lung_removed_ml", "lesion_removed_ml", "mask", "lungs",
 )  # fmt: skip
 CASES = "cases.csv"
-_READ_ERRORS = (ValueError, OSError, cv2.error)
 
 
 def overlay_image(raw: np.ndarray, mask: np.ndarray, normalization: str = "auto") -> np.ndarray:
@@ -88,23 +91,19 @@ def _report(bar: tqdm, job: Job, reason: str) -> dict:
     return _row(job, "failed", reason)
 
 
-def case_id_of(job: Job, case_regex: str | None = None) -> str:
-    """The case an input belongs to: a volume's name, or an image's ``case_regex`` case (else its stem)."""
-    if job.kind == "image":
-        return case_id_from_name(job.path.stem, case_regex) if case_regex else job.path.stem
-    return job.name or (job.path.name if job.path.is_dir() else volume_stem(job.path))
+Finish = Callable[[int, dict], None]  # (index of the job, its row): outputs renamed into place, row appended
 
 
-def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, viewer: ViewerWriter | None = None, case_regex: str | None = None, use_anatomy: bool = True) -> list[dict]:
-    """Rows for ``jobs`` (all images), in their order."""
-    rows: dict[int, dict] = {}
+def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar: tqdm, stage: Staging, finish: Finish, viewer: ViewerWriter | None = None,
+                    case_regex: str | None = None, use_anatomy: bool = True) -> None:  # fmt: skip
+    """Predicts ``jobs`` (all images) in batches; ``finish(i, row)`` for each, in order."""
     for start in range(0, len(jobs), batch_size):
         loaded = []
         for i in range(start, min(start + batch_size, len(jobs))):
             try:
                 loaded.append((i, read_image(jobs[i].path)))
-            except _READ_ERRORS as err:
-                rows[i] = _report(bar, jobs[i], str(err).removeprefix(f"{jobs[i].path}: "))
+            except READ_ERRORS as err:
+                finish(i, _report(bar, jobs[i], str(err).removeprefix(f"{jobs[i].path}: ")))
                 bar.update()
         maps = predictor.predict_maps([raw for _, raw in loaded], batch_size)
         for (i, raw), m in zip(loaded, maps):
@@ -114,37 +113,37 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
             mask = anatomy.lesion
             lungs = anatomy.lungs if _lung_output(job) else None
             try:
-                write_mask(job.outputs[0], mask)
+                write_mask(stage.path(job.outputs[0]), mask)
                 for out in job.outputs[1:]:
                     if out.suffix == ".npy":
-                        np.save(out, prob.astype(np.float32))
+                        np.save(stage.path(out), prob.astype(np.float32))
                     elif out == _lung_output(job):
-                        write_mask(out, lungs)
+                        write_mask(stage.path(out), lungs)
                     else:
-                        write_image(out, overlay_image(raw, mask, predictor.card.normalization))
+                        write_image(stage.path(out), overlay_image(raw, mask, predictor.card.normalization))
             except OSError as err:
-                rows[i] = _report(bar, job, f"cannot write output ({err})")
+                finish(i, _report(bar, job, f"cannot write output ({err})"))
             else:
-                rows[i] = _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None))
+                finish(i, _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None)))
                 if viewer:
                     viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=None if lungs is None else lungs > 0,
                                      label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
             bar.update()
-    return [rows[i] for i in range(len(jobs))]
 
 
-def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tuple[float, float], bar: tqdm, viewer: ViewerWriter | None = None, use_anatomy: bool = True) -> dict:
-    try:
-        ref, hu, note = read_scan(job.path, job.series or None)
-    except _READ_ERRORS as err:
+def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: int, bar: tqdm, stage: Staging, viewer: ViewerWriter | None = None,
+                    use_anatomy: bool = True, seg_model: tuple[str, str] | None = None) -> dict:  # fmt: skip
+    """The row of one volume read by ``loader.read_studies``; its outputs are staged (``stage``)."""
+    if study.error:
         bar.update()
-        return _report(bar, job, str(err).removeprefix(f"{job.path}: "))
-    if note:
-        bar.write(f"warning: {note}", file=sys.stderr)
-    slices = apply_window(hu, *window)
+        return _report(bar, job, study.error)
+    ref, hu, slices = study.ref, study.hu, study.slices
+    if study.note:
+        bar.write(f"warning: {study.note}", file=sys.stderr)
     bar.total += len(slices) - 1
     lung_out = _lung_output(job)
     prob_out = next((p for p in job.outputs if p.name.endswith("_prob.nii.gz")), None)
+    seg_out = next((p for p in job.outputs if p.name.endswith("_seg.dcm")), None)
     masks, probs, lungs = [], [], []
     for m in predictor.predict_maps(slices, batch_size):
         masks.append(m[0] >= predictor.card.threshold)
@@ -159,11 +158,15 @@ def _predict_volume(predictor: Predictor, job: Job, batch_size: int, window: tup
     del hu
     mask = anatomy.lesion.astype(np.uint8)
     try:
-        write_like(job.outputs[0], mask, ref)
+        write_like(stage.path(job.outputs[0]), mask, ref)
         if prob_out:
-            write_like(prob_out, np.stack(probs), ref)
+            write_like(stage.path(prob_out), np.stack(probs), ref)
         if lung_out:
-            write_like(lung_out, anatomy.lungs.astype(np.uint8), ref)
+            write_like(stage.path(lung_out), anatomy.lungs.astype(np.uint8), ref)
+        if seg_out:
+            from covidseg.prediction.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(stage.path(seg_out), job.path, ref, anatomy.lesion, anatomy.lungs if lung_out else None, *seg_model, series_uid=job.series or None)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
     row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None))
@@ -207,17 +210,21 @@ def predict_paths(
     case_regex: str | None = None,
     viewer: bool = False,
     anatomy: bool = True,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    num_workers: int = 0,
+    dicom_seg: bool = False,
 ) -> list[dict]:
-    """Predicts every input, writes the outputs and ``summary.csv``, and returns its rows.
+    """Predicts every input (of this shard), writes the outputs and the summary, and returns the rows.
 
     Args:
         predictor: the model(s) and their card (threshold, TTA, preprocessing).
-        inputs: image files, folders of images, NIfTI volumes.
+        inputs: image files, folders of images, NIfTI volumes, DICOM series, cohort list files.
         output: folder for the results (created).
         probabilities, overlay: also write probability maps / overlay images.
         batch_size: slices per forward pass.
         window: ``(center, width)`` in HU for volumes; ``None``: the model's.
-        overwrite: replace existing outputs; otherwise refuse up front.
+        overwrite: replace existing outputs; otherwise refuse up front (unless ``resume``).
         lungs: also write lung masks and the lesion burden (needs a model with a lung output).
         case_regex: group image files into cases (first group of the regex on the file stem)
             and write ``cases.csv`` with summed pixels, involvement and grade per case.
@@ -225,53 +232,97 @@ def predict_paths(
         anatomy: pass every prediction through the anatomy stage (``covidseg.anatomy``: body,
             3D lungs, lesions inside the lungs, scan checks before a grade); ``False`` writes the
             network's thresholded maps as they are.
+        resume: skip the studies whose outputs are complete (``journal.complete``), predict the rest.
+        shard: ``(K, N)``: predict only shard K of N of the cohort (``shards.shard_indices``);
+            the rows go to ``summary.part-K-of-N.csv`` and the last shard merges ``summary.csv``.
+        num_workers: processes that read and window volumes while the network runs (``loader``).
+        dicom_seg: also write ``NAME_seg.dcm`` (DICOM SEG, ``dicom_seg``) for each DICOM series.
 
     Returns:
-        One dict per input file, in input order, with the ``SUMMARY_FIELDS`` keys; ``status``
-        is ``ok`` or ``failed`` (then ``reason`` says why and nothing was written for it).
+        One dict per input this run predicted, in input order, with the ``SUMMARY_FIELDS`` keys;
+        ``status`` is ``ok`` or ``failed`` (then ``reason`` says why and nothing was written for it).
 
     Raises:
         CovidSegError: clashing or existing outputs, before anything is written.
     """
     output = Path(output)
+    k, n = shard
     if lungs and not predictor.card.lung_output:
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
-    jobs = plan(inputs, output, probabilities, overlay, lungs)
-    check_outputs(jobs, output, overwrite, extra=extra_outputs(case_regex, viewer))
-    stems = [job.path.stem for job in jobs if job.kind == "image"]
+    sel = select(inputs, output, probabilities=probabilities, overlay=overlay, lungs=lungs, dicom_seg=dicom_seg, case_regex=case_regex,
+                 viewer=viewer, overwrite=overwrite, resume=resume, shard=shard, extra=extra_outputs(case_regex, viewer))  # fmt: skip
+    seg_model = None
+    if dicom_seg:
+        from covidseg.prediction.dicom_seg import check_available, model_identity
+
+        check_available()
+        seg_model = model_identity(predictor.paths)
+    jobs, studies, mine, todo = sel.jobs, sel.studies, sel.mine, sel.todo
+    run_jobs = [jobs[i] for i in todo]
+    stems = [job.path.stem for job in run_jobs if job.kind == "image"]
     if case_regex:
         compile_case_regex(case_regex)
     if case_regex and stems:  # stops when it matches no name
         print(check_case_regex(case_regex, stems))
-    for line in series_lines(jobs):
+    for line in series_lines(run_jobs):
         print(line)
-    warn_kind_mismatch(predictor.card, jobs, window)
+    warn_kind_mismatch(predictor.card, run_jobs, window)
     window = tuple(window) if window is not None else predictor.card.window
     output.mkdir(parents=True, exist_ok=True)
+    write_cohort(output, [{"input": str(job.path), "study_id": s} for job, s in zip(jobs, studies)], {"case_regex": case_regex, "shards": n})
+    if n > 1 or resume:
+        print(f"shard {k}/{n}: {len(mine)} of {len(jobs)} inputs" * (n > 1) + ("; " * (n > 1) if resume else "")
+              + (f"--resume: {len(mine) - len(todo)} complete (skipped), {len(todo)} to predict" if resume else ""))  # fmt: skip
+    journal = Journal(output / sel.journal, SUMMARY_FIELDS, fresh=not resume)
+    stage = Staging(output)
+    progress = Progress(len(run_jobs), f"shard {k}/{n} " if n > 1 else "")
     sink = _viewer(predictor, output, window, lungs) if viewer else None
     by_job: dict[int, dict] = {}
-    with tqdm(total=len(jobs), unit="slice", desc="predict", disable=None) as bar:
-        for i, job in enumerate(jobs):
-            if job.error:
-                by_job[i] = _report(bar, job, job.error)
-                bar.update()
-        images = [i for i, job in enumerate(jobs) if job.kind == "image"]
-        by_job.update(zip(images, _predict_images(predictor, [jobs[i] for i in images], batch_size, bar, sink, case_regex, anatomy)))
-        for i, job in enumerate(jobs):
-            if job.kind == "volume":
-                by_job[i] = _predict_volume(predictor, job, batch_size, window, bar, sink, anatomy)
-    rows = [by_job[i] for i in range(len(jobs))]
-    with open(output / SUMMARY, "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    if case_regex:
-        write_cases(output / CASES, cases_of(rows, case_regex))
+
+    def finish(i: int, row: dict, quiet: bool = False) -> None:
+        job = run_jobs[i]
+        row["study_id"] = studies[todo[i]]
+        (stage.commit if row["status"] == "ok" else stage.discard)(job.outputs)
+        journal.append(row)
+        by_job[i] = row
+        if not quiet:
+            progress.step(row["study_id"], row["status"])
+
+    try:
+        with tqdm(total=len(run_jobs), unit="slice", desc="predict", disable=None) as bar:
+            for i, job in enumerate(run_jobs):
+                if job.error:
+                    finish(i, _report(bar, job, job.error))
+                    bar.update()
+            images = [i for i, job in enumerate(run_jobs) if job.kind == "image"]
+            for start in range(0, len(images), 256):  # a progress line per 256 images
+                chunk = images[start : start + 256]
+                _predict_images(predictor, [run_jobs[i] for i in chunk], batch_size, bar, stage, lambda j, row: finish(chunk[j], row, quiet=True), sink, case_regex, anatomy)
+                progress.step(f"images {start + 1}-{start + len(chunk)} of {len(images)}", "done", count=len(chunk))
+            volumes = [i for i, job in enumerate(run_jobs) if job.kind == "volume"]
+            for j, study in read_studies([run_jobs[i] for i in volumes], window, num_workers):
+                i = volumes[j]
+                finish(i, _predict_volume(predictor, run_jobs[i], study, batch_size, bar, stage, sink, anatomy, seg_model))
+    finally:
+        stage.close()
+    rows = [by_job[i] for i in range(len(run_jobs))]
     if sink:
-        for job, row in zip(jobs, rows):
+        for job, row in zip(run_jobs, rows):
             if row["status"] != "ok":
                 sink.add_failed(case_id_of(job, case_regex) if job.kind else job.path.name, row["reason"], kind=job.kind, source=str(job.path))
         sink.write()
+    finished = latest_rows(output, shard)
+    if n == 1 or all(str(job.path) in finished for job in jobs):  # one process, or the last shard to finish
+        merged = merge(output, SUMMARY_FIELDS, shard)
+        if case_regex:
+            write_cases(output / CASES, cases_of(merged.rows, case_regex))
+        if not merged.missing:
+            remove_leftovers(output)
+        if n > 1 or resume:
+            print(merged.line(output))
+    else:
+        left = sum(str(job.path) not in finished for job in jobs)
+        print(f"shard {k}/{n} done: {left} studies of other shards not finished yet; the last shard merges summary.csv (or: covidseg merge {output})")
     return rows
 
 
@@ -287,11 +338,16 @@ def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lun
     return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs)
 
 
+def _int(value) -> int:
+    """A count from a row in memory or read back from a summary file ('' is 0)."""
+    return int(float(value)) if value not in (None, "") else 0
+
+
 def cases_of(rows: list[dict], case_regex: str) -> list[dict]:
     """Per-case sums of the successful image rows, grouped by ``case_regex`` on the file stem."""
     slices = [
-        {"case_id": case_id_from_name(Path(r["input"]).stem, case_regex), "lesion_pixels": r["lesion_pixels"],
-         "lung_pixels": r.get("lung_pixels") or 0, "lesion_in_lung_pixels": r.get("lesion_in_lung_pixels") or 0}
+        {"case_id": case_id_from_name(Path(r["input"]).stem, case_regex), "lesion_pixels": _int(r["lesion_pixels"]),
+         "lung_pixels": _int(r.get("lung_pixels")), "lesion_in_lung_pixels": _int(r.get("lesion_in_lung_pixels"))}
         for r in rows if r["status"] == "ok" and r["type"] == "image"
     ]  # fmt: skip
     cases = aggregate_cases(slices)

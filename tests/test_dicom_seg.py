@@ -1,0 +1,56 @@
+"""DICOM SEG (issue 34): predict --dicom_seg on a DICOM series with unsorted file names, re-read
+with highdicom and pydicom: every frame lies on its source slice (position, SOP instance) and
+holds the mask that NAME_mask.nii.gz holds there; segments and the algorithm are named."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+
+from covidseg.data.dicom import series_files
+from covidseg.data.phantom import phantom, write_dicom_series, write_nifti
+from covidseg.predict import main
+
+
+def test_dicom_seg_frames_land_on_their_source_slices(tmp_path):
+    p = phantom("chest", slices=10, size=48, spacing=(8.0, 6.5, 6.5), lesions=3, seed=3)
+    series = write_dicom_series(nib.load(write_nifti(tmp_path / "ct.nii", p.hu, p)), tmp_path / "series")
+    sources = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, series_files(series))}
+    by_name = [int(ds.InstanceNumber) for ds in sources.values()]  # series_files: sorted by file name
+    assert by_name != sorted(by_name)  # the files arrive unsorted: name order is not slice order
+    out = tmp_path / "out"
+    assert main(["--input", str(series), "--output", str(out), "--lungs", "true", "--dicom_seg", "true", "--tta", "false", "--device", "cpu", "--num_workers", "0"]) == 0
+
+    seg = hd.seg.segread(out / "series_seg.dcm")
+    assert seg.Modality == "SEG" and seg.FrameOfReferenceUID == next(iter(sources.values())).FrameOfReferenceUID
+    assert seg.StudyInstanceUID == next(iter(sources.values())).StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == next(iter(sources.values())).SeriesInstanceUID
+    labels = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
+    assert labels == {1: "lesion", 2: "right lung", 3: "left lung"}
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == "covidseg" and "model reference 1" in algo.AlgorithmVersion
+
+    # the truth per source slice, found geometrically: the slice's ImagePositionPatient (LPS)
+    # through the NIfTI mask's affine (RAS) gives its voxel index k; the frame must equal mask[:, :, k].T
+    mask_img, lung_img = nib.load(out / "series_mask.nii.gz"), nib.load(out / "series_lungs.nii.gz")
+    lesion, lungs = np.asanyarray(mask_img.dataobj), np.asanyarray(lung_img.dataobj)
+    inverse = np.linalg.inv(mask_img.affine)
+    truth = {1: lesion, 2: (lungs == 1).astype(np.uint8), 3: (lungs == 2).astype(np.uint8)}
+    assert lesion.any() and (lungs == 1).any() and (lungs == 2).any()
+    pixels = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
+    seen = set()
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        source = sources[uid]
+        assert np.allclose(position, np.array(source.ImagePositionPatient, float), atol=1e-4)
+        ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ [*position, 1.0]
+        x, y, k = np.rint(inverse @ ras)[:3].astype(int)
+        assert (x, y) == (0, 0)  # the slice's first pixel is voxel (0, 0, k)
+        assert np.array_equal(pixels[i] > 0, truth[number][:, :, k].T > 0), (uid, number, k)
+        seen.add((number, int(k)))
+    # every slice with a segment has its frame (empty frames are left out)
+    assert seen == {(n, k) for n, t in truth.items() for k in range(t.shape[2]) if t[:, :, k].any()}
