@@ -1,3 +1,7 @@
+"""Finding image/mask pairs in every layout (layouts.find.find_pairs) and validating them
+(validate.validate_data): case ids, mask policies, every problem named at once. (Was
+test_sources.py, after a module that no longer exists: issue 31, item 18.)"""
+
 import csv
 
 import cv2
