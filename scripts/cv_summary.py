@@ -91,6 +91,24 @@ def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> No
                   f"{_fmt(v['grade_accuracy'], 2)} | {len(v['cases'] or [])} |")  # fmt: skip
 
 
+def volume_rule(name: str, records: dict[int, dict]) -> None:
+    """The volume operating point chosen over the folds' patients (``evaluation.volume_rule``)."""
+    from covidseg.evaluation.volume_rule import choose
+
+    try:
+        rule = choose(records)
+    except ValueError as err:
+        print(f"\n{name}: volume operating point: {err}")
+        return
+    print(f"\n{name}, flip TTA: per-patient involvement error by lesion threshold ({next(iter(rule['by_threshold'].values()))['patients']} patients; "
+          f"always answering {rule['baseline_grade']} gets {100 * rule['baseline_accuracy']:.0f}% of grades right):\n")  # fmt: skip
+    print("| threshold | mean error (pp) | max error (pp) | grade right |")
+    print("|---|---|---|---|")
+    for t, v in rule["by_threshold"].items():
+        mark = " **chosen**" if float(t) == rule["volume_threshold"] else ""
+        print(f"| {t}{mark} | {v['mean_abs_error_pp']:.2f} | {v['max_abs_error_pp']:.2f} | {100 * v['grade_accuracy']:.0f}% |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name", nargs="?", help="experiment (default: all)")
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"cv_summary: no {root / name}/fold-*.json")
         describe(name, records)
         size_and_lungs(name, records)
+        volume_rule(name, records)
         if ref and name != a.reference:
             paired(name, records, a.reference, ref, a.rule)
 

@@ -69,6 +69,7 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
                 "grade_accuracy": sev.get("grade_accuracy"),
                 "grade_baseline_accuracy": sev.get("baseline_accuracy"),
                 "cases": sev.get("cases_table"),
+                "involvement_by_threshold": lungs.get("involvement_by_threshold"),
             }
     return out
 

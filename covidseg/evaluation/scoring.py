@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from covidseg.data.samples import Sample, image_of, lung_mask_of, mask_of
 from covidseg.errors import CovidSegError
 from covidseg.metrics import scores as metrics
-from covidseg.metrics.severity import LUNG_THRESHOLD, involvement
+from covidseg.metrics.severity import LUNG_THRESHOLD, VOLUME_THRESHOLDS, involvement
 from covidseg.model.card import read_card, write_card
 from covidseg.model.predictor import Predictor
 
@@ -105,7 +105,7 @@ def score(
         if anatomy:
             prob, lung_map = _clean(prob, lung_map, s, threshold, spacings)
         if predictor.card.lung_output and s.lung_mask is not None:
-            out.lungs.append(_lung_row(s, prob >= threshold, truth, lung_map, lung_mask_of(s, lung_labels)))
+            out.lungs.append(_lung_row(s, prob >= threshold, truth, lung_map, lung_mask_of(s, lung_labels), prob))
         if on_slice:
             on_slice(s, raws.popleft(), prob >= threshold, truth.astype(bool), lung_map)
         p, gt = torch.from_numpy(prob)[None], torch.from_numpy(truth)[None]
@@ -152,13 +152,16 @@ def _clean(prob: np.ndarray, lung_map: np.ndarray | None, s: Sample, threshold: 
     return prob, None if a.lungs is None else a.lungs > 0
 
 
-def _lung_row(s: Sample, lesion: np.ndarray, truth: np.ndarray, lungs: np.ndarray, true_lungs: np.ndarray) -> dict:
-    """Lung agreement and lesion burden of one slice, predicted and true."""
+def _lung_row(s: Sample, lesion: np.ndarray, truth: np.ndarray, lungs: np.ndarray, true_lungs: np.ndarray, prob: np.ndarray | None = None) -> dict:
+    """Lung agreement and lesion burden of one slice, predicted and true; with ``prob``, also the
+    predicted lesion pixels inside the lungs at every ``VOLUME_THRESHOLDS`` (``by_threshold``),
+    from which ``evaluation.volume_rule`` chooses the volume operating point."""
     tp, fp, fn, tn = (int(v) for v in metrics.confusion_counts(torch.from_numpy(lungs.astype(np.float32))[None], torch.from_numpy(true_lungs)[None], 0.5)[0])
     pred_inside, pred_lung, _ = involvement(lesion, lungs)
     true_inside, true_lung, _ = involvement(truth, true_lungs)
     return {"case_id": s.case_id, "counts": (tp, fp, fn, tn), "pred": (pred_inside, pred_lung), "true": (true_inside, true_lung),
-            "lesion": (int(lesion.sum()), int(truth.sum()))}  # fmt: skip
+            "lesion": (int(lesion.sum()), int(truth.sum())),
+            **({"by_threshold": {f"{t:.2f}": int(np.count_nonzero((prob >= t) & lungs)) for t in VOLUME_THRESHOLDS}} if prob is not None else {})}  # fmt: skip
 
 
 class _Volume:

@@ -195,9 +195,30 @@ def lung_summary(rows: list[dict]) -> dict:
     def cases(which: str) -> list[dict]:
         return aggregate_cases({"case_id": r["case_id"], "lesion_pixels": r["lesion"][which == "true"], "lesion_in_lung_pixels": r[which][0], "lung_pixels": r[which][1]} for r in rows)
 
-    return {
+    out = {
         "slices": len(rows),
         "lung_dice_image": float(rates(*counts.T)["dice"].mean()),
         "lung_dice_global": float(rates(*counts.sum(0))["dice"]),
         "severity": compare_cases(cases("true"), cases("pred")),
     }
+    if all("by_threshold" in r for r in rows):
+        out["involvement_by_threshold"] = involvement_by_threshold(rows)
+    return out
+
+
+def involvement_by_threshold(rows: list[dict]) -> dict[str, dict]:
+    """Per case: the true involvement and the predicted one at each candidate volume threshold
+    (summed pixels over the case's slices, percent of predicted lung)."""
+    sums: dict[str, dict] = {}
+    for r in rows:
+        c = sums.setdefault(r["case_id"], {"true": [0, 0], "lung": 0, "by": {}})
+        c["true"][0] += r["true"][0]
+        c["true"][1] += r["true"][1]
+        c["lung"] += r["pred"][1]
+        for t, n in r["by_threshold"].items():
+            c["by"][t] = c["by"].get(t, 0) + n
+    return {
+        case: {"true_percent": 100.0 * c["true"][0] / c["true"][1] if c["true"][1] else None,
+               "pred_percent": {t: (100.0 * n / c["lung"] if c["lung"] else None) for t, n in c["by"].items()}}
+        for case, c in sums.items()
+    }  # fmt: skip

@@ -43,7 +43,7 @@ FIT_LINKS = (
 
 # Fields that only record how the model was trained or where it operates: models that differ in
 # them can still be averaged (the operating point is averaged, the rest is a record).
-RECORD_FIELDS = ("threshold", "tta", "patch_size", "foreground_fraction", "lesion_labels")
+RECORD_FIELDS = ("threshold", "tta", "patch_size", "foreground_fraction", "lesion_labels", "volume_threshold")
 
 
 def check_threshold(value: float, name: str = "--threshold") -> float:
@@ -72,6 +72,11 @@ class ModelCard:
         patch_size, foreground_fraction: how training sampled patches, for the record
             (``None``: whole slices).
         lung_output: a second output channel with lung probabilities.
+        volume_threshold: the operating point for volumes (lesion mL, involvement, grade): the
+            lesion where the probability is ``>= volume_threshold``, inside the anatomy stage's
+            lesion region; ``None``: ``threshold``. The Dice-optimal threshold draws the mask
+            well but underestimates lesion volume; this one is chosen on validation patients for
+            the involvement error (``covidseg.evaluation.volume_rule``).
     """
 
     image_size: int
@@ -84,12 +89,18 @@ class ModelCard:
     patch_size: int | None = None
     foreground_fraction: float = 0.0
     lung_output: bool = False
+    volume_threshold: float | None = None
 
     def __post_init__(self):
         # one canonical form, whatever the source (YAML lists, strings of ONNX metadata)
         object.__setattr__(self, "window", tuple(float(v) for v in self.window))
         if self.lesion_labels is not None:
             object.__setattr__(self, "lesion_labels", tuple(int(v) for v in self.lesion_labels))
+
+    @property
+    def burden_threshold(self) -> float:
+        """The threshold volumes are measured at (``volume_threshold``, else ``threshold``)."""
+        return self.threshold if self.volume_threshold is None else self.volume_threshold
 
     def runs_like(self, other: "ModelCard") -> bool:
         """Same preprocessing and outputs, so that the two models can be averaged."""
@@ -112,6 +123,7 @@ def card_from_hparams(hp: Mapping) -> ModelCard:
         lung_output=bool(values["lung_output"]),
         foreground_fraction=float(values["foreground_fraction"] or 0.0),
         patch_size=None if values["patch_size"] is None else int(values["patch_size"]),
+        volume_threshold=None if values["volume_threshold"] in (None, "None", "") else float(values["volume_threshold"]),
     )
     return ModelCard(**values)
 

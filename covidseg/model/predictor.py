@@ -134,6 +134,7 @@ class Predictor:
             first,
             threshold=float(np.mean(thresholds)) if threshold is None else float(threshold),
             tta=first.tta if tta is None else bool(tta),
+            volume_threshold=float(np.mean([c.volume_threshold for c in cards])) if all(c.volume_threshold is not None for c in cards) else None,
         )
 
     def preprocess(self, raw: np.ndarray) -> np.ndarray:

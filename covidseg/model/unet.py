@@ -99,6 +99,8 @@ class LitUNet(pl.LightningModule):
         threshold, tta: the operating point stored with the model: lesion where the (flip-TTA
             averaged) probability is ``>= threshold``. Validation scores at this point, so
             checkpoint selection optimises what evaluate and predict deliver.
+        volume_threshold: the operating point for volumes (lesion mL, involvement, grade;
+            ``covidseg.model.card``); ``None``: ``threshold``.
         lung_output: a second output channel that learns lung masks where a source provides
             them (partial labels: slices without a lung mask add no lung loss); the lesion output
             is unchanged. Its probabilities give the lesion burden (``covidseg.metrics.severity``).
@@ -137,6 +139,7 @@ class LitUNet(pl.LightningModule):
         patch_size: int | None = None,
         foreground_fraction: float = 0.0,
         threshold: float = 0.5,
+        volume_threshold: float | None = None,
         tta: bool = False,
         lung_output: bool = False,
         lung_weight: float = 1.0,
@@ -149,6 +152,8 @@ class LitUNet(pl.LightningModule):
     ):
         super().__init__()
         check_threshold(threshold, "model.threshold")
+        if volume_threshold is not None:
+            check_threshold(volume_threshold, "model.volume_threshold")
         if len(decoder_channels) != encoder_depth:
             raise CovidSegError(f"model: decoder_channels has {len(decoder_channels)} entries, encoder_depth is {encoder_depth}")
         stride = 2**encoder_depth  # the U-Net halves the input encoder_depth times

@@ -53,12 +53,23 @@ def _row(job: Job, status: str = "ok", reason: str = "", **values) -> dict:
     return row
 
 
-def _stats(job: Job, anatomy: Anatomy, ml_per_voxel: float | None = None, lungs: bool = False) -> dict:
+def _burden(anatomy: Anatomy, over: np.ndarray | None) -> np.ndarray:
+    """The lesion that volumes are measured on: ``over`` (the lesion probability at the card's
+    ``volume_threshold``) inside the anatomy stage's lesion region, or the mask itself."""
+    if over is None:
+        return anatomy.lesion
+    return over & anatomy.region if anatomy.region is not None else over
+
+
+def _stats(job: Job, anatomy: Anatomy, ml_per_voxel: float | None = None, lungs: bool = False, over: np.ndarray | None = None) -> dict:
     """The summary values of one prediction after the anatomy stage; with ``lungs``, the
-    lesion burden per study and per side, graded only when the scan checks pass (``qc``)."""
-    mask = anatomy.lesion
-    n = int(mask.sum())
+    lesion burden per study and per side, graded only when the scan checks pass (``qc``).
+    Pixel counts describe the mask; lesion mL and involvement are measured at the model's
+    volume operating point (``over``: the probability at ``volume_threshold``, when it has one)."""
+    n = int(anatomy.lesion.sum())
+    mask = _burden(anatomy, over)
     stats = {"lesion_pixels": n, "lesion_fraction": n / max(mask.size, 1), "mask": str(job.outputs[0])}
+    n = int(mask.sum())
     unit = ml_per_voxel or 1.0
     removed_lung = sum(v for k, v in anatomy.removed.items() if k.startswith("lung_"))
     removed_lesion = sum(v for k, v in anatomy.removed.items() if k.startswith("lesion_"))
@@ -124,7 +135,7 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
             except OSError as err:
                 finish(i, _report(bar, job, f"cannot write output ({err})"))
             else:
-                finish(i, _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None)))
+                finish(i, _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None, over=None if predictor.card.volume_threshold is None else prob >= predictor.card.volume_threshold)))
                 if viewer:
                     viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=None if lungs is None else lungs > 0,
                                      label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
@@ -144,9 +155,12 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
     lung_out = _lung_output(job)
     prob_out = next((p for p in job.outputs if p.name.endswith("_prob.nii.gz")), None)
     seg_out = next((p for p in job.outputs if p.name.endswith("_seg.dcm")), None)
-    masks, probs, lungs = [], [], []
+    masks, probs, lungs, over = [], [], [], []
+    volume_t = predictor.card.volume_threshold
     for m in predictor.predict_maps(slices, batch_size):
         masks.append(m[0] >= predictor.card.threshold)
+        if volume_t is not None:
+            over.append(m[0] >= volume_t)
         if prob_out:
             probs.append(m[0].astype(np.float32))
         if predictor.card.lung_output:
@@ -169,7 +183,7 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
             write_dicom_seg(stage.path(seg_out), job.path, ref, anatomy.lesion, anatomy.lungs if lung_out else None, *seg_model, series_uid=job.series or None)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
-    row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None))
+    row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None, over=np.stack(over) if over else None))
     if row.get("qc") not in ("", "ok", None):
         bar.write(f"warning: {job.name or job.path}: not graded: {row['qc']}", file=sys.stderr)
     if viewer:
