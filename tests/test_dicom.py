@@ -4,7 +4,6 @@ DICOM form of the same volume. Series are written here with pydicom from generat
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from covidseg.data.dicom import is_dicom_file, is_series, list_series, read_series
+from covidseg.data.phantom import write_dicom_series as write_series  # one DICOM writer: the phantoms'
 from covidseg.data.synthetic import generate_volumes
 from covidseg.data.volumes import read_volume
 from covidseg.errors import VolumeReadError
@@ -22,36 +22,6 @@ from covidseg.model.predictor import Predictor
 from covidseg.predict import main
 from covidseg.prediction import predict_paths
 from covidseg.prediction import list_inputs
-
-
-def write_series(img: nib.Nifti1Image, folder: Path, slope: float = 0.5, intercept: float = -2048.0, series_uid: str | None = None, skip: tuple[int, ...] = ()) -> Path:
-    """Writes a NIfTI volume ``[X, Y, Z]`` as a CT series, one file per Z slice, in shuffled
-    file names (so only ImagePositionPatient can order them) with a non-trivial rescale."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = np.asanyarray(img.dataobj).astype(np.float64)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
-    dx, dy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    study, series = generate_uid(), series_uid or generate_uid()
-    names = [f"IM{n:04d}" for n in random.Random(0).sample(range(1000), data.shape[2])]
-    for k in range(data.shape[2]):
-        if k in skip:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = CTImageStorage, generate_uid(), ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = study, series, "CT", k + 1
-        ds.ImageOrientationPatient = [*(lps[:3, 0] / dx), *(lps[:3, 1] / dy)]
-        ds.ImagePositionPatient = [*(lps @ [0, 0, k, 1])[:3]]
-        ds.PixelSpacing, ds.SliceThickness = [dy, dx], float(np.linalg.norm(lps[:3, 2]))
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = np.rint((data[:, :, k].T - intercept) / slope).astype(np.uint16).tobytes()
-        ds.save_as(folder / (names[k] + ("" if k % 2 else ".dcm")), enforce_file_format=True)  # with and without suffix
-    return folder
 
 
 @pytest.fixture(scope="module")
