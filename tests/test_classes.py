@@ -10,8 +10,21 @@ import torch
 from covidseg.data.classes import class_targets, resolve_lesion_classes
 from covidseg.data.synthetic import generate
 from covidseg.errors import DataError
+from conftest import FAST_TRAINER, TINY_MODEL
 
 CLASSES = {"two": {1: "ggo", 2: "consolidation"}}
+
+
+@pytest.fixture(scope="module")
+def class_run(mixed_roots, tmp_path_factory):
+    """A 1-epoch fit on the mixed sources with the class mapping and lung masks: its run folder."""
+    from covidseg.fit import main
+
+    out = tmp_path_factory.mktemp("classrun")
+    metrics = main(["--data.root", f"[{', '.join(mixed_roots)}]", "--data.lesion_classes", "{two: {1: ggo, 2: consolidation}}", "--data.lung_masks", "true",
+                    "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(out)] + TINY_MODEL + FAST_TRAINER)  # fmt: skip
+    (run,) = (out / "covidseg").glob("version_*")
+    return run, metrics
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +102,76 @@ def test_nifti_label_map_volumes_carry_classes(tmp_path):
     raw = read_slice(s.mask, s.slice)
     assert np.array_equal(classes_of(s), class_targets(raw, ((1, 0), (2, 1))))
     assert np.array_equal(mask_of(s), np.isin(raw, [1, 2]))  # the union, without effusion
+
+
+def test_split_loss_known_answer_ignores_binary_slices():
+    """Slice 0 (class source): a GGO pixel (split logit a) and a consolidation pixel (b);
+    slice 1 (binary source) whose mask, if it were read as GGO, would add its pixels."""
+    from covidseg.model.losses import class_split_loss
+
+    a, b = 0.7, -1.2
+    logits = torch.zeros(2, 1, 2, 2)
+    logits[0, 0, 0, 0], logits[0, 0, 0, 1] = a, b
+    logits[1] = 5.0  # confident consolidation on the binary slice: would cost a lot as GGO
+    classes = torch.zeros(2, 2, 2, 2)
+    classes[0, 0, 0, 0] = 1  # GGO
+    classes[0, 1, 0, 1] = 1  # consolidation
+    classes[1, 0] = 1  # the binary slice's "infection" put in the GGO channel
+    softplus = torch.nn.functional.softplus
+    expected = (softplus(torch.tensor(a)) + softplus(torch.tensor(-b))) / 2  # BCE to 0 and to 1
+    assert class_split_loss(logits, classes, torch.tensor([True, False])).item() == pytest.approx(expected.item(), rel=1e-6)
+    # read as GGO, the binary slice would add 4 pixels of BCE(5, 0) = softplus(5)
+    wrong = (softplus(torch.tensor(a)) + softplus(torch.tensor(-b)) + 4 * softplus(torch.tensor(5.0))) / 6
+    assert class_split_loss(logits, classes, torch.tensor([True, True])).item() == pytest.approx(wrong.item(), rel=1e-6)
+    assert class_split_loss(logits, classes, torch.tensor([False, False])).item() == 0.0
+
+
+def _tiny(**kw):
+    from covidseg.model.unet import LitUNet
+
+    return LitUNet(encoder_depth=3, decoder_channels=[16, 8, 8], image_size=32, channels_last=False, **kw)
+
+
+def test_binary_slices_train_only_the_union():
+    """On a batch of binary-source slices the class model's loss is the binary model's loss on
+    the same lesion logits, and the split channel gets no gradient."""
+    torch.manual_seed(0)
+    model, plain = _tiny(classes=["ggo", "consolidation"], lung_output=True), _tiny(lung_output=True)
+    logits = torch.randn(2, 3, 32, 32, requires_grad=True)
+    mask = (torch.rand(2, 1, 32, 32) > 0.7).float()
+    batch = {"mask": mask, "lung_mask": torch.ones_like(mask), "has_lung_mask": torch.tensor([True, True]),
+             "classes": torch.cat([mask, torch.zeros_like(mask)], 1), "has_classes": torch.tensor([False, False])}  # fmt: skip
+    loss = model.loss(logits, mask, batch)
+    assert loss.item() == pytest.approx(plain.loss(logits[:, :2], mask, batch).item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad[:, 2].abs().sum() == 0 and logits.grad[:, 0].abs().sum() > 0
+    logits.grad = None
+    batch["has_classes"] = torch.tensor([True, False])  # a class slice: now the split learns
+    model.loss(logits, mask, batch).backward()
+    assert logits.grad[0, 2].abs().sum() > 0 and logits.grad[1, 2].abs().sum() == 0
+
+
+def test_class_probabilities_sum_to_the_lesion():
+    from covidseg.model.split import class_label_map, class_probabilities
+
+    lesion, split = torch.tensor([[[[0.8, 0.2]]]]), torch.tensor([[[[0.25, 0.9]]]])
+    out = class_probabilities(lesion, split)
+    assert out[0, :, 0, 0].tolist() == pytest.approx([0.6, 0.2]) and torch.allclose(out.sum(1, keepdim=True), lesion)
+    assert class_label_map(np.array([[1, 1, 0]]), np.array([[0.2, 0.7, 0.9]])).tolist() == [[1, 2, 0]]
+
+
+def test_fit_with_classes_puts_them_on_the_card(class_run):
+    from covidseg.model.checkpoint import read_checkpoint
+    from covidseg.model.card import read_card
+
+    run, _ = class_run
+    card = read_card(read_checkpoint(run / "checkpoints" / "best.ckpt"))
+    assert card.classes == ("ggo", "consolidation") and card.lung_output and card.channels == 3
+
+
+def test_card_carries_classes_through_onnx_metadata():
+    from covidseg.model.card import ModelCard, card_from_hparams, card_from_onnx, card_to_onnx
+
+    card = ModelCard(image_size=64, lung_output=True, classes=["ggo", "consolidation"])
+    assert card_from_onnx(card_to_onnx(card), "m.onnx") == card and card_from_hparams(card.as_dict()) == card
+    assert card_from_onnx(card_to_onnx(ModelCard(image_size=64)), "old.onnx").classes is None  # binary models as before
