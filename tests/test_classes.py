@@ -3,6 +3,8 @@ hierarchical loss that supervises the GGO/consolidation split only where classes
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,45 @@ def test_card_carries_classes_through_onnx_metadata():
     card = ModelCard(image_size=64, lung_output=True, classes=["ggo", "consolidation"])
     assert card_from_onnx(card_to_onnx(card), "m.onnx") == card and card_from_hparams(card.as_dict()) == card
     assert card_from_onnx(card_to_onnx(ModelCard(image_size=64)), "old.onnx").classes is None  # binary models as before
+
+
+def _read_summary(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_writes_the_label_map_and_class_columns(class_run, mixed_roots, tmp_path):
+    from covidseg.data.io import read_label_map
+    from covidseg.predict import main
+
+    run, _ = class_run
+    images = sorted((Path(mixed_roots[0]) / "images").glob("*.png"))[:3]
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", "[" + ", ".join(map(str, images)) + "]", "--output", str(out), "--lungs", "true"]) == 0
+    for row in _read_summary(out / "summary.csv"):
+        name = Path(row["input"]).stem
+        labels, mask = read_label_map(out / f"{name}_classes.png"), read_label_map(out / f"{name}.png")
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        assert np.array_equal(labels > 0, mask > 0)  # inside the cleaned lesion mask, all of it
+        assert int(row["ggo_pixels"]) + int(row["consolidation_pixels"]) == int(row["lesion_pixels"]) == int((mask > 0).sum())
+        if row["qc"] == "ok" and row["involvement_percent"]:
+            assert float(row["ggo_percent"]) + float(row["consolidation_percent"]) == pytest.approx(float(row["involvement_percent"]), abs=1e-6)
+
+
+def test_predict_volume_writes_a_nifti_label_map(class_run, tmp_path):
+    import nibabel as nib
+
+    from covidseg.data.synthetic import generate_volumes
+    from covidseg.predict import main
+
+    run, _ = class_run
+    vol = generate_volumes(tmp_path / "vol", cases=1, slices=4, size=64, lungs=False)
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(vol / "images" / "case000.nii.gz"), "--output", str(out)]) == 0
+    labels = np.asarray(nib.load(out / "case000_classes.nii.gz").dataobj)
+    mask = np.asarray(nib.load(out / "case000_mask.nii.gz").dataobj)
+    assert np.array_equal(labels > 0, mask > 0) and set(np.unique(labels)) <= {0, 1, 2}
+    (row,) = _read_summary(out / "summary.csv")
+    assert float(row["ggo_ml"]) + float(row["consolidation_ml"]) == pytest.approx(float(row["lesion_ml"]))

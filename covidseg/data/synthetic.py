@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.data.io import write_image, write_mask
+from covidseg.data.io import write_image, write_label_map, write_mask
 
 DEMO_VERSION = "v2"  # v2: lung masks
 
@@ -65,16 +65,6 @@ def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), mask, lungs.astype(np.uint8)
 
 
-def write_label_png(path: Path, labels: np.ndarray) -> None:
-    """A palette (``P``) PNG label map, as MedSeg's ``masks_multiclass/`` (index 0, 1, 2 ...)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette([0, 0, 0, 255, 200, 0, 220, 40, 40] + [0, 0, 0] * 253)
-    img.save(path)
-
-
 def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 128, seed: int = 0, lesions: bool = True, classes: bool = False) -> Path:
     """Writes the demo set (manifest layout) and returns ``out_dir``. Same arguments, same bytes.
     ``lesions=False``: the same kind of cases without any lesion (empty masks), e.g. to measure
@@ -91,7 +81,7 @@ def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 
             image, mask, lungs = make_slice(rng, size, n_lesions, shape, classes)
             name = f"case{c:03d}_{k:02d}.png"
             if classes:
-                write_label_png(out / "masks_multiclass" / name, mask)
+                write_label_map(out / "masks_multiclass" / name, mask)  # a palette PNG, as MedSeg's
             write_image(out / "images" / name, image)
             write_mask(out / "masks" / name, mask)
             write_mask(out / "lungs" / name, lungs)
