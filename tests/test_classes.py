@@ -219,3 +219,32 @@ def test_predict_volume_writes_a_nifti_label_map(class_run, tmp_path):
     assert np.array_equal(labels > 0, mask > 0) and set(np.unique(labels)) <= {0, 1, 2}
     (row,) = _read_summary(out / "summary.csv")
     assert float(row["ggo_ml"]) + float(row["consolidation_ml"]) == pytest.approx(float(row["lesion_ml"]))
+
+
+def test_class_summary_known_answer():
+    from covidseg.evaluation.classes import class_summary, confusion
+
+    truth = np.array([[0, 1, 1, 2]])
+    pred = np.array([[1, 1, 2, 2]])  # one background read as GGO, one GGO read as consolidation
+    cm = confusion(truth, pred)
+    assert cm.tolist() == [[0, 1, 0], [0, 1, 1], [0, 0, 1]]
+    s = class_summary([cm])
+    # GGO: tp 1, fp 1, fn 1, tn 1 -> Dice 0.5, sensitivity 0.5, specificity 0.5
+    assert (s["ggo"]["dice"], s["ggo"]["sensitivity"], s["ggo"]["specificity"]) == pytest.approx((0.5, 0.5, 0.5))
+    # consolidation: tp 1, fp 1, fn 0, tn 2 -> Dice 2/3, sensitivity 1, specificity 2/3
+    assert (s["consolidation"]["dice"], s["consolidation"]["sensitivity"], s["consolidation"]["specificity"]) == pytest.approx((2 / 3, 1.0, 2 / 3))
+
+
+def test_evaluate_reports_per_class_scores(class_run, mixed_roots, tmp_path):
+    from covidseg.evaluate import main
+
+    run, _ = class_run
+    out = tmp_path / "report"
+    metrics = main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.root", mixed_roots[0], "--output", str(out),
+                    "--data.lesion_classes", "{two: {1: ggo, 2: consolidation}}"])  # fmt: skip
+    c = metrics["classes"]
+    assert c["slices"] == 9 and np.sum(c["confusion"]) == 9 * 64 * 64
+    assert all(0 <= c[name][k] <= 1 for name in ("ggo", "consolidation") for k in ("dice", "specificity") if c[name][k] is not None)
+    assert (out / "class_confusion_matrix.png").is_file() and "per-class scores" in (out / "metrics.md").read_text()
+    binary = main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.root", mixed_roots[1], "--output", str(tmp_path / "binary")])
+    assert "classes" not in binary and "dice" in binary["per_image_mean"]  # binary truth: the union's scores only
