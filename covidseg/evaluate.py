@@ -83,6 +83,7 @@ def evaluate(
     anatomy: bool = True,
     window: tuple[float, float] | None = None,
     lung_labels: list[int] | None = None,
+    lesion_classes: dict | None = None,
 ) -> dict:
     """Finds the slices (all pairs, or a split of the run), settles the operating point, writes
     the report and returns ``metrics.json``.
@@ -102,6 +103,9 @@ def evaluate(
             of an external 2D set into cases for the bootstrap interval and per-case rows.
         window: ``(center, width)`` in HU for volume slices (default: the model's), as predict's.
         lung_labels: lung mask values that are lung (default: the run's; else every non-zero value).
+        lesion_classes: which sources' masks carry GGO/consolidation labels, as fit's
+            ``--data.lesion_classes`` (default: the run's, for its own data): a class model is
+            then also scored per class (``evaluation.classes``).
     """
     ckpts = [Path(ckpts)] if isinstance(ckpts, (str, Path)) else [Path(c) for c in ckpts]
     if split is not None and split not in SPLITS:
@@ -128,7 +132,9 @@ def evaluate(
         settings["case_regex"] = case_regex
     if lung_labels is not None:
         settings["lung_labels"] = list(lung_labels)
-    given = ("lesion_labels", "case_regex", *(("lung_labels",) if lung_labels is not None else ()))
+    if lesion_classes is not None:
+        settings["lesion_classes"] = dict(lesion_classes)
+    given = ("lesion_labels", "case_regex", *(("lung_labels",) if lung_labels is not None else ()), *(("lesion_classes",) if lesion_classes is not None else ()))
     eval_roots = list(roots) if roots else run_roots
     if eval_roots is None:
         raise CovidSegError(f"{ckpts[0]}: no data settings stored in the checkpoint; pass --data.root")
@@ -172,6 +178,8 @@ def build_parser():
     p.add_argument("--data.case_regex", "--case_regex", type=str | None, default=None, help="case id from each file stem (first group), as in fit: groups an external set's slices into cases")
     p.add_argument("--data.window", "--window", type=tuple[float, float] | None, default=None, help="HU window [center, width] for volume slices (default: the model's), as in fit and predict")
     p.add_argument("--data.lung_labels", type=list[int] | None, default=None, help="lung mask values that are lung (default: the run's mapping; else every non-zero value), as in fit")
+    p.add_argument("--data.lesion_classes", type=dict[str, dict[int, str]] | None, default=None,
+                   help="sources whose masks carry classes, as in fit, e.g. \"{medseg50: {1: ggo, 2: consolidation}}\": per-class Dice, sensitivity, specificity")  # fmt: skip
     options.add_inference(p, auto_threshold=True)
     p.add_argument("--viewer", type=bool, default=False, help="also write index.html and viewer/: every case in a browser (offline), with Dice and truth vs prediction")
     p.add_argument("--anatomy", type=bool, default=True, help="score what predict writes: lesions only inside the lungs and the body, lungs cleaned (covidseg.anatomy); false scores the network's maps as they are")
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = evaluate(
         options.model_paths(a.ckpt), options.as_list(a.data.root) or None, a.output, a.split, a.threshold, a.tta, a.batch_size, a.device, a.tensorboard,
         lesion_labels=a.data.lesion_labels, viewer=a.viewer, case_regex=a.data.case_regex, anatomy=a.anatomy, window=a.data.window,
-        lung_labels=a.data.lung_labels,
+        lung_labels=a.data.lung_labels, lesion_classes=a.data.lesion_classes,
     )  # fmt: skip
     print("\n" + metric_table(metrics))
     print(f"\nreport: {Path(a.output).resolve()}")

@@ -30,7 +30,7 @@ from covidseg.evaluate import evaluate
 from covidseg.evaluation.report.writers import metric_table
 from covidseg.metrics.scores import VAL_DICE_IMAGE, VAL_DICE_LESION_IMAGE
 from covidseg.model.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
-from covidseg.model.card import FIT_LINKS
+from covidseg.model.card import FIT_COMPUTED_LINKS, FIT_LINKS
 from covidseg.model.provenance import RecordProvenance
 from covidseg.model.unet import LitUNet
 
@@ -74,6 +74,8 @@ class CovidSegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for source, field, when in FIT_LINKS:  # the model card's data fields travel in every checkpoint
             parser.link_arguments(source, f"model.{field}", apply_on=when)
+        for source, field, when, compute in FIT_COMPUTED_LINKS:
+            parser.link_arguments(source, f"model.{field}", compute_fn=compute, apply_on=when)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

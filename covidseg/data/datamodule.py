@@ -113,6 +113,13 @@ class CTDataModule(pl.LightningDataModule):
             pixels, not grey levels).
         lung_labels: lung mask values that are lung; ``None``: every non-zero value (binary
             masks, left/right lung maps 1/2, lobe maps).
+        lesion_classes: which sources' masks carry lesion classes, per source name (or root):
+            label value -> ``ggo`` or ``consolidation``, e.g. ``{medseg50: {1: ggo, 2:
+            consolidation}}`` (``covidseg.data.classes``: read from ``masks_multiclass/`` beside
+            ``masks/`` where the source has it, else from the mask itself, e.g. NIfTI label
+            maps). Samples then carry ``classes`` ``[2, S, S]`` and ``has_classes``; sources not
+            named are binary ("infection") and supervise only the union. Linked to
+            ``model.lesion_classes`` by ``covidseg fit``.
         unlabelled: a folder of unlabelled slices (``covidseg.data.unlabelled``) for
             semi-supervised training (``model.consistency_weight``): each training batch then
             also carries as many unlabelled slices, drawn at random from those whose case is not
@@ -152,6 +159,7 @@ class CTDataModule(pl.LightningDataModule):
         soft_masks: bool = False,
         lung_masks: bool = False,
         lung_labels: list[int] | None = None,
+        lesion_classes: dict[str, dict[int, str]] | None = None,
         unlabelled: str | None = None,
     ):
         super().__init__()
@@ -196,7 +204,7 @@ class CTDataModule(pl.LightningDataModule):
             hp = self.hparams
             if self.intensity == "auto":
                 data_kind(roots)  # raises the DataError that left it unresolved
-            self.report = validate_data(roots, hp.case_regex, hp.empty_masks, hp.lesion_labels, lung_labels=hp.lung_labels)
+            self.report = validate_data(roots, hp.case_regex, hp.empty_masks, hp.lesion_labels, lung_labels=hp.lung_labels, lesion_classes=hp.lesion_classes)
             if hp.lung_masks and not any(s.lung_mask for s in self.report.samples):
                 raise DataError(f"data.lung_masks: none of {', '.join(map(str, roots))} has lung masks (a manifest lung_mask column or a lungs/ folder beside masks/)")
             rank_zero_info(self.report.summary())
@@ -268,7 +276,7 @@ class CTDataModule(pl.LightningDataModule):
             patches = dict(patch_size=hp.patch_size, foreground_fraction=hp.foreground_fraction) if train else {}
             self.datasets[name] = SliceDataset(
                 self.samples(name), self.image_size, self.normalization, aug if train else None, hp.soft_masks and train, hp.lesion_labels, tuple(hp.window), hp.lung_masks,
-                lung_labels=hp.lung_labels, **patches,
+                lung_labels=hp.lung_labels, lesion_classes=bool(hp.lesion_classes), **patches,
             )
         if not len(self.datasets["train"]):
             raise DataError("the split left no training slices; lower val_fraction/test_fraction")

@@ -242,6 +242,21 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     buf.tofile(str(path))
 
 
+# Colours of a written label map's palette (index: background, GGO, consolidation); the labels
+# are the indices (``read_label_map``), the colours only show them in an image viewer.
+LABEL_PALETTE = (0, 0, 0, 255, 200, 0, 220, 40, 40)
+
+
+def write_label_map(path: str | Path, labels: np.ndarray) -> None:
+    """Writes a label map (values 0-255, e.g. 0 background, 1 GGO, 2 consolidation) as a palette
+    PNG: read back by index (``read_label_map``), shown in colour by image viewers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
+    img.putpalette(list(LABEL_PALETTE) + [0, 0, 0] * (256 - len(LABEL_PALETTE) // 3))
+    img.save(path, format="PNG")
+
+
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Writes an 8/16-bit grayscale or BGR image; the format follows the suffix."""
     path = Path(path)

@@ -3,7 +3,8 @@ arrays are read.
 
 ``read_*`` functions read files (``io``, ``volumes``, ``cache``); the functions here take a
 ``Sample`` and read what it names: ``image_of`` (the model's raw input), ``mask_of`` (the lesion
-mask through the one label rule) and ``lung_mask_of`` (its lung mask through the lung rule).
+mask through the one label rule), ``lung_mask_of`` (its lung mask through the lung rule) and
+``classes_of`` (its GGO and consolidation targets, where its source has classes).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from covidseg.data.cache import read_hu_slice, read_mask_slice, read_slice
+from covidseg.data.classes import class_targets
 from covidseg.data.io import lung_mask, read_image, read_label_map, read_mask
 from covidseg.data.volumes import LUNG_WINDOW
 from covidseg.errors import DataError
@@ -35,6 +37,8 @@ class Sample:
     rel: str = ""
     slice: int | None = None
     lung_mask: str | None = None  # where the source has one (manifest lung_mask column, lungs/ folder)
+    class_mask: str | None = None  # a class source's label map (``covidseg.data.classes``)
+    classes: tuple[tuple[int, int], ...] | None = None  # its label value -> class index pairs
 
     @property
     def key(self) -> str:
@@ -49,9 +53,18 @@ def image_of(sample: Sample, window: tuple[float, float] = LUNG_WINDOW) -> np.nd
     return read_hu_slice(sample.image, sample.slice, window)
 
 
+def lesion_labels_of(sample: Sample, lesion_labels: list[int] | None = None) -> list[int] | None:
+    """The lesion values of a sample's mask: ``lesion_labels``, or where the mask is itself its
+    class label map, every class value (``classes.union_labels``)."""
+    if sample.classes is not None and sample.class_mask == sample.mask:
+        return [v for v, _ in sample.classes]
+    return lesion_labels
+
+
 def mask_of(sample: Sample, lesion_labels: list[int] | None = None) -> np.ndarray:
     """The mask of a sample, ``uint8 [H, W]`` in {0, 1}: ``io.read_mask`` or its volume
     equivalent, one label rule for training and evaluation."""
+    lesion_labels = lesion_labels_of(sample, lesion_labels)
     if sample.slice is None:
         return read_mask(sample.mask, lesion_labels)
     return read_mask_slice(sample.mask, sample.slice, lesion_labels)
@@ -64,6 +77,15 @@ def lung_mask_of(sample: Sample, lung_labels: list[int] | None = None) -> np.nda
     assert sample.lung_mask is not None
     raw = read_label_map(sample.lung_mask) if sample.slice is None else read_slice(sample.lung_mask, sample.slice)
     return lung_mask(raw, lung_labels)
+
+
+def classes_of(sample: Sample) -> np.ndarray | None:
+    """The class targets of a sample whose source has class labels, ``uint8 [2, H, W]`` (GGO,
+    consolidation; ``classes.class_targets``); ``None`` for a binary source."""
+    if sample.classes is None:
+        return None
+    raw = read_label_map(sample.class_mask) if sample.slice is None else read_slice(sample.class_mask, sample.slice)
+    return class_targets(raw, sample.classes)
 
 
 def case_id_from_name(stem: str, regex: str | None = None) -> str:

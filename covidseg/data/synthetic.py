@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.data.io import write_image, write_mask
+from covidseg.data.io import write_image, write_label_map, write_mask
 
 DEMO_VERSION = "v2"  # v2: lung masks
 
@@ -31,8 +31,10 @@ def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
     return ((x * c + y * s) / rx) ** 2 + ((-x * s + y * c) / ry) ** 2 <= 1.0
 
 
-def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case_shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One ``uint8 [size, size]`` slice, its ``{0,1}`` lesion mask and its ``{0,1}`` lung mask."""
+def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case_shape=None, classes: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One ``uint8 [size, size]`` slice, its ``{0,1}`` lesion mask and its ``{0,1}`` lung mask.
+    ``classes``: the mask is a label map instead, each blob 1 (ground-glass) or, every second
+    blob, 2 (consolidation: denser, so brighter), drawn in that order (a later blob wins)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     b = case_shape if case_shape is not None else rng.uniform(-1, 1, 4)
     img = np.full((size, size), 0.03, np.float32)
@@ -49,23 +51,26 @@ def make_slice(rng: np.random.Generator, size: int = 128, lesions: int = 2, case
         cy, cx = rng.uniform(0.3, 0.7), rng.choice([rng.uniform(0.24, 0.4), rng.uniform(0.6, 0.76)])
         img[_ellipse(yy, xx, cy, cx, 0.008, 0.008) & lungs] = 0.5
     mask = np.zeros((size, size), np.uint8)
-    for _ in range(lesions):
+    for i in range(lesions):
         cy = rng.uniform(0.32, 0.66)
         cx = rng.choice([rng.uniform(0.26, 0.38), rng.uniform(0.62, 0.74)])
         blob = np.zeros((size, size), np.float32)
         for _ in range(3):  # irregular shape from a few overlapping ellipses
             blob += _ellipse(yy, xx, cy + rng.normal(0, 0.025), cx + rng.normal(0, 0.02), rng.uniform(0.03, 0.08), rng.uniform(0.025, 0.06), rng.uniform(0, np.pi))
         lesion = (blob > 0) & lungs
-        img[lesion] = rng.uniform(0.3, 0.42) + 0.08 * rng.standard_normal(int(lesion.sum()))
-        mask[lesion] = 1
+        dense = classes and i % 2 == 1
+        img[lesion] = rng.uniform(0.3, 0.42) + (0.3 if dense else 0.0) + 0.08 * rng.standard_normal(int(lesion.sum()))
+        mask[lesion] = 2 if dense else 1
     img = cv2.GaussianBlur(img, (3, 3), 0.8) + rng.normal(0, 0.025, img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), mask, lungs.astype(np.uint8)
 
 
-def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 128, seed: int = 0, lesions: bool = True) -> Path:
+def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 128, seed: int = 0, lesions: bool = True, classes: bool = False) -> Path:
     """Writes the demo set (manifest layout) and returns ``out_dir``. Same arguments, same bytes.
     ``lesions=False``: the same kind of cases without any lesion (empty masks), e.g. to measure
-    what a model predicts on lesion-free studies (``scripts/ct0_floor.py``)."""
+    what a model predicts on lesion-free studies (``scripts/ct0_floor.py``). ``classes``: also
+    ``masks_multiclass/`` palette label maps, 1 ground-glass, 2 consolidation (MedSeg's layout;
+    ``masks/`` stays their union), for ``data.lesion_classes``."""
     out = Path(out_dir)
     rows = []
     for c in range(cases):
@@ -73,8 +78,10 @@ def generate(out_dir: str | Path, cases: int = 30, slices: int = 8, size: int = 
         shape = rng.uniform(-1, 1, 4)
         for k in range(slices):
             n_lesions = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2])) if lesions else 0
-            image, mask, lungs = make_slice(rng, size, n_lesions, shape)
+            image, mask, lungs = make_slice(rng, size, n_lesions, shape, classes)
             name = f"case{c:03d}_{k:02d}.png"
+            if classes:
+                write_label_map(out / "masks_multiclass" / name, mask)  # a palette PNG, as MedSeg's
             write_image(out / "images" / name, image)
             write_mask(out / "masks" / name, mask)
             write_mask(out / "lungs" / name, lungs)

@@ -51,5 +51,5 @@ def train_transforms(
         ops.append(A.RandomGamma(gamma_limit=(100 * (1 - gamma), 100 * (1 + gamma)), p=0.8))
     if blur:
         ops.append(A.GaussianBlur(blur_limit=(3, 5), p=blur))
-    # lung masks (data.lung_masks) follow the lesion mask's geometry
-    return A.Compose(ops, additional_targets={"lung_mask": "mask"})
+    # lung masks (data.lung_masks) and class targets (data.lesion_classes) follow the lesion mask's geometry
+    return A.Compose(ops, additional_targets={"lung_mask": "mask", "ggo": "mask", "consolidation": "mask"})

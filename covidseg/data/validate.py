@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from covidseg.data.cache import cache_note, cache_volume
 from covidseg.data.io import ImageReadError, format_values, grey_level_message, is_binary, is_grey_level, lesion_mask, mask_values, read_image, read_label_map
-from covidseg.data.layouts.find import find_pairs
+from covidseg.data.classes import attach_classes, class_problem, class_targets, resolve_lesion_classes
+from covidseg.data.layouts.find import find_pairs, source_names
 from covidseg.data.layouts.folders import is_3d
 from covidseg.data.layouts.nnunet import label_names
-from covidseg.data.samples import Sample
+from covidseg.data.samples import Sample, lesion_labels_of
 from covidseg.data.volumes import display_affine, is_volume
 from covidseg.errors import DataError, VolumeReadError
 
@@ -116,6 +117,28 @@ def _check_lungs(path: str, values: list, problems: list[str], lung_values: set)
     return True
 
 
+def _check_classes(s: Sample, image: np.ndarray, raw_mask: np.ndarray, lesion: np.ndarray, problems: list[str]) -> bool:
+    """A 2D class label map: readable, on the image's pixels, no value its mapping does not name
+    and, when it is a file of its own, its classes' union is the mask's lesion; records the
+    problem and returns ``False`` otherwise."""
+    try:
+        raw = raw_mask if s.class_mask == s.mask else read_label_map(s.class_mask)
+    except ImageReadError as err:
+        problems.append(str(err))
+        return False
+    if why := _size_problem(image, raw, s.class_mask, "class label map", s.image):
+        problems.append(why)
+        return False
+    if s.class_mask != s.mask and (why := class_problem(s.class_mask, mask_values(raw), s.classes, s.source)):
+        problems.append(why)
+        return False
+    differ = int((class_targets(raw, s.classes).any(0) != lesion.astype(bool)).sum())
+    if differ:
+        problems.append(f"{s.class_mask}: its classes' union differs from the lesion of its mask {s.mask} on {differ} pixels")
+        return False
+    return True
+
+
 def _check_volume(
     s: Sample, lesion_labels: list[int] | None, problems: list[str], labelled: list, lung_values: set
 ) -> tuple[list[tuple[Sample, int]], list, int] | None:
@@ -128,19 +151,24 @@ def _check_volume(
     if s.lung_mask is not None and not is_volume(s.lung_mask):
         problems.append(f"{s.lung_mask}: the lung mask of volume {s.image} is not a NIfTI volume")
         return None
+    separate = s.classes is not None and s.class_mask != s.mask
     try:
         image, mask = cache_volume(s.image), cache_volume(s.mask, mask=True)
         lungs = cache_volume(s.lung_mask, mask=True) if s.lung_mask is not None else None
+        labels = cache_volume(s.class_mask, mask=True) if separate else None
     except VolumeReadError as err:
         problems.append(str(err))
         return None
-    bad = [_geometry_problem(image, m, p, w, s.image) for m, p, w in ((mask, s.mask, ""), (lungs, s.lung_mask, "the lung mask ")) if m is not None]
+    bad = [_geometry_problem(image, m, p, w, s.image) for m, p, w in ((mask, s.mask, ""), (lungs, s.lung_mask, "the lung mask "), (labels, s.class_mask, "the class label map ")) if m is not None]
     if any(bad):
         problems.extend(b for b in bad if b)
         return None
     values = list(mask.values)
     if is_grey_level(values) or (lesion_labels is None and not is_binary(values, np.dtype(mask.dtype))):
         labelled.append((s.mask, values))
+        return None
+    if labels is not None and (why := class_problem(s.class_mask, list(labels.values), s.classes, s.source)):
+        problems.append(why)
         return None
     if lungs is not None and not _check_lungs(s.lung_mask, list(lungs.values), problems, lung_values):
         return None
@@ -156,6 +184,7 @@ def validate_data(
     lesion_labels: list[int] | None = None,
     progress: bool = True,
     lung_labels: list[int] | None = None,
+    lesion_classes: dict | None = None,
 ) -> DataReport:
     """Finds and validates every pair; raises ``DataError`` listing every problem at once.
 
@@ -165,16 +194,22 @@ def validate_data(
     readable, on the image's pixels, not grey levels, and holding a ``lung_labels`` value
     somewhere when those are given (lungs: every non-zero value otherwise). Nothing is
     dropped silently: the report counts what was dropped. Volumes are decoded once into the
-    slice cache on the way (``cache.cache_volume``).
+    slice cache on the way (``cache.cache_volume``). ``lesion_classes`` (``data.lesion_classes``)
+    names the sources whose masks carry classes (``covidseg.data.classes``): their samples get
+    ``class_mask`` and ``classes``, their label maps are checked too.
     """
     roots = list(roots)
     notes: list[str] = []
     samples, layouts, problems = find_pairs(roots, case_regex, notes)
+    names = source_names([Path(r) for r in roots])
+    classes = resolve_lesion_classes(lesion_classes, [str(r) for r in roots], names)
+    samples = attach_classes(samples, [str(r) for r in roots], names, classes)
     labelled: list[tuple[str, list]] = []
     kept, empty, dropped, lesion_px, total_px, volumes, values, any_lesion, lung_values = [], 0, 0, 0, 0, 0, set(), False, set()
     for s in tqdm(samples, desc="checking pairs", disable=not progress or len(samples) < 200, leave=False):
+        labels = lesion_labels_of(s, lesion_labels)
         if is_3d(s.image):
-            checked = _check_volume(s, lesion_labels, problems, labelled, lung_values)
+            checked = _check_volume(s, labels, problems, labelled, lung_values)
             if checked is None:
                 continue
             pairs, found, pixels = checked
@@ -202,12 +237,15 @@ def validate_data(
                 if not _check_lungs(s.lung_mask, mask_values(raw_lungs), problems, lung_values):
                     continue
             found = mask_values(raw_mask)
-            if is_grey_level(found) or (lesion_labels is None and not is_binary(found, raw_mask.dtype)):
+            if is_grey_level(found) or (labels is None and not is_binary(found, raw_mask.dtype)):
                 labelled.append((s.mask, found))
+                continue
+            lesion = lesion_mask(raw_mask, labels, s.mask)
+            if s.classes is not None and not _check_classes(s, image, raw_mask, lesion, problems):
                 continue
             values |= set(found)
             pixels = raw_mask.size
-            pairs = [(s, int(lesion_mask(raw_mask, lesion_labels, s.mask).sum()))]
+            pairs = [(s, int(lesion.sum()))]
         # empty_masks applies to the unit of a case: a slice file, or a whole volume (a volume
         # with lesion keeps its lesion-free slices; one without is kept, dropped or refused whole)
         volume_empty = is_3d(s.image) and not any(lesion for _, lesion in pairs)
@@ -245,6 +283,9 @@ def validate_data(
         raise DataError("no usable image/mask pairs in " + ", ".join(layouts))
     if lung_labels is not None and lung_values and not set(lung_labels) & lung_values:
         raise DataError(f"lung_labels {list(lung_labels)} match no lung mask value; the lung masks hold {format_values(sorted(lung_values), limit=16)}")
+    if classes:
+        n = sum(s.classes is not None for s in kept)
+        notes.append(f"lesion classes (ggo, consolidation) on {n} of {len(kept)} {'slices' if volumes else 'pairs'} ({', '.join(classes)}); the others supervise their union only")
     if volumes and (note := cache_note()):
         notes.append(note)
     return DataReport(kept, layouts, empty, lesion_px / max(total_px, 1), dropped, volumes, sorted(values), None if lesion_labels is None else list(lesion_labels), notes)

@@ -19,7 +19,7 @@ from covidseg.errors import CovidSegError, DataError
 from covidseg.model.checkpoint import read_checkpoint
 
 PathLike = str | Path
-SCAN_SETTINGS = ("case_regex", "empty_masks", "lesion_labels", "lung_labels")  # nonbinary_masks: gone with label maps (issue 16)
+SCAN_SETTINGS = ("case_regex", "empty_masks", "lesion_labels", "lung_labels", "lesion_classes")  # nonbinary_masks: gone with label maps (issue 16)
 
 
 def run_dir_of(ckpt: PathLike) -> Path:

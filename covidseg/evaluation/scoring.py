@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from covidseg.data.samples import Sample, image_of, lung_mask_of, mask_of
+from covidseg.data.samples import Sample, classes_of, image_of, lung_mask_of, mask_of
 from covidseg.errors import CovidSegError
 from covidseg.metrics import scores as metrics
 from covidseg.metrics.severity import LUNG_THRESHOLD, VOLUME_THRESHOLDS, involvement
@@ -40,6 +40,7 @@ class Scores:
     counts: list[tuple[int, int, int, int]] = field(default_factory=list)
     auroc: list[float] = field(default_factory=list)
     hists: list[np.ndarray] = field(default_factory=list)
+    classes: list[np.ndarray] = field(default_factory=list)  # 3x3 per slice with class labels (class models; ``evaluation.classes``)
 
     @property
     def pos(self) -> np.ndarray:
@@ -104,6 +105,12 @@ def score(
         lung_map = m[1] >= LUNG_THRESHOLD if predictor.card.lung_output else None
         if anatomy:
             prob, lung_map = _clean(prob, lung_map, s, threshold, spacings)
+        if predictor.card.classes and s.classes is not None:
+            from covidseg.evaluation.classes import confusion, true_label_map
+            from covidseg.model.split import class_label_map, split_channel
+
+            pred = class_label_map(prob >= threshold, m[split_channel(predictor.card.lung_output)])
+            out.classes.append(confusion(true_label_map(classes_of(s)), pred))
         if predictor.card.lung_output and s.lung_mask is not None:
             out.lungs.append(_lung_row(s, prob >= threshold, truth, lung_map, lung_mask_of(s, lung_labels), prob))
         if on_slice:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
+from covidseg.data.classes import CLASS_NAMES
 from covidseg.data.io import Normalization
 from covidseg.data.volumes import LUNG_WINDOW
 from covidseg.errors import CovidSegError
@@ -40,6 +41,10 @@ FIT_LINKS = (
     ("data.foreground_fraction", "foreground_fraction", "parse"),
     ("data.lung_masks", "lung_output", "parse"),
 )
+
+# (data argument, card field, when, compute): links whose value the model takes in another form:
+# the data's per-source class mapping -> the classes the model outputs.
+FIT_COMPUTED_LINKS = (("data.lesion_classes", "classes", "parse", lambda spec: list(CLASS_NAMES) if spec else None),)
 
 # Fields that only record how the model was trained or where it operates: models that differ in
 # them can still be averaged (the operating point is averaged, the rest is a record).
@@ -77,6 +82,9 @@ class ModelCard:
             lesion region; ``None``: ``threshold``. The Dice-optimal threshold draws the mask
             well but underestimates lesion volume; this one is chosen on validation patients for
             the involvement error (``covidseg.evaluation.volume_rule``).
+        classes: the lesion classes the model tells apart (``("ggo", "consolidation")``,
+            ``covidseg.model.split``: one more channel, the last); ``None``: binary lesion only.
+            Channel 0 is the lesion (their union) either way.
     """
 
     image_size: int
@@ -90,12 +98,20 @@ class ModelCard:
     foreground_fraction: float = 0.0
     lung_output: bool = False
     volume_threshold: float | None = None
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self):
         # one canonical form, whatever the source (YAML lists, strings of ONNX metadata)
         object.__setattr__(self, "window", tuple(float(v) for v in self.window))
         if self.lesion_labels is not None:
             object.__setattr__(self, "lesion_labels", tuple(int(v) for v in self.lesion_labels))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(v) for v in self.classes) or None)
+
+    @property
+    def channels(self) -> int:
+        """Output channels: lesion, lungs (``lung_output``), the class split (``classes``)."""
+        return 1 + int(self.lung_output) + int(bool(self.classes))
 
     @property
     def burden_threshold(self) -> float:
@@ -164,4 +180,5 @@ def card_from_onnx(meta: Mapping[str, str], source: str) -> ModelCard:
     hp.update(tta=get.get("tta") == "True", lung_output=get.get("lung_output") == "True", patch_size=None if get.get("patch_size", "None") == "None" else get["patch_size"])
     hp["window"] = numbers("window", float) or LUNG_WINDOW
     hp["lesion_labels"] = numbers("lesion_labels", int)
+    hp["classes"] = None if get.get("classes", "None") in ("None", "") else tuple(get["classes"].split(","))
     return card_from_hparams(hp)

@@ -32,3 +32,19 @@ def partial_label_loss(logits: torch.Tensor, target: torch.Tensor, labelled: tor
     bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
     per_slice = bce + 1 - soft_dice_scores(logits, target)
     return (per_slice * w).sum() / w.sum().clamp_min(1.0)
+
+
+def class_split_loss(split_logits: torch.Tensor, classes: torch.Tensor, has_classes: torch.Tensor) -> torch.Tensor:
+    """The hierarchical head's split loss (``covidseg.model.split``): BCE of "consolidation, given
+    lesion" over the lesion pixels of the slices whose source has class labels, averaged over
+    those pixels; slices of binary sources, and background pixels, add no loss and no gradient.
+    0 when no pixel is supervised.
+
+    Shape:
+        split_logits: ``[B, 1, H, W]``; classes: ``[B, 2, H, W]`` (GGO, consolidation) in
+        {0, 1}; has_classes: ``[B]`` bool.
+    """
+    region = classes.float().amax(1, keepdim=True) * has_classes.float().view(-1, 1, 1, 1)
+    target = classes[:, 1:2].float()
+    bce = nn.functional.binary_cross_entropy_with_logits(split_logits.float(), target, reduction="none")
+    return (bce * region).sum() / region.sum().clamp_min(1.0)

@@ -15,13 +15,15 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from covidseg.data.classes import CLASS_NAMES
 from covidseg.data.io import Normalization
 from covidseg.data.volumes import LUNG_WINDOW
 from covidseg.errors import CovidSegError
 from covidseg.metrics.epoch import SegmentationScores, loss_metric
 from covidseg.metrics.scores import TRAIN_LOSS, VAL_DICE_IMAGE, VAL_LOSS
 from covidseg.model.card import ModelCard, card_from_hparams, check_threshold
-from covidseg.model.losses import partial_label_loss, soft_dice_per_image
+from covidseg.model.losses import class_split_loss, partial_label_loss, soft_dice_per_image
+from covidseg.model.split import class_probabilities, split_channel
 
 # Flip variants for test-time augmentation: (flip rows, flip columns); LitUNet.probabilities
 # (validation) and the Predictor (evaluate, predict) average the same four views.
@@ -105,6 +107,12 @@ class LitUNet(pl.LightningModule):
             them (partial labels: slices without a lung mask add no lung loss); the lesion output
             is unchanged. Its probabilities give the lesion burden (``covidseg.metrics.severity``).
         lung_weight: weight of the lung loss against the lesion loss.
+        classes: the lesion classes (``["ggo", "consolidation"]``), linked from
+            ``data.lesion_classes`` (``None``: binary lesion only): one more output channel, the
+            split of the lesion into GGO and consolidation (``covidseg.model.split``: why a
+            hierarchical head), learned only where a sample ``has_classes``; channel 0 stays
+            the lesion (their union) for every consumer.
+        class_weight: weight of the split loss against the lesion loss.
         channels_last: NHWC memory format (faster convolutions on CPU and tensor cores).
         num_val_samples: validation slices drawn to TensorBoard each epoch.
         consistency_weight, ema_decay, consistency_rampup, consistency_noise: the mean teacher on
@@ -113,7 +121,7 @@ class LitUNet(pl.LightningModule):
 
     Shape:
         forward: ``[B, 1, H, W]`` float in [0, 1] -> logits ``[B, C, H, W]``: channel 0 lesion,
-        channel 1 lungs (``lung_output``); ``H`` and ``W`` multiples of ``2 ** encoder_depth``
+        channel 1 lungs (``lung_output``), then the class split (``classes``); ``H`` and ``W`` multiples of ``2 ** encoder_depth``
         (whole slices ``S = image_size``, or training patches).
     """
 
@@ -143,6 +151,8 @@ class LitUNet(pl.LightningModule):
         tta: bool = False,
         lung_output: bool = False,
         lung_weight: float = 1.0,
+        classes: list[str] | None = None,
+        class_weight: float = 1.0,
         channels_last: bool = True,
         num_val_samples: int = 4,
         consistency_weight: float = 1.0,
@@ -160,8 +170,10 @@ class LitUNet(pl.LightningModule):
         for name, side in (("data.image_size", image_size), ("data.patch_size", patch_size)):
             if side is not None and side % stride:
                 raise CovidSegError(f"{name} {side}: must be a multiple of {stride} (2 ** model.encoder_depth {encoder_depth})")
+        if classes is not None and tuple(classes) != CLASS_NAMES:
+            raise CovidSegError(f"model.classes {list(classes)}: expected {list(CLASS_NAMES)} or null")
         self.save_hyperparameters()
-        self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels, 1 + int(lung_output))
+        self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels, 1 + int(lung_output) + int(bool(classes)))
         freeze_unused(self.net, in_channels, encoder_depth)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -172,6 +184,7 @@ class LitUNet(pl.LightningModule):
         self.val_loss = loss_metric()
         self.val_scores = SegmentationScores(threshold)
         self.val_lung_scores = SegmentationScores(0.5, auroc=False) if lung_output else None
+        self.val_class_scores = nn.ModuleList(SegmentationScores(0.5, auroc=False) for _ in CLASS_NAMES) if classes else None
         self.val_samples: dict[str, torch.Tensor] = {}
 
     @property
@@ -186,13 +199,18 @@ class LitUNet(pl.LightningModule):
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
         """Lesion loss on channel 0; with ``lung_output`` and a batch carrying ``lung_mask`` and
-        ``has_lung_mask``, plus ``lung_weight`` times the partial-label lung loss on channel 1."""
+        ``has_lung_mask``, plus ``lung_weight`` times the partial-label lung loss on channel 1;
+        with ``classes`` and a batch carrying ``classes`` and ``has_classes``, plus
+        ``class_weight`` times the split loss (only inside the lesion of class-labelled slices)."""
         hp = self.hparams
         lesion = logits[:, :1]
         dice = soft_dice_per_image(lesion, target) if hp.dice_per_image else self.dice_loss(lesion, target)
         loss = hp.dice_weight * dice + hp.bce_weight * self.bce_loss(lesion, target)
         if hp.lung_output and batch is not None and "lung_mask" in batch:
             loss = loss + hp.lung_weight * partial_label_loss(logits[:, 1:2], batch["lung_mask"], batch["has_lung_mask"])
+        if hp.get("classes") and batch is not None and "classes" in batch:
+            k = split_channel(hp.lung_output)
+            loss = loss + hp.class_weight * class_split_loss(logits[:, k : k + 1], batch["classes"], batch["has_classes"])
         return loss
 
     def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -262,6 +280,11 @@ class LitUNet(pl.LightningModule):
         self.val_scores.update(probs, target)
         if self.val_lung_scores is not None and "lung_mask" in batch:
             self.val_lung_scores.update(all_probs[:, 1:2], batch["lung_mask"], batch["has_lung_mask"])
+        if self.val_class_scores is not None and "classes" in batch:
+            k = split_channel(self.hparams.lung_output)
+            per_class = class_probabilities(probs, all_probs[:, k : k + 1])
+            for c, scores in enumerate(self.val_class_scores):
+                scores.update(per_class[:, c : c + 1], batch["classes"][:, c : c + 1], batch["has_classes"])
         if batch_idx == 0 and self.hparams.num_val_samples:
             k = self.hparams.num_val_samples
             self.val_samples = {"image": batch["image"][:k], "mask": batch["mask"][:k], "prob": probs[:k]}
@@ -271,6 +294,9 @@ class LitUNet(pl.LightningModule):
         self._log_scores("val", self.val_scores)
         if self.val_lung_scores is not None:
             self._log_scores("val", self.val_lung_scores, prefix="lung_", keys=("dice", "dice_image"))
+        if self.val_class_scores is not None:
+            for name, scores in zip(CLASS_NAMES, self.val_class_scores):
+                self._log_scores("val", scores, prefix=f"{name}_", keys=("dice", "dice_image"))
 
     # Under DDP every collective must run on every rank at the same point. Lightning computes a
     # logged torchmetrics object (a gather) whenever anyone reads the logged metrics, and the

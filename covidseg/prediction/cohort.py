@@ -41,7 +41,7 @@ def study_of(job: Job, case_regex: str | None = None) -> str:
 def select(
     inputs: list[str | Path], output: Path, *, probabilities: bool = False, overlay: bool = False, lungs: bool = False, dicom_seg: bool = False,
     case_regex: str | None = None, viewer: bool = False, overwrite: bool = False, resume: bool = False, shard: tuple[int, int] = (0, 1),
-    extra: list[str] = (),
+    extra: list[str] = (), classes: bool = False,
 ) -> Selection:  # fmt: skip
     """Plans the cohort and picks this process's studies (see the module docstring).
 
@@ -55,7 +55,7 @@ def select(
         raise CovidSegError("--resume and --overwrite: choose one (--resume keeps the finished studies, --overwrite predicts them again)")
     if viewer and (resume or n > 1):
         raise CovidSegError("--viewer with --resume or a shard: the viewer is written by one uninterrupted run; predict with --viewer in one process")
-    jobs = plan(inputs, output, probabilities, overlay, lungs, dicom_seg)
+    jobs = plan(inputs, output, probabilities, overlay, lungs, dicom_seg, classes)
     check_outputs(jobs, output, overwrite=True)  # clashes and replaced inputs, over the whole cohort
     studies = [study_of(job, case_regex) for job in jobs]
     mine = shard_indices(studies, k, n)

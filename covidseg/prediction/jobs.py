@@ -65,9 +65,11 @@ def series_lines(jobs: list[Job]) -> list[str]:
     return lines
 
 
-def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False, dicom_seg: bool = False) -> list[Job]:
+def plan(paths: list[str | Path], output: Path, probabilities: bool = False, overlay: bool = False, lungs: bool = False, dicom_seg: bool = False,
+         classes: bool = False) -> list[Job]:  # fmt: skip
     """One ``Job`` per input file, with its output paths under ``output`` (``dicom_seg``:
-    ``NAME_seg.dcm`` for each DICOM series)."""
+    ``NAME_seg.dcm`` for each DICOM series; ``classes``: the GGO/consolidation label map
+    ``NAME_classes.png`` / ``NAME_classes.nii.gz`` of a class model)."""
     jobs = []
     for path, name in expand_inputs(paths):
         if path.is_dir() and not is_series(path):
@@ -78,6 +80,7 @@ def plan(paths: list[str | Path], output: Path, probabilities: bool = False, ove
                 named = f"{name}_{label}" if uid else name
                 outs = [output / f"{named}_mask.nii.gz"] + ([output / f"{named}_prob.nii.gz"] if probabilities else [])
                 outs += [output / f"{named}_lungs.nii.gz"] if lungs else []
+                outs += [output / f"{named}_classes.nii.gz"] if classes else []
                 outs += [output / f"{named}_seg.dcm"] if dicom_seg and path.is_dir() else []
                 jobs.append(Job(path, "volume", tuple(outs), name=named, series=uid))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
@@ -85,6 +88,7 @@ def plan(paths: list[str | Path], output: Path, probabilities: bool = False, ove
             outs += [output / f"{name}.npy"] if probabilities else []
             outs += [output / f"{name}_overlay.png"] if overlay else []
             outs += [output / f"{name}_lungs.png"] if lungs else []
+            outs += [output / f"{name}_classes.png"] if classes else []
             jobs.append(Job(path, "image", tuple(outs), name=name))
         else:
             jobs.append(Job(path, "", error=f"unsupported file type (expected {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz)"))

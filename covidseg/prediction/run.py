@@ -1,5 +1,7 @@
 """Predicting a list of inputs: images in batches, volumes and DICOM series slice by slice,
-with masks, probabilities, overlays, lung masks and the lesion burden written per input, one
+with masks, probabilities, overlays, lung masks, a class model's GGO/consolidation label map
+(``NAME_classes``: 0 background, 1 GGO, 2 consolidation, inside the cleaned lesion mask) and
+the lesion burden written per input, one
 ``summary.csv`` row each, ``cases.csv`` per ``--data.case_regex`` case and the offline viewer.
 ``covidseg predict`` (``covidseg/predict.py``) is its command line."""
 
@@ -13,13 +15,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from covidseg.anatomy import Anatomy, clean_slice, clean_volume
-from covidseg.data.io import normalize_intensity, read_image, write_image, write_mask
+from covidseg.data.classes import CLASS_NAMES
+from covidseg.data.io import normalize_intensity, read_image, write_image, write_label_map, write_mask
 from covidseg.data.overlay import overlay
 from covidseg.data.samples import case_id_from_name, check_case_regex, compile_case_regex
 from covidseg.data.volumes import display_spacing, voxel_ml, write_like
 from covidseg.errors import CovidSegError
 from covidseg.metrics.severity import LUNG_THRESHOLD, aggregate_cases, grade, involvement, write_cases
 from covidseg.model.predictor import Predictor
+from covidseg.model.split import class_label_map, split_channel
 from covidseg.prediction.jobs import Job, case_id_of, series_lines
 from covidseg.prediction.journal import Journal, latest_rows, merge, write_cohort
 from covidseg.prediction.loader import READ_ERRORS, Loaded, read_studies
@@ -33,6 +37,9 @@ SUMMARY_FIELDS = (
     "input", "study_id", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
     "lung_pixels", "lesion_in_lung_pixels", "lung_ml", "lung_right_ml", "lung_left_ml", "involvement_percent", "involvement_right_percent",
     "involvement_left_percent", "severity", "qc", "lung_removed_ml", "lesion_removed_ml", "mask", "lungs",
+    # a class model's (card.classes): GGO and consolidation inside the cleaned lesion, of the lungs
+    "ggo_pixels", "consolidation_pixels", "ggo_ml", "consolidation_ml", "ggo_percent", "consolidation_percent",
+    "ggo_right_percent", "ggo_left_percent", "consolidation_right_percent", "consolidation_left_percent", "classes",
 )  # fmt: skip
 CASES = "cases.csv"
 
@@ -61,9 +68,11 @@ def _burden(anatomy: Anatomy, over: np.ndarray | None) -> np.ndarray:
     return over & anatomy.region if anatomy.region is not None else over
 
 
-def _stats(job: Job, anatomy: Anatomy, ml_per_voxel: float | None = None, lungs: bool = False, over: np.ndarray | None = None) -> dict:
+def _stats(job: Job, anatomy: Anatomy, ml_per_voxel: float | None = None, lungs: bool = False, labels: np.ndarray | None = None, over: np.ndarray | None = None) -> dict:
     """The summary values of one prediction after the anatomy stage; with ``lungs``, the
-    lesion burden per study and per side, graded only when the scan checks pass (``qc``).
+    lesion burden per study and per side, graded only when the scan checks pass (``qc``);
+    with a class model's ``labels`` (``split.class_label_map``), each class's pixels, mL and
+    percent of the lungs (per side where the anatomy stage gives sides), under the same checks.
     Pixel counts describe the mask; lesion mL and involvement are measured at the model's
     volume operating point (``over``: the probability at ``volume_threshold``, when it has one)."""
     n = int(anatomy.lesion.sum())
@@ -90,7 +99,28 @@ def _stats(job: Job, anatomy: Anatomy, ml_per_voxel: float | None = None, lungs:
                 stats[f"involvement_{name}_percent"] = side_percent
         if ml_per_voxel is not None:
             stats.update(lung_ml=lung * ml_per_voxel, lung_removed_ml=round(removed_lung, 3))
+    if labels is not None:
+        stats.update(_class_stats(job, anatomy, labels, ml_per_voxel, graded=lungs and anatomy.lungs is not None and stats.get("qc") == "ok"))
     return stats
+
+
+def _class_stats(job: Job, anatomy: Anatomy, labels: np.ndarray, ml_per_voxel: float | None, graded: bool) -> dict:
+    stats = {"classes": str(_class_output(job))}
+    for value, name in enumerate(CLASS_NAMES, 1):
+        part = labels == value
+        stats[f"{name}_pixels"] = int(part.sum())
+        if ml_per_voxel is not None:
+            stats[f"{name}_ml"] = stats[f"{name}_pixels"] * ml_per_voxel
+        if not graded:
+            continue
+        stats[f"{name}_percent"] = involvement(part, anatomy.lungs)[2]
+        for side, where in ((1, "right"), (2, "left")) if anatomy.sided else ():
+            stats[f"{name}_{where}_percent"] = involvement(part, anatomy.lungs == side)[2]
+    return stats
+
+
+def _class_output(job: Job) -> Path | None:
+    return next((p for p in job.outputs if p.name.endswith(("_classes.png", "_classes.nii.gz"))), None)
 
 
 def _lung_output(job: Job) -> Path | None:
@@ -123,6 +153,7 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
             anatomy = clean_slice(prob >= predictor.card.threshold, lung_map) if use_anatomy else Anatomy(prob >= predictor.card.threshold, lung_map)
             mask = anatomy.lesion
             lungs = anatomy.lungs if _lung_output(job) else None
+            labels = class_label_map(mask, m[split_channel(predictor.card.lung_output)]) if _class_output(job) else None
             try:
                 write_mask(stage.path(job.outputs[0]), mask)
                 for out in job.outputs[1:]:
@@ -130,12 +161,15 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
                         np.save(stage.path(out), prob.astype(np.float32))
                     elif out == _lung_output(job):
                         write_mask(stage.path(out), lungs)
+                    elif out == _class_output(job):
+                        write_label_map(stage.path(out), labels)
                     else:
                         write_image(stage.path(out), overlay_image(raw, mask, predictor.card.normalization))
             except OSError as err:
                 finish(i, _report(bar, job, f"cannot write output ({err})"))
             else:
-                finish(i, _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None, over=None if predictor.card.volume_threshold is None else prob >= predictor.card.volume_threshold)))
+                finish(i, _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None, labels=labels,
+                                                                  over=None if predictor.card.volume_threshold is None else prob >= predictor.card.volume_threshold)))  # fmt: skip
                 if viewer:
                     viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=None if lungs is None else lungs > 0,
                                      label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
@@ -155,12 +189,15 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
     lung_out = _lung_output(job)
     prob_out = next((p for p in job.outputs if p.name.endswith("_prob.nii.gz")), None)
     seg_out = next((p for p in job.outputs if p.name.endswith("_seg.dcm")), None)
-    masks, probs, lungs, over = [], [], [], []
+    class_out = _class_output(job)
+    masks, probs, lungs, splits, over = [], [], [], [], []
     volume_t = predictor.card.volume_threshold
     for m in predictor.predict_maps(slices, batch_size):
         masks.append(m[0] >= predictor.card.threshold)
         if volume_t is not None:
             over.append(m[0] >= volume_t)
+        if class_out:
+            splits.append(m[split_channel(predictor.card.lung_output)])
         if prob_out:
             probs.append(m[0].astype(np.float32))
         if predictor.card.lung_output:
@@ -171,8 +208,11 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
     anatomy = clean_volume(np.stack(masks), lung, hu, spacing) if use_anatomy else Anatomy(np.stack(masks), None if lung is None else lung.astype(np.uint8))
     del hu
     mask = anatomy.lesion.astype(np.uint8)
+    labels = class_label_map(mask, np.stack(splits)) if class_out else None
     try:
         write_like(stage.path(job.outputs[0]), mask, ref)
+        if class_out:
+            write_like(stage.path(class_out), labels, ref)
         if prob_out:
             write_like(stage.path(prob_out), np.stack(probs), ref)
         if lung_out:
@@ -183,7 +223,7 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
             write_dicom_seg(stage.path(seg_out), job.path, ref, anatomy.lesion, anatomy.lungs if lung_out else None, *seg_model, series_uid=job.series or None)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
-    row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None, over=np.stack(over) if over else None))
+    row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None, labels=labels, over=np.stack(over) if over else None))
     if row.get("qc") not in ("", "ok", None):
         bar.write(f"warning: {job.name or job.path}: not graded: {row['qc']}", file=sys.stderr)
     if viewer:
@@ -264,7 +304,7 @@ def predict_paths(
     if lungs and not predictor.card.lung_output:
         raise CovidSegError(f"--lungs: {', '.join(map(str, predictor.paths))} has no lung output (train with --data.lung_masks true)")
     sel = select(inputs, output, probabilities=probabilities, overlay=overlay, lungs=lungs, dicom_seg=dicom_seg, case_regex=case_regex,
-                 viewer=viewer, overwrite=overwrite, resume=resume, shard=shard, extra=extra_outputs(case_regex, viewer))  # fmt: skip
+                 viewer=viewer, overwrite=overwrite, resume=resume, shard=shard, extra=extra_outputs(case_regex, viewer), classes=bool(predictor.card.classes))  # fmt: skip
     seg_model = None
     if dicom_seg:
         from covidseg.prediction.dicom_seg import check_available, model_identity

@@ -135,6 +135,10 @@ def write_report(
         writers.write_per_case(out / "per_case.csv", scores.cases)
     if scores.lungs:
         metrics["lungs"] = lung_summary(scores.lungs)
+    if scores.classes:
+        from covidseg.evaluation.classes import class_summary
+
+        metrics["classes"] = class_summary(scores.classes)
     writers.write_json(out / "metrics.json", metrics)
     (out / "metrics.md").write_text(writers.markdown(metrics))
     writers.write_per_image(out / "per_image.csv", scores.rows)
@@ -154,6 +158,9 @@ def write_report(
         "dice_by_lesion_size": figures.lesion_size_figure(metrics["by_lesion_size"]),
         "prediction_samples": figures.samples_figure(rows, t, "slices with lesion" if any(r["gt_pixels"] for r in scores.rows) else "all slices"),
     }
+    if "classes" in metrics:
+        figs["class_confusion_matrix"] = figures.matrix_figure(np.array(metrics["classes"]["confusion"]), metrics["classes"]["labels"],
+                                                               f"Class confusion matrix (threshold {t:.2f})\ncounts and share of each true class")  # fmt: skip
     if metrics.get("lungs", {}).get("severity"):
         figs["involvement"] = figures.involvement_figure(metrics["lungs"]["severity"]["cases_table"])
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else list(dict.fromkeys(run_dir_of(p) for p in predictor.paths))

@@ -57,19 +57,26 @@ def _finish_curve(ax, point, threshold: float, xlabel: str, ylabel: str, title: 
 
 def confusion_figure(tp: int, fp: int, fn: int, tn: int, threshold: float) -> Figure:
     """2x2 pixel confusion matrix: counts and row-normalised rates (rows = ground truth)."""
-    counts = np.array([[tn, fp], [fn, tp]], dtype=np.float64)
+    return matrix_figure(np.array([[tn, fp], [fn, tp]]), ["background", "lesion"], f"Pixel confusion matrix (threshold {threshold:.2f})\ncounts and share of each true class")
+
+
+def matrix_figure(counts: np.ndarray, labels: list[str], title: str) -> Figure:
+    """A K x K pixel confusion matrix (rows = ground truth): counts and row-normalised rates;
+    2x2 for the lesion, 3x3 for background / GGO / consolidation (``evaluation.classes``)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    k = len(labels)
     rows = counts.sum(1, keepdims=True)
     norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    fig = new_figure(5, 4.4)
+    fig = new_figure(5 + 0.8 * (k - 2), 4.4 + 0.8 * (k - 2))
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(2):
-        for j in range(2):
+    for i in range(k):
+        for j in range(k):
             ax.text(j, i, f"{int(counts[i, j]):,}\n{100 * norm[i, j]:.1f}%", ha="center", va="center", fontsize=12, c="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks([0, 1], ["background", "lesion"])
-    ax.set_yticks([0, 1], ["background", "lesion"])
+    ax.set_xticks(range(k), labels)
+    ax.set_yticks(range(k), labels)
     ax.set(xlabel="predicted", ylabel="ground truth")
-    ax.set_title(f"Pixel confusion matrix (threshold {threshold:.2f})\ncounts and share of each true class")
+    ax.set_title(title)
     fig.colorbar(im, ax=ax, label="row-normalised rate")
     return fig
 

@@ -35,6 +35,10 @@ def metric_table(metrics: dict) -> str:
         lines.append(f"| {LABELS[k]} | {_fmt(metrics['per_image_mean'][k])} | {_fmt(metrics['global'][k])} |")
     ci = metrics["dice_ci95"]
     lines.append(f"\nper-image Dice 95% CI (bootstrap over {ci['cases']} cases): [{_fmt(ci['low'])}, {_fmt(ci['high'])}]")
+    if metrics.get("classes"):
+        from covidseg.evaluation.classes import class_table
+
+        lines += ["", class_table(metrics["classes"])]
     return "\n".join(lines)
 
 
