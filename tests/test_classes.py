@@ -248,3 +248,27 @@ def test_evaluate_reports_per_class_scores(class_run, mixed_roots, tmp_path):
     assert (out / "class_confusion_matrix.png").is_file() and "per-class scores" in (out / "metrics.md").read_text()
     binary = main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.root", mixed_roots[1], "--output", str(tmp_path / "binary")])
     assert "classes" not in binary and "dice" in binary["per_image_mean"]  # binary truth: the union's scores only
+
+
+def test_predict_viewer_of_a_class_model_colours_the_classes(class_run, mixed_roots, tmp_path):
+    import json
+    import re
+
+    import cv2
+
+    from covidseg.data.io import read_label_map
+    from covidseg.data.overlay import CLASS_RGB
+    from covidseg.predict import main
+
+    run, _ = class_run
+    image = sorted((Path(mixed_roots[0]) / "images").glob("*.png"))[0]
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(image), "--output", str(out), "--viewer", "true", "--threshold", "0.05"]) == 0
+    page = (out / "index.html").read_text()
+    data = json.loads(re.search(r'<script id="covidseg-data" type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert data["classes"] is True
+    labels = read_label_map(out / f"{image.stem}_classes.png")
+    ov = cv2.imread(str(next((out / "viewer").glob("*/ov_0000.png"))), cv2.IMREAD_UNCHANGED)
+    colours = {tuple(int(v) for v in c) for c in cv2.cvtColor(ov, cv2.COLOR_BGRA2RGBA).reshape(-1, 4) if c[3]}
+    allowed = {(*np.rint(CLASS_RGB[k] * 255).astype(int), 255) for k in (1, 2)}
+    assert colours <= allowed and (colours or not labels.any())

@@ -334,3 +334,24 @@ def test_a_broken_page_is_detected(browser, predicted_volumes, tmp_path, breakag
     _open(browser, copy / "viewer" / "ct_b.html")
     errors = _wait(browser, lambda d: _errors(d), "a console error")
     assert any(("ct_" in e) if breakage == "missing image" else ("undefinedFunction" in e) for e in errors), errors
+
+
+def test_class_model_slices_show_ground_glass_and_consolidation_apart(browser, tmp_path):
+    """Issue 33: the viewer colours the two classes apart (amber, magenta) with a legend."""
+    from covidseg.data.overlay import CLASS_RGB
+
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:30, 10:30] = 1
+    labels[40:55, 40:55] = 2
+    writer = ViewerWriter(tmp_path, "classes", lungs=False, classes=True)
+    writer.add_slice("case", np.full((64, 64), 0.3, np.float32), labels > 0, classes=labels, kind="image")
+    writer.write()
+    ov = cv2.cvtColor(cv2.imread(str(tmp_path / "viewer" / "case" / "ov_0000.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+    assert ov[20, 20].tolist() == [*np.rint(CLASS_RGB[1] * 255).astype(int), 255]
+    assert ov[47, 47].tolist() == [*np.rint(CLASS_RGB[2] * 255).astype(int), 255]
+    assert ov[2, 2, 3] == 0
+    _open(browser, tmp_path / "viewer" / "case.html")
+    _wait(browser, lambda d: d.find_elements("css selector", "ul.legend li"), "legend")
+    legend = [li.text for li in browser.find_elements("css selector", "ul.legend li")]
+    assert legend == ["predicted ground-glass", "predicted consolidation"]
+    assert _errors(browser) == []

@@ -9,6 +9,7 @@ import numpy as np
 PREDICTION_RGB = np.array([1.0, 0.2, 0.2])  # red
 TRUTH_RGB = np.array([0.2, 1.0, 0.2])  # green; truth and prediction together read yellow
 LUNG_RGB = np.array([0.35, 0.75, 1.0])  # light blue, for lung outlines
+CLASS_RGB = {1: np.array([1.0, 0.75, 0.1]), 2: np.array([0.85, 0.15, 0.85])}  # ground-glass amber, consolidation magenta
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None, alpha: float = 0.35) -> np.ndarray:
@@ -44,3 +45,16 @@ def layer(pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
 _LAYER_COLOURS = np.array(
     [[0, 0, 0, 0]] + [[*np.rint(np.clip(rgb, 0, 1) * 255), 255] for rgb in (PREDICTION_RGB, TRUTH_RGB, PREDICTION_RGB + TRUTH_RGB)], np.uint8
 )
+
+
+def class_layer(labels: np.ndarray) -> np.ndarray:
+    """A class model's prediction as a layer: ground-glass (label 1) amber, consolidation
+    (label 2) magenta, transparent elsewhere (the viewer's legend names them).
+
+    Shape:
+        labels: ``[H, W]`` in {0, 1, 2}; returns ``uint8 [H, W, 4]`` RGBA.
+    """
+    return _CLASS_COLOURS[np.clip(np.asarray(labels, np.uint8), 0, 2)]
+
+
+_CLASS_COLOURS = np.array([[0, 0, 0, 0]] + [[*np.rint(CLASS_RGB[k] * 255), 255] for k in (1, 2)], np.uint8)

@@ -172,7 +172,7 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
                                                                   over=None if predictor.card.volume_threshold is None else prob >= predictor.card.volume_threshold)))  # fmt: skip
                 if viewer:
                     viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=None if lungs is None else lungs > 0,
-                                     label=job.path.name, kind="image", source=str(job.path))  # fmt: skip
+                                     label=job.path.name, kind="image", source=str(job.path), classes=labels)  # fmt: skip
             bar.update()
 
 
@@ -232,7 +232,8 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
         view_lungs = None if not lung_out else anatomy.lungs > 0
         for k, raw in enumerate(slices):
             viewer.add_slice(case_id_of(job), normalize_intensity(raw, predictor.card.normalization), mask[k], lungs=None if view_lungs is None else view_lungs[k],
-                             label=f"slice {k + 1} of {len(slices)}", kind="volume", source=str(job.path), ml_per_voxel=voxel_ml(ref))  # fmt: skip
+                             label=f"slice {k + 1} of {len(slices)}", kind="volume", source=str(job.path), ml_per_voxel=voxel_ml(ref),
+                             classes=None if labels is None else labels[k])  # fmt: skip
     return row
 
 
@@ -389,7 +390,7 @@ def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lun
     s = predictor.card
     models = ", ".join(p.name for p in predictor.paths)
     line = f"{models} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'} \u00b7 volumes in window {window[0]:g}/{window[1]:g} HU"
-    return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs)
+    return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs, classes=bool(s.classes))
 
 
 def _int(value) -> int:

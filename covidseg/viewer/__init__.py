@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.data.overlay import LUNG_RGB, layer, overlay
+from covidseg.data.overlay import LUNG_RGB, class_layer, layer, overlay
 from covidseg.metrics.severity import aggregate_cases, involvement
 
 INDEX = "index.html"
@@ -106,9 +106,11 @@ class ViewerWriter:
             quality. 256 and 65 keep a 300-slice 512x512 CT near 5 MB (docs/PERFORMANCE.md).
     """
 
-    def __init__(self, output: str | Path, title: str, subtitle: str = "", *, lungs: bool = False, truth: bool = False, max_side: int = 256, quality: int = 65):
+    def __init__(self, output: str | Path, title: str, subtitle: str = "", *, lungs: bool = False, truth: bool = False, max_side: int = 256, quality: int = 65,
+                 classes: bool = False):  # fmt: skip
         self.output, self.title, self.subtitle = Path(output), title, subtitle
         self.lungs, self.truth, self.max_side, self.quality = lungs, truth, max_side, quality
+        self.classes = classes  # a class model's slices: ground-glass and consolidation coloured apart
         self.cases: dict[str, _Case] = {}
         self._taken: set[str] = set()
 
@@ -119,12 +121,13 @@ class ViewerWriter:
 
     def add_slice(
         self, case: str, image: np.ndarray, pred: np.ndarray, *, lungs: np.ndarray | None = None, truth: np.ndarray | None = None,
-        label: str = "", kind: str = "image", source: str = "", ml_per_voxel: float | None = None,
+        label: str = "", kind: str = "image", source: str = "", ml_per_voxel: float | None = None, classes: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         """Writes one slice of ``case`` (slices of a case in the order given).
 
         Shape:
-            image: ``[H, W]`` float in [0, 1] (the model's display); pred, lungs, truth: ``[H, W]`` bool.
+            image: ``[H, W]`` float in [0, 1] (the model's display); pred, lungs, truth: ``[H, W]`` bool;
+            classes: ``[H, W]`` labels 0/1/2 (ground-glass, consolidation) of a class model.
         """
         c = self._case(case)
         c.kind, c.source, c.ml_per_voxel = c.kind or kind, c.source or source, ml_per_voxel
@@ -144,7 +147,13 @@ class ViewerWriter:
         cv2.imwrite(str(folder / f"ct_{k:04d}.jpg"), gray, [cv2.IMWRITE_JPEG_QUALITY, self.quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1, cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
         p_small = _shrink(pred, c.cell)
         t_small = _shrink(truth, c.cell) if truth is not None else None
-        rgba = layer(p_small, t_small)
+        if classes is not None and t_small is None:  # predict with a class model: the two classes apart
+            small_classes = np.zeros(c.cell, np.uint8)
+            for value in (1, 2):
+                small_classes[_shrink(np.asarray(classes) == value, c.cell) & p_small] = value
+            rgba = class_layer(small_classes)
+        else:
+            rgba = layer(p_small, t_small)
         if self.lungs:
             ring = _outline(_shrink(lungs, c.cell)) if lungs is not None else np.zeros(c.cell, bool)
             lung_rgba = np.zeros((h, w, 4), np.uint8)
@@ -205,7 +214,7 @@ class ViewerWriter:
                 cv2.imwrite(str(folder / c.folder / "thumb.jpg"), c.thumb[2][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
             rows.append({k: _plain(v) for k, v in row.items()})
         columns = [{"key": k, "label": label, "kind": kind} for k, label, kind in COLUMNS if k in ("name", "status") or any(r.get(k) is not None for r in rows)]
-        head = {"title": self.title, "subtitle": self.subtitle, "lungs": self.lungs, "truth": self.truth, "columns": columns}
+        head = {"title": self.title, "subtitle": self.subtitle, "lungs": self.lungs, "truth": self.truth, "classes": self.classes, "columns": columns}
         shown = [c for c in self.cases.values() if c.slices]
         for i, c in enumerate(shown):
             near = {"prev": f"{shown[i - 1].folder}.html" if i else None, "next": f"{shown[i + 1].folder}.html" if i + 1 < len(shown) else None}

@@ -115,7 +115,7 @@
     var showLungs = data.lungs ? el("input", { id: "show-lungs", type: "checkbox", checked: "checked" }) : null;
     var legend = data.truth
       ? [["tp", "both (true positive)"], ["fp", "prediction only (false positive)"], ["fn", "truth only (false negative)"]]
-      : [["fp", "predicted lesion"]];
+      : data.classes ? [["ggo", "predicted ground-glass"], ["cons", "predicted consolidation"]] : [["fp", "predicted lesion"]];
     if (data.lungs) legend.push(["lung", "predicted lung outline"]);
     var legendEl = el("ul", { class: "legend" });
     legend.forEach(function (l) { legendEl.appendChild(el("li", {}, el("span", { class: "swatch " + l[0] }), document.createTextNode(l[1]))); });
