@@ -1,6 +1,6 @@
 """Merge the summary parts of a cohort's predict runs into ``summary.csv``.
 
-    covidseg merge OUTPUT
+    covidseg merge OUTPUT [--viewer true]
 
 Reads ``OUTPUT/cohort.json`` (the studies every shard was given) and every summary in OUTPUT
 (``summary.part-K-of-N.csv`` of each shard, ``summary.csv`` of a single or resumed run), writes
@@ -25,6 +25,7 @@ from covidseg.prediction.staging import remove_leftovers
 def build_parser():
     p = options.parser("covidseg merge", __doc__)
     p.add_argument("output", type=str, help="the --output folder of the predict runs")
+    p.add_argument("--viewer", type=bool, default=False, help="also rebuild index.html and viewer/ from the finished studies' outputs (covidseg.prediction.viewer_rebuild)")
     return p
 
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if cohort.get("case_regex"):
         write_cases(output / CASES, cases_of(merged.rows, cohort["case_regex"]))
     print(merged.line(output))
+    if args.viewer:
+        from covidseg.prediction.viewer_rebuild import rebuild
+
+        print(f"viewer: {rebuild(output, merged.rows, cohort)}" + (f" ({len(merged.missing)} studies not finished yet are not in it)" if merged.missing else ""))
     if not merged.missing:
         remove_leftovers(output)  # what killed processes left
     return 1 if merged.missing or merged.failed else 0

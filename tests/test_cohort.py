@@ -185,3 +185,30 @@ def test_torchrun_two_cpu_processes_equal_one_run(cohort, reference, tmp_path):
     assert "shard 0/2 from the torchrun environment" in proc.stdout and "shard 1/2 from the torchrun environment" in proc.stdout
     assert (out / "summary.part-0-of-2.csv").is_file() and (out / "summary.part-1-of-2.csv").is_file()
     _same_as_reference(out, reference)
+
+
+def _index_rows(out: Path) -> dict[str, dict]:
+    import json
+    import re
+
+    page = (out / "index.html").read_text()
+    data = json.loads(re.search(r'<script id="covidseg-data" type="application/json">(.*?)</script>', page, re.S).group(1))
+    return {r["name"]: {k: v for k, v in r.items() if k not in ("href", "thumb")} for r in data["rows"]}
+
+
+def test_shards_with_a_viewer_rebuild_the_one_an_uninterrupted_run_draws(cohort, tmp_path, capsys):
+    """Issue 34: the last shard (and covidseg merge --viewer true) writes the viewer index from the
+    studies' outputs: the same cases, slices, mL, involvement, grades and reasons as one run's."""
+    one = tmp_path / "one"
+    assert main(["--input", str(cohort), "--output", str(one), "--num_workers", "0", "--viewer", "true", *FLAGS]) == 0
+    out = tmp_path / "shards"
+    for k in (0, 1):  # in turn, in process: the second is the last to finish and merges
+        assert main(["--input", str(cohort), "--output", str(out), "--num_workers", "0", "--viewer", "true", "--shard", f"{k}/2", *FLAGS]) == 0
+    assert "rebuilt from the 8 studies' outputs" in capsys.readouterr().out
+    want, got = _index_rows(one), _index_rows(out)
+    assert set(got) == set(want) and len(got) == STUDIES
+    for name in want:
+        assert got[name] == pytest.approx(want[name]) if all(isinstance(v, (int, float)) for v in want[name].values()) else got[name] == want[name], name
+    assert sorted(p.name for p in (out / "viewer").glob("*/ov_*.png")) == sorted(p.name for p in (one / "viewer").glob("*/ov_*.png"))
+    (out / "index.html").unlink()
+    assert merge_main([str(out), "--viewer", "true"]) == 0 and _index_rows(out) == got

@@ -46,15 +46,12 @@ def select(
     """Plans the cohort and picks this process's studies (see the module docstring).
 
     Raises:
-        CovidSegError: ``resume`` with ``overwrite``; ``viewer`` with ``resume`` or a shard;
-            clashing outputs; existing outputs without ``overwrite`` or ``resume``.
+        CovidSegError: ``resume`` with ``overwrite``; clashing outputs; existing outputs without ``overwrite`` or ``resume``.
     """
     output = Path(output)
     k, n = shard
     if resume and overwrite:
         raise CovidSegError("--resume and --overwrite: choose one (--resume keeps the finished studies, --overwrite predicts them again)")
-    if viewer and (resume or n > 1):
-        raise CovidSegError("--viewer with --resume or a shard: the viewer is written by one uninterrupted run; predict with --viewer in one process")
     jobs = plan(inputs, output, probabilities, overlay, lungs, dicom_seg, classes)
     check_outputs(jobs, output, overwrite=True)  # clashes and replaced inputs, over the whole cohort
     studies = [study_of(job, case_regex) for job in jobs]

@@ -25,7 +25,7 @@ from covidseg.metrics.severity import LUNG_THRESHOLD, aggregate_cases, grade, in
 from covidseg.model.predictor import Predictor
 from covidseg.model.split import class_label_map, split_channel
 from covidseg.prediction.jobs import Job, case_id_of, series_lines
-from covidseg.prediction.journal import Journal, latest_rows, merge, write_cohort
+from covidseg.prediction.journal import read_cohort, Journal, latest_rows, merge, write_cohort
 from covidseg.prediction.loader import READ_ERRORS, Loaded, read_studies
 from covidseg.prediction.progress import Progress
 from covidseg.prediction.cohort import select
@@ -324,14 +324,18 @@ def predict_paths(
     warn_kind_mismatch(predictor.card, run_jobs, window)
     window = tuple(window) if window is not None else predictor.card.window
     output.mkdir(parents=True, exist_ok=True)
-    write_cohort(output, [{"input": str(job.path), "study_id": s} for job, s in zip(jobs, studies)], {"case_regex": case_regex, "shards": n})
+    view = {"window": list(window), "normalization": predictor.card.normalization, "line": _viewer_line(predictor, window)}
+    write_cohort(output, [{"input": str(job.path), "study_id": s, "case": case_id_of(job, case_regex) if job.kind else job.path.name} for job, s in zip(jobs, studies)],
+                 {"case_regex": case_regex, "shards": n, "viewer": view})  # fmt: skip
     if n > 1 or resume:
         print(f"shard {k}/{n}: {len(mine)} of {len(jobs)} inputs" * (n > 1) + ("; " * (n > 1) if resume else "")
               + (f"--resume: {len(mine) - len(todo)} complete (skipped), {len(todo)} to predict" if resume else ""))  # fmt: skip
     journal = Journal(output / sel.journal, SUMMARY_FIELDS, fresh=not resume)
     stage = Staging(output)
     progress = Progress(len(run_jobs), f"shard {k}/{n} " if n > 1 else "")
-    sink = _viewer(predictor, output, window, lungs) if viewer else None
+    # one uninterrupted process draws the viewer as it goes; shards and resumed runs rebuild it
+    # from every study's outputs once the cohort is complete (viewer_rebuild)
+    sink = _viewer(predictor, output, window, lungs) if viewer and n == 1 and not resume else None
     by_job: dict[int, dict] = {}
 
     def finish(i: int, row: dict, quiet: bool = False) -> None:
@@ -375,6 +379,10 @@ def predict_paths(
             remove_leftovers(output)
         if n > 1 or resume:
             print(merged.line(output))
+            if viewer and not merged.missing:
+                from covidseg.prediction.viewer_rebuild import rebuild
+
+                print(f"viewer: {rebuild(output, merged.rows, read_cohort(output))} (rebuilt from the {len(merged.rows)} studies' outputs)")
     else:
         left = sum(str(job.path) not in finished for job in jobs)
         print(f"shard {k}/{n} done: {left} studies of other shards not finished yet; the last shard merges summary.csv (or: covidseg merge {output})")
@@ -386,10 +394,15 @@ def extra_outputs(case_regex: str | None, viewer: bool) -> list[str]:
     return ([CASES] if case_regex else []) + (list(VIEWER_OUTPUTS) if viewer else [])
 
 
-def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lungs: bool) -> ViewerWriter:
+def _viewer_line(predictor: Predictor, window: tuple[float, float]) -> str:
     s = predictor.card
     models = ", ".join(p.name for p in predictor.paths)
-    line = f"{models} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'} \u00b7 volumes in window {window[0]:g}/{window[1]:g} HU"
+    return f"{models} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'} \u00b7 volumes in window {window[0]:g}/{window[1]:g} HU"
+
+
+def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lungs: bool) -> ViewerWriter:
+    s = predictor.card
+    line = _viewer_line(predictor, window)
     return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs, classes=bool(s.classes))
 
 

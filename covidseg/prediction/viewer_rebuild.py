@@ -1,0 +1,61 @@
+"""The viewer of a sharded or resumed cohort, rebuilt from what its studies wrote.
+
+A viewer kept in memory cannot survive a killed process or span shards; every study's outputs
+can. ``rebuild`` reads each finished study's input again (the image, or the scan through the
+HU window the run used: ``cohort.json`` records the window, normalisation and model line) with
+its mask, lung and class files, and writes ``index.html`` and ``viewer/`` as an uninterrupted
+``predict --viewer true`` would have: the same slices, overlays, mL, involvement, grades and
+"not graded" reasons (from ``summary.csv``). ``covidseg merge OUTPUT --viewer true`` calls it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from covidseg.data.io import normalize_intensity, read_image, read_label_map
+from covidseg.data.volumes import apply_window, read_scan, to_display, voxel_ml
+from covidseg.viewer import ViewerWriter
+
+
+def _volume_file(path: str) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.load(path)
+    return to_display(np.asanyarray(img.dataobj), img.affine)
+
+
+def rebuild(output: Path, rows: list[dict], cohort: dict) -> Path:
+    """Writes the viewer of ``rows`` (merged summary rows) into ``output``; returns ``index.html``."""
+    view = cohort.get("viewer") or {}
+    window = tuple(view.get("window") or (-600.0, 1500.0))
+    normalization = view.get("normalization", "auto")
+    lungs = any(r.get("lungs") for r in rows)
+    classes = any(r.get("classes") for r in rows)
+    writer = ViewerWriter(output, f"covidseg predict: {output.resolve().name}", view.get("line", ""), lungs=lungs, classes=classes)
+    case_of = {s["input"]: s.get("case") or s.get("study_id") or Path(s["input"]).name for s in cohort.get("studies", [])}
+    for row in tqdm(rows, desc="viewer", unit="study", disable=None):
+        case = case_of.get(row["input"], Path(row["input"]).name)
+        if row.get("status") != "ok":
+            writer.add_failed(case, row.get("reason", ""), kind=row.get("type", ""), source=row["input"])
+            continue
+        if row.get("qc") not in ("", "ok", None):
+            writer.not_graded(case, row["qc"])
+        if row["type"] == "image":
+            raw = read_image(row["input"])
+            mask = read_label_map(row["mask"]) > 0
+            lung = read_label_map(row["lungs"]) > 0 if row.get("lungs") else None
+            labels = read_label_map(row["classes"]) if row.get("classes") else None
+            writer.add_slice(case, normalize_intensity(raw, normalization), mask, lungs=lung, label=Path(row["input"]).name, kind="image", source=row["input"], classes=labels)
+            continue
+        ref, hu, _ = read_scan(row["input"], row.get("series") or None)
+        slices = apply_window(hu, *window)
+        mask = _volume_file(row["mask"]) > 0
+        lung = _volume_file(row["lungs"]) > 0 if row.get("lungs") else None
+        labels = _volume_file(row["classes"]) if row.get("classes") else None
+        for k, raw in enumerate(slices):
+            writer.add_slice(case, normalize_intensity(raw, normalization), mask[k], lungs=None if lung is None else lung[k], label=f"slice {k + 1} of {len(slices)}",
+                             kind="volume", source=row["input"], ml_per_voxel=voxel_ml(ref), classes=None if labels is None else labels[k])  # fmt: skip
+    return writer.write()
