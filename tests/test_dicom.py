@@ -91,6 +91,9 @@ def test_a_folder_of_several_series_is_split_by_series_and_each_predicted(tiny_c
     for name, n in (("scanner_series-1", 7), ("scanner_series-2", 5)):
         assert nib.load(out / f"{name}_mask.nii.gz").shape[2] == n
         assert f"({n} files) -> {name}" in printed
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["series"] for r in rows) == ["1.2.3", "1.2.4"] and [r["shape"].split("x")[2] for r in sorted(rows, key=lambda r: r["series"])] == ["7", "5"]
 
 
 def test_files_without_the_preamble_are_read(ct, tmp_path):

@@ -38,6 +38,13 @@ def study_of(job: Job, case_regex: str | None = None) -> str:
     return case_id_of(job, case_regex) if job.kind else job.path.name
 
 
+def job_key(job) -> str:
+    """A job's ``journal.study_key``."""
+    from covidseg.prediction.journal import study_key
+
+    return study_key({"input": str(job.path), "series": job.series})
+
+
 def select(
     inputs: list[str | Path], output: Path, *, probabilities: bool = False, overlay: bool = False, lungs: bool = False, dicom_seg: bool = False,
     case_regex: str | None = None, viewer: bool = False, overwrite: bool = False, resume: bool = False, shard: tuple[int, int] = (0, 1),
@@ -58,8 +65,8 @@ def select(
     mine = shard_indices(studies, k, n)
     if resume:
         rows = latest_rows(output, shard) if output.is_dir() else {}
-        done = complete(rows, [(str(jobs[i].path), jobs[i].outputs) for i in mine if jobs[i].kind])
-        todo = [i for i in mine if str(jobs[i].path) not in done]
+        done = complete(rows, [(job_key(jobs[i]), jobs[i].outputs) for i in mine if jobs[i].kind])
+        todo = [i for i in mine if job_key(jobs[i]) not in done]
     else:
         todo = mine
         check_outputs([jobs[i] for i in mine], output, overwrite, extra=[*extra, *([part_name(k, n)] if n > 1 else [])])

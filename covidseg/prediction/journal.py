@@ -86,12 +86,18 @@ def sources(output: Path, current: tuple[int, int] | None = None) -> list[Path]:
     return ordered + [summary] if n_now == 1 else [summary, *ordered]
 
 
+def study_key(entry: dict) -> str:
+    """What names one study across rows, ``cohort.json`` and shards: its input path, and the
+    SeriesInstanceUID when it is one of several series in one folder."""
+    return f"{entry['input']}#{entry['series']}" if entry.get("series") else entry["input"]
+
+
 def latest_rows(output: Path, current: tuple[int, int] | None = None) -> dict[str, dict]:
-    """The last row read for each input over ``sources``."""
+    """The last row read for each study (``study_key``) over ``sources``."""
     rows: dict[str, dict] = {}
     for path in sources(output, current):
         for row in read_rows(path):
-            rows[row["input"]] = row
+            rows[study_key(row)] = row
     return rows
 
 
@@ -136,9 +142,9 @@ def _few(names: list[str], k: int = 5) -> str:
 def merge(output: Path, fields: Sequence[str], current: tuple[int, int] | None = None, write: bool = True) -> Merged:
     """Merges every summary file of ``output`` into ``summary.csv``: one row per study of
     ``cohort.json`` that has one, in cohort order (atomic rename; a second merge writes the same)."""
-    cohort = read_cohort(output) or {"studies": [{"input": i} for i in latest_rows(output, current)]}
+    cohort = read_cohort(output) or {"studies": [{"input": r["input"], "series": r.get("series", "")} for r in latest_rows(output, current).values()]}
     rows = latest_rows(output, current)
-    studies = [s["input"] for s in cohort["studies"]]
+    studies = [study_key(s) for s in cohort["studies"]]
     merged = Merged([rows[s] for s in studies if s in rows])
     merged.failed = [s for s in studies if s in rows and rows[s].get("status") != "ok"]
     merged.missing = [s for s in studies if s not in rows]

@@ -28,13 +28,13 @@ from covidseg.prediction.jobs import Job, case_id_of, series_lines
 from covidseg.prediction.journal import read_cohort, Journal, latest_rows, merge, write_cohort
 from covidseg.prediction.loader import READ_ERRORS, Loaded, read_studies
 from covidseg.prediction.progress import Progress
-from covidseg.prediction.cohort import select
+from covidseg.prediction.cohort import job_key, select
 from covidseg.prediction.staging import Staging, remove_leftovers
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
 
 SUMMARY_FIELDS = (
-    "input", "study_id", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
+    "input", "series", "study_id", "type", "status", "reason", "shape", "lesion_pixels", "lesion_fraction", "lesion_ml",
     "lung_pixels", "lesion_in_lung_pixels", "lung_ml", "lung_right_ml", "lung_left_ml", "involvement_percent", "involvement_right_percent",
     "involvement_left_percent", "severity", "qc", "lung_removed_ml", "lesion_removed_ml", "mask", "lungs",
     # a class model's (card.classes): GGO and consolidation inside the cleaned lesion, of the lungs
@@ -56,7 +56,7 @@ def overlay_image(raw: np.ndarray, mask: np.ndarray, normalization: str = "auto"
 
 def _row(job: Job, status: str = "ok", reason: str = "", **values) -> dict:
     row = dict.fromkeys(SUMMARY_FIELDS, "")
-    row.update(input=str(job.path), type=job.kind, status=status, reason=reason, **values)
+    row.update(input=str(job.path), series=job.series, type=job.kind, status=status, reason=reason, **values)
     return row
 
 
@@ -325,7 +325,7 @@ def predict_paths(
     window = tuple(window) if window is not None else predictor.card.window
     output.mkdir(parents=True, exist_ok=True)
     view = {"window": list(window), "normalization": predictor.card.normalization, "line": _viewer_line(predictor, window)}
-    write_cohort(output, [{"input": str(job.path), "study_id": s, "case": case_id_of(job, case_regex) if job.kind else job.path.name} for job, s in zip(jobs, studies)],
+    write_cohort(output, [{"input": str(job.path), "series": job.series, "study_id": s, "case": case_id_of(job, case_regex) if job.kind else job.path.name} for job, s in zip(jobs, studies)],
                  {"case_regex": case_regex, "shards": n, "viewer": view})  # fmt: skip
     if n > 1 or resume:
         print(f"shard {k}/{n}: {len(mine)} of {len(jobs)} inputs" * (n > 1) + ("; " * (n > 1) if resume else "")
@@ -371,7 +371,7 @@ def predict_paths(
                 sink.add_failed(case_id_of(job, case_regex) if job.kind else job.path.name, row["reason"], kind=job.kind, source=str(job.path))
         sink.write()
     finished = latest_rows(output, shard)
-    if n == 1 or all(str(job.path) in finished for job in jobs):  # one process, or the last shard to finish
+    if n == 1 or all(job_key(job) in finished for job in jobs):  # one process, or the last shard to finish
         merged = merge(output, SUMMARY_FIELDS, shard)
         if case_regex:
             write_cases(output / CASES, cases_of(merged.rows, case_regex))
@@ -384,7 +384,7 @@ def predict_paths(
 
                 print(f"viewer: {rebuild(output, merged.rows, read_cohort(output))} (rebuilt from the {len(merged.rows)} studies' outputs)")
     else:
-        left = sum(str(job.path) not in finished for job in jobs)
+        left = sum(job_key(job) not in finished for job in jobs)
         print(f"shard {k}/{n} done: {left} studies of other shards not finished yet; the last shard merges summary.csv (or: covidseg merge {output})")
     return rows
 

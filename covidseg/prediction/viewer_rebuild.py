@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from covidseg.data.io import normalize_intensity, read_image, read_label_map
 from covidseg.data.volumes import apply_window, read_scan, to_display, voxel_ml
+from covidseg.prediction.journal import study_key
 from covidseg.viewer import ViewerWriter
 
 
@@ -35,9 +36,9 @@ def rebuild(output: Path, rows: list[dict], cohort: dict) -> Path:
     lungs = any(r.get("lungs") for r in rows)
     classes = any(r.get("classes") for r in rows)
     writer = ViewerWriter(output, f"covidseg predict: {output.resolve().name}", view.get("line", ""), lungs=lungs, classes=classes)
-    case_of = {s["input"]: s.get("case") or s.get("study_id") or Path(s["input"]).name for s in cohort.get("studies", [])}
+    case_of = {study_key(s): s.get("case") or s.get("study_id") or Path(s["input"]).name for s in cohort.get("studies", [])}
     for row in tqdm(rows, desc="viewer", unit="study", disable=None):
-        case = case_of.get(row["input"], Path(row["input"]).name)
+        case = case_of.get(study_key(row), Path(row["input"]).name)
         if row.get("status") != "ok":
             writer.add_failed(case, row.get("reason", ""), kind=row.get("type", ""), source=row["input"])
             continue
