@@ -272,3 +272,23 @@ def test_predict_viewer_of_a_class_model_colours_the_classes(class_run, mixed_ro
     colours = {tuple(int(v) for v in c) for c in cv2.cvtColor(ov, cv2.COLOR_BGRA2RGBA).reshape(-1, 4) if c[3]}
     allowed = {(*np.rint(CLASS_RGB[k] * 255).astype(int), 255) for k in (1, 2)}
     assert colours <= allowed and (colours or not labels.any())
+
+
+def test_onnx_export_of_a_class_model_carries_the_split_channel_and_predicts_the_same_labels(class_run, mixed_roots, tmp_path):
+    """Issue 33: ONNX carries the extra channel; predict from the .onnx writes the checkpoint's label map."""
+    from covidseg.data.io import read_label_map
+    from covidseg.model.onnx import export_onnx
+    from covidseg.model.predictor import Predictor
+    from covidseg.predict import main
+
+    run, _ = class_run
+    ckpt = run / "checkpoints" / "best.ckpt"
+    onnx = tmp_path / "m.onnx"
+    assert export_onnx(ckpt, onnx) <= 1e-3
+    p = Predictor(onnx, device="cpu")
+    assert p.card.classes == ("ggo", "consolidation") and p.card.channels == 3
+    image = sorted((Path(mixed_roots[0]) / "images").glob("*.png"))[0]
+    for name, model in (("ckpt", ckpt), ("onnx", onnx)):
+        assert main(["--ckpt", str(model), "--input", str(image), "--output", str(tmp_path / name), "--threshold", "0.05", "--device", "cpu"]) == 0
+    a, b = (read_label_map(tmp_path / d / f"{image.stem}_classes.png") for d in ("ckpt", "onnx"))
+    assert np.mean(a == b) > 0.999
