@@ -1,12 +1,14 @@
 """``covidseg models``: the built-in models and their cards.
 
     covidseg models            # one block per built-in model: name, file, size, card
-    covidseg models --json     # the cards as JSON
+    covidseg models --json -           # the cards as JSON on stdout
+    covidseg models --json cards.json  # ... into a file (--json is a path in every command and script)
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from covidseg import options
 from covidseg.errors import user_errors
@@ -55,7 +57,7 @@ def card_text(name: str, path, card: dict) -> str:
 
 def build_parser():
     p = options.parser("covidseg models", __doc__)
-    p.add_argument("--json", type=bool, default=False, help="print the cards as JSON")
+    p.add_argument("--json", type=str | None, default=None, help="write the cards as JSON to this file ('-': stdout), as --json does in the scripts")
     return p
 
 
@@ -68,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cards = {name: pretrained.card(path) for name, path in models.items()}
     if a.json:
-        print(json.dumps(cards, indent=1))
+        text = json.dumps(cards, indent=1)
+        if a.json in ("-", "true"):  # "true": the old flag spelling
+            print(text)
+        else:
+            Path(a.json).write_text(text + "\n")
+            print(f"wrote {a.json}")
     else:
         print("\n\n".join(card_text(name, models[name], cards[name]) for name in models))
     return 0

@@ -49,3 +49,14 @@ def test_scripts_spell_batch_size_with_an_underscore_and_keep_the_old_spelling()
 
     assert benchmark.parse_args(["--batch_size", "4", "--image_size", "32"]).batch_size == 4
     assert benchmark.parse_args(["--batch-size", "4", "--image-size", "32"]).batch_size == 4
+
+
+def test_json_is_a_path_in_covidseg_models_as_in_the_scripts(tmp_path, capsys):
+    """Issue 31, item 11: --json was a flag in `covidseg models` and a path in the scripts."""
+    import json
+
+    from covidseg.models import main
+
+    assert main(["--json", str(tmp_path / "cards.json")]) == 0
+    assert "reference" in json.loads((tmp_path / "cards.json").read_text())
+    assert main(["--json", "-"]) == 0 and '"reference"' in capsys.readouterr().out
