@@ -17,7 +17,7 @@ from covidseg.evaluation.scoring import score
 class _Everywhere:
     """A stand-in predictor that calls every pixel lesion."""
 
-    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=False)
+    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=False, classes=None)
     paths = ["everywhere"]
 
     def predict_maps(self, raws, batch_size=8):
@@ -45,7 +45,7 @@ class _Bright:
     """A stand-in predictor whose lesion is the bright part of the windowed slice: its scores
     depend on where the truth lies, so a misaligned mask changes them."""
 
-    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=False)
+    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=False, classes=None)
     paths = ["bright"]
 
     def predict_maps(self, raws, batch_size=8):
@@ -152,7 +152,7 @@ def test_evaluate_scores_what_predict_writes_nothing_outside_the_body(tmp_path):
 class _LungsEverywhere(_Everywhere):
     """Lesion nowhere, lungs everywhere: each slice's lung Dice is known from its true lung map."""
 
-    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=True)
+    card = SimpleNamespace(window=LUNG_WINDOW, lung_output=True, classes=None)
 
     def predict_maps(self, raws, batch_size=8):
         for raw in raws:
