@@ -144,11 +144,15 @@ def test_bf16_fit_reports_what_evaluate_gives_in_fp32(tmp_path):
     from covidseg.data.synthetic import generate
 
     data = generate(tmp_path / "data", 8, 4, 64)
-    _fit(data, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--test", "false")
+    # the default network, trained until it finds lesion (issue 31, item 17: after 2 batches of the
+    # tiny network nothing was predicted, and an empty mask scores the same in any precision)
+    main(["--data.root", str(data), "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.image_size", "64", "--data.batch_size", "4",
+          "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "6", "--model.lr", "0.005", "--test", "false"] + FAST_TRAINER)  # fmt: skip
     best = tmp_path / "covidseg" / "version_0" / "checkpoints" / "best.ckpt"
     (logged,) = [v["best_model_score"] for k, v in torch.load(best, map_location="cpu", weights_only=False)["callbacks"].items() if k.startswith("ModelCheckpoint")]
     fp32 = evaluate(best, output=tmp_path / "eval", split="val", progress=False)
-    assert float(logged) == pytest.approx(fp32["per_image_mean"]["dice"], abs=0.01)
+    assert fp32["global"]["dice"] > 0.05  # lesion is predicted: the comparison can fail
+    assert float(logged) == pytest.approx(fp32["per_image_mean"]["dice"], abs=0.005)
 
 
 @pytest.mark.slow
