@@ -54,3 +54,27 @@ def test_dicom_seg_frames_land_on_their_source_slices(tmp_path):
         seen.add((number, int(k)))
     # every slice with a segment has its frame (empty frames are left out)
     assert seen == {(n, k) for n, t in truth.items() for k in range(t.shape[2]) if t[:, :, k].any()}
+
+
+def test_a_class_models_seg_has_ground_glass_and_consolidation_segments(tmp_path):
+    """Issue 34 with issue 33: a class model's label map adds two segments, each frame on its slice."""
+    from covidseg.data.dicom import read_series
+    from covidseg.data.volumes import to_display
+    from covidseg.prediction.dicom_seg import write_dicom_seg
+
+    p = phantom("chest", slices=10, size=48, spacing=(8.0, 6.5, 6.5), lesions=3, seed=4)
+    series = write_dicom_series(nib.load(write_nifti(tmp_path / "ct.nii", p.hu, p)), tmp_path / "series")
+    ref, _ = read_series(series)
+    lesion = to_display(np.zeros(ref.shape, np.uint8), ref.affine) > 0
+    classes = np.zeros(lesion.shape, np.uint8)
+    classes[4, 10:20, 10:20], classes[6, 30:40, 30:40] = 1, 2
+    lesion |= classes > 0
+    write_dicom_seg(tmp_path / "seg.dcm", series, ref, lesion, None, "m", "1", classes=classes)
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence} == {1: "lesion", 2: "ground-glass opacity", 3: "consolidation"}
+    sources = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, series_files(series))}
+    z = {uid: float(ds.ImagePositionPatient[2]) for uid, ds in sources.items()}
+    order = sorted(z, key=z.get)  # display slice k is the k-th from the feet
+    frames = {(int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber), order.index(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID))
+              for f in seg.PerFrameFunctionalGroupsSequence}  # fmt: skip
+    assert frames == {(1, 4), (1, 6), (2, 4), (3, 6)}

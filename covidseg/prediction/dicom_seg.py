@@ -41,7 +41,7 @@ def check_available() -> None:
     _highdicom()
 
 
-def _segments(hd, algorithm, lungs: bool) -> list:
+def _segments(hd, algorithm, lungs: bool, classes: bool = False) -> list:
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
@@ -50,6 +50,9 @@ def _segments(hd, algorithm, lungs: bool) -> list:
     if lungs:
         spec += [("right lung", codes.SCT.AnatomicalStructure, Code("3341006", "SCT", "Right lung")),
                  ("left lung", codes.SCT.AnatomicalStructure, Code("44029006", "SCT", "Left lung"))]  # fmt: skip
+    if classes:  # SNOMED CT findings: ground-glass opacity, consolidation of lung
+        spec += [("ground-glass opacity", codes.SCT.MorphologicallyAbnormalStructure, Code("50196008", "SCT", "Ground glass opacity")),
+                 ("consolidation", codes.SCT.MorphologicallyAbnormalStructure, Code("95436008", "SCT", "Lung consolidation"))]  # fmt: skip
     return [
         hd.seg.SegmentDescription(segment_number=n, segment_label=label, segmented_property_category=category, segmented_property_type=kind,
                                   algorithm_type=auto, algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=f"covidseg {label}")
@@ -58,7 +61,7 @@ def _segments(hd, algorithm, lungs: bool) -> list:
 
 
 def write_dicom_seg(path: str | Path, series: str | Path, ref: nib.Nifti1Image, lesion: np.ndarray, lungs: np.ndarray | None, model: str, model_version: str,
-                    series_uid: str | None = None) -> Path:  # fmt: skip
+                    series_uid: str | None = None, classes: np.ndarray | None = None) -> Path:  # fmt: skip
     """Writes the SEG of one DICOM series.
 
     Args:
@@ -68,6 +71,7 @@ def write_dicom_seg(path: str | Path, series: str | Path, ref: nib.Nifti1Image, 
             2 left (or None: a lesion segment only).
         model, model_version: what the algorithm identification names.
         series_uid: the SeriesInstanceUID predicted, when the folder holds several series.
+        classes: ``[Z, H, W]`` a class model's labels (1 ground-glass, 2 consolidation): two more segments.
     """
     hd = _highdicom()
     from pydicom.sr.codedict import codes
@@ -82,6 +86,8 @@ def write_dicom_seg(path: str | Path, series: str | Path, ref: nib.Nifti1Image, 
     planes = [from_display(np.asarray(lesion, np.uint8), ref.affine)]
     if lungs is not None:
         planes += [from_display((lungs == side).astype(np.uint8), ref.affine) for side in (1, 2)]
+    if classes is not None:
+        planes += [from_display((classes == value).astype(np.uint8), ref.affine) for value in (1, 2)]
     # [X = column, Y = row, Z = slice] -> [frames, rows, columns, segments]
     pixels = np.stack([np.transpose(v, (2, 1, 0)) for v in planes], axis=-1).astype(bool)
     if pixels.shape[:3] != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
@@ -90,7 +96,7 @@ def write_dicom_seg(path: str | Path, series: str | Path, ref: nib.Nifti1Image, 
     algorithm = hd.AlgorithmIdentificationSequence(name="covidseg", version=f"{version}; model {model} {model_version}"[:64], family=codes.cid7162.ArtificialIntelligence)
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segments(hd, algorithm, lungs is not None), series_instance_uid=hd.UID(), series_number=9001,
+        segment_descriptions=_segments(hd, algorithm, lungs is not None, classes is not None), series_instance_uid=hd.UID(), series_number=9001,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="covidseg", manufacturer_model_name=f"covidseg {model}"[:64],
         software_versions=f"covidseg {version}", device_serial_number="0", series_description=f"covidseg {model} {model_version}"[:64],
     )  # fmt: skip

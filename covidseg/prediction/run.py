@@ -220,7 +220,7 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
         if seg_out:
             from covidseg.prediction.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(stage.path(seg_out), job.path, ref, anatomy.lesion, anatomy.lungs if lung_out else None, *seg_model, series_uid=job.series or None)
+            write_dicom_seg(stage.path(seg_out), job.path, ref, anatomy.lesion, anatomy.lungs if lung_out else None, *seg_model, series_uid=job.series or None, classes=labels)
     except OSError as err:
         return _report(bar, job, f"cannot write output ({err})")
     row = _row(job, shape="x".join(map(str, ref.shape)), **_stats(job, anatomy, voxel_ml(ref), lungs=lung_out is not None, labels=labels, over=np.stack(over) if over else None))
