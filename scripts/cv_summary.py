@@ -1,7 +1,7 @@
 """The paired cross-validation table, from the fold result files of ``scripts/crossval.sh``.
 
     python scripts/cv_summary.py                       # every experiment in docs/experiments, paired with the current reference
-    python scripts/cv_summary.py NAME [REFERENCE]      # one experiment (paired with REFERENCE, default the current reference, c2-lungs)
+    python scripts/cv_summary.py NAME [REFERENCE]      # one experiment (paired with REFERENCE, default the current reference, adoption.CURRENT_REFERENCE)
     python scripts/cv_summary.py NAME --results DIR    # result files elsewhere
     python scripts/cv_summary.py c2-lungs --rule non-inferiority   # the rule written for that comparison
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covidseg.evaluation.adoption import CURRENT_REFERENCE
 from covidseg.evaluation.crossval import best_setting, read_records
 from covidseg.metrics.summary import by_lesion_size
 
@@ -33,7 +34,7 @@ def _record(name: str, fold: int, plain: dict, tta: dict, counts: np.ndarray) ->
 def results(tmp_path) -> Path:
     counts = np.array([(100, 0, 100, 800), (0, 0, 0, 9)])  # <500: Dice 2/3; none: 1
     for fold in range(3):
-        for name, plain, tta in (("c2-lungs", (0.70, 0.60), (0.72, 0.61)), ("cand", (0.74, 0.64), (0.73, 0.62))):
+        for name, plain, tta in ((CURRENT_REFERENCE, (0.70, 0.60), (0.72, 0.61)), ("cand", (0.74, 0.64), (0.73, 0.62))):
             d = tmp_path / name
             d.mkdir(exist_ok=True)
             if name == "cand" and fold == 2:
@@ -43,7 +44,7 @@ def results(tmp_path) -> Path:
 
 
 def test_best_setting_is_chosen_over_all_folds(results):
-    assert best_setting(read_records(results / "c2-lungs"))[:2] == ("tta", "0.5")
+    assert best_setting(read_records(results / CURRENT_REFERENCE))[:2] == ("tta", "0.5")
     tta, t, value = best_setting(read_records(results / "cand"))
     assert (tta, t) == ("plain", "0.5") and value == pytest.approx(0.69)
 
@@ -52,7 +53,7 @@ def test_paired_table_on_common_folds(results):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--results", str(results)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "## paired: cand (no TTA 0.5) against c2-lungs (TTA 0.5), folds [0, 1]" in out  # the current reference by default
+    assert f"## paired: cand (no TTA 0.5) against {CURRENT_REFERENCE} (TTA 0.5), folds [0, 1]" in out  # the current reference by default
     assert "| 0 | 0.740 / 0.720 / +0.020 | 0.640 / 0.610 / +0.030 | +0.025 |" in out
     assert "| mean | 0.740 / 0.720 / +0.020 (sd 0.000) | 0.640 / 0.610 / +0.030 (sd 0.000) | +0.0250 |" in out
     assert "| medseg50 | <500 | 3 | 0.667 |" in out  # reference: one such slice in each of 3 folds, pooled
