@@ -79,7 +79,8 @@ def test_crossval_writes_one_result_file_per_fold_and_skips_finished_folds(tmp_p
 
 def test_crossval_stops_on_a_failed_fold(tmp_path):
     data = _two_sources(tmp_path / "data")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # results in tmp_path, not the checkout's docs/experiments (it left an empty t/ there)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CV_RESULTS": str(tmp_path / "results")}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "crossval.sh"), "t", str(data), "2", "0 1", "--model.lr", "not-a-number"],
                           capture_output=True, text=True, env=env, cwd=REPO)  # fmt: skip
     assert proc.returncode != 0
