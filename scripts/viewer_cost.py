@@ -1,12 +1,12 @@
 """What ``--viewer true`` adds to a 300-slice 512x512 volume: seconds and megabytes.
 
-    python scripts/viewer_cost.py                       # synthetic CT (covidseg.data.synthetic.make_volume)
+    python scripts/viewer_cost.py                       # a chest phantom in HU (covidseg.data.phantom)
     python scripts/viewer_cost.py --slices DIR          # real texture: 8-bit PNG slices from DIR, resized to 512
     python scripts/viewer_cost.py --predict             # end to end: covidseg predict --lungs with and without --viewer
 
 Times ``ViewerWriter`` (the whole report step of predict: shrink, JPEG/PNG encode, pages) on the
-slices with a lesion and lung mask, and sums the bytes written. The masks are stand-ins (the
-synthetic labels, or ``DIR/../masks`` and ``DIR/../lungs`` when present); the prediction itself is
+slices with a lesion and lung mask, and sums the bytes written. The masks are the phantom's true
+lesions and lungs (or ``DIR/../masks`` and ``DIR/../lungs`` when present); the prediction itself is
 not timed, it is the same with and without the viewer. ``--predict`` times the whole command
 instead, on ``scripts/predict_speed.py``'s CT-like volume with an untrained lung model at 128 px.
 Results: docs/PERFORMANCE.md.
@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidseg.data.synthetic import make_volume
+from covidseg.data.phantom import phantom
 from covidseg.data.volumes import apply_window
 from covidseg.viewer import ViewerWriter
 
@@ -30,9 +30,9 @@ from covidseg.viewer import ViewerWriter
 def slices(folder: Path | None, n: int, size: int):
     """``(image [0, 1], lesion, lungs)`` per slice, ``size`` x ``size``."""
     if folder is None:
-        hu, labels = make_volume(np.random.default_rng(0), n, size)
-        for image, label in zip(apply_window(hu), labels):
-            yield image / 255.0, label > 0, image < 60
+        p = phantom("chest", slices=n, size=size, spacing=(1.0, 0.7 * 512 / size, 0.7 * 512 / size), lesions=max(3, n // 40))
+        for image, lesion, lungs in zip(apply_window(p.hu), p.lesion, p.lungs):
+            yield image / 255.0, lesion > 0, lungs > 0
         return
     files = sorted(folder.glob("*.png"))[:n]
     for f in files:
@@ -69,7 +69,7 @@ def time_predict(n: int, size: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--slices", type=Path, help="a folder of 8-bit PNG slices (default: synthetic)")
+    p.add_argument("--slices", type=Path, help="a folder of 8-bit PNG slices (default: a chest phantom in HU)")
     p.add_argument("-n", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--predict", action="store_true", help="time covidseg predict with and without --viewer (twice each)")

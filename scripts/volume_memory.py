@@ -86,16 +86,13 @@ class PeakMemory:
 
 
 def make_set(out: Path, volumes: int, slices: int, size: int) -> Path:
-    import nibabel as nib
+    """``volumes`` copies of one HU chest phantom (``covidseg.data.phantom``, 0.7 x 0.7 x 1 mm)
+    in ``images/`` with its lesion mask in ``masks/``."""
+    from covidseg.data.phantom import phantom, write_nifti
 
-    from covidseg.data.synthetic import make_volume, volume_affine
-    from covidseg.data.volumes import from_display
-
-    affine = volume_affine("LPS", (0.7, 0.7, 1.0))
-    hu, labels = make_volume(np.random.default_rng(0), slices, size)
-    for folder, data in (("images", hu), ("masks", labels)):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(from_display(data, affine), affine), out / folder / "case000.nii.gz")
+    p = phantom("chest", slices=slices, size=size, spacing=(1.0, 0.7, 0.7), lesions=max(3, slices // 40))
+    for folder, data, dtype in (("images", p.hu, np.int16), ("masks", p.lesion, np.uint8)):
+        write_nifti(out / folder / "case000.nii.gz", data, p, dtype=dtype)
         for c in range(1, volumes):
             shutil.copyfile(out / folder / "case000.nii.gz", out / folder / f"case{c:03d}.nii.gz")
     return out

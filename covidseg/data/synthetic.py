@@ -121,7 +121,10 @@ def make_volume(rng: np.random.Generator, slices: int, size: int) -> tuple[np.nd
     in the patient's right lung (image left) 1, left lung 2, a pleural-effusion-like band 3.
 
     The demo's grey levels become physical HU (``DEMO_HU``: air -1000, lung -850, lesion up to
-    -300, body 40, bone 700), so the anatomy stage sees a body in air as on a scanner."""
+    -300, body 40, bone 700), so the anatomy stage sees a body in air as on a scanner.
+
+    This is training data (the volume demo, the tests' label maps); a scan built from physics
+    (table, fat, bone, gas; the benchmarks' and anatomy tests' input) is ``covidseg.data.phantom``."""
     return make_volume_with_lungs(rng, slices, size)[:2]
 
 
