@@ -91,6 +91,26 @@ def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> No
                   f"{_fmt(v['grade_accuracy'], 2)} | {len(v['cases'] or [])} |")  # fmt: skip
 
 
+def classes(name: str, records: dict[int, dict], mode: str = "tta") -> None:
+    """Per-class scores of a class model (issue 33) on each fold's held-out class-labelled slices."""
+    from covidseg.data.classes import CLASS_NAMES
+
+    per = {k: r["scores"][mode].get("classes") for k, r in sorted(records.items()) if r["scores"][mode].get("classes")}
+    if not per:
+        return
+    print(f"\n{name}, {'flip TTA' if mode == 'tta' else 'no TTA'}, threshold 0.5, per class (per-image means over each fold's held-out class-labelled slices):\n")
+    print("| fold | slices | " + " | ".join(f"{c} Dice / sens. / spec." for c in CLASS_NAMES) + " |")
+    print("|---|---|" + "---|" * len(CLASS_NAMES))
+    rows = []
+    for k, v in per.items():
+        rows.append([[v[c][m] for m in ("dice", "sensitivity", "specificity")] for c in CLASS_NAMES])
+        cells = " | ".join(" / ".join(_fmt(x) for x in triple) for triple in rows[-1])
+        print(f"| {k} | {v['slices']} | {cells} |")
+    means = [[statistics.mean(x for x in (r[c][m] for r in rows) if x is not None) if any(r[c][m] is not None for r in rows) else None
+              for m in range(3)] for c in range(len(CLASS_NAMES))]  # fmt: skip
+    print(f"| mean of folds | {sum(v['slices'] for v in per.values())} | " + " | ".join(" / ".join(_fmt(x) for x in t) for t in means) + " |")
+
+
 def volume_rule(name: str, records: dict[int, dict]) -> None:
     """The volume operating point chosen over the folds' patients (``evaluation.volume_rule``)."""
     from covidseg.evaluation.volume_rule import choose
@@ -127,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"cv_summary: no {root / name}/fold-*.json")
         describe(name, records)
         size_and_lungs(name, records)
+        classes(name, records)
         volume_rule(name, records)
         if ref and name != a.reference:
             paired(name, records, a.reference, ref, a.rule)

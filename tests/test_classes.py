@@ -292,3 +292,37 @@ def test_onnx_export_of_a_class_model_carries_the_split_channel_and_predicts_the
         assert main(["--ckpt", str(model), "--input", str(image), "--output", str(tmp_path / name), "--threshold", "0.05", "--device", "cpu"]) == 0
     a, b = (read_label_map(tmp_path / d / f"{image.stem}_classes.png") for d in ("ckpt", "onnx"))
     assert np.mean(a == b) > 0.999
+
+
+def test_fold_record_of_a_class_model_scores_the_classes_on_its_held_out_slices(class_run, tmp_path):
+    """A cross-validation fold of a class model records per-class scores (``cv_summary`` prints
+    them), counted over the held-out slices of the class-labelled source only."""
+    import json
+    import subprocess
+    import sys
+
+    from covidseg.evaluation.crossval import fold_record, fold_validation
+
+    run, _ = class_run
+    _, held_out = fold_validation(run)
+    labelled = [s for s in held_out if s.classes is not None]
+    assert labelled and len(labelled) < len(held_out)  # both sources are held out; only "two" has classes
+    record = fold_record(run, "c", 0, 5, "cmd", "abc", 1.0)
+    for mode in ("plain", "tta"):
+        c = record["scores"][mode]["classes"]
+        assert c["slices"] == len(labelled)
+        assert np.asarray(c["confusion"]).sum() == sum(int(np.prod(_class_shape(s))) for s in labelled)  # every pixel of those slices
+        for name in ("ggo", "consolidation"):
+            assert set(c[name]) == {"dice", "sensitivity", "specificity", "dice_global"}
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "fold-0.json").write_text(json.dumps(record))
+    out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "cv_summary.py"), "c", "--results", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "per class" in out.stdout and f"| 0 | {len(labelled)} |" in out.stdout
+
+
+def _class_shape(sample):
+    """The original size of a sample's slice (its truth is scored at that size)."""
+    import cv2
+
+    return cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]

@@ -39,8 +39,10 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
     Returns:
         ``{"plain"|"tta": {"by_threshold": {"0.3": {source: per-image Dice}, ...},
         "at_0.5": {source: {images, cases, dice_image, dice_global, by_lesion_size}},
-        "lungs": {lung_dice_image, lung_dice_global, mean/max_abs_error_pp, grade_accuracy, cases}}}``
-        (``lungs`` only for a lung-output model, at lesion threshold 0.5).
+        "lungs": {lung_dice_image, lung_dice_global, mean/max_abs_error_pp, grade_accuracy, cases},
+        "classes": {slices, ggo: {dice, sensitivity, specificity, dice_global}, consolidation: ..., confusion}}}``
+        (``lungs`` only for a lung-output model, ``classes`` only for a class model on slices with
+        class labels, ``evaluation.classes.class_summary``; both at lesion threshold 0.5).
     """
     ckpt, samples = fold_validation(run)
     sources, cases = [s.source for s in samples], [s.case_id for s in samples]
@@ -71,6 +73,10 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
                 "cases": sev.get("cases_table"),
                 "involvement_by_threshold": lungs.get("involvement_by_threshold"),
             }
+        if scores.classes:
+            from covidseg.evaluation.classes import class_summary
+
+            out[key]["classes"] = class_summary(scores.classes)
     return out
 
 
