@@ -30,6 +30,11 @@ def card_text(name: str, path, card: dict) -> str:
     if r:
         lines.append(f"  recipe: U-Net {r.get('encoder_name')}, {r.get('image_size')} px, {r.get('epochs', '?')} epochs, "
                      f"{'lesion + lung outputs' if r.get('lung_output') else 'lesion output'}")  # fmt: skip
+    if "initialised_from" in card:
+        semi = card.get("unlabelled_data")
+        lines.append(f"  initialised from: {card['initialised_from']}; unlabelled data: "
+                     + (f"{semi['folder']} ({semi['method']})" if semi else "none")
+                     + (f"; lesion classes: {', '.join(card['lesion_classes'])}" if card.get("lesion_classes") else ""))  # fmt: skip
     cv = card.get("cross_validation") or {}
     if cv:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in cv.get("per_image_dice", {}).items())

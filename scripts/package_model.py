@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             **provenance.card_fields(loaded),  # the commit the checkpoint was trained from, and whether that tree was clean
             "packaged_from": provenance.git_provenance(REPO),
             "recipe": recipe(loaded),
+            **packaging.training_inputs(loaded),  # initial weights and their licence, unlabelled data, classes
             "trained_on": trained_on(a.ckpt),
             "cross_validation": cv_scores(a.cv) if a.cv else {},
         }

@@ -56,6 +56,7 @@ def test_packaged_model_is_slim_fp16_with_its_card(models_dir, lung_ckpt):
     assert cv["experiment"] == "c2-lungs" and set(cv["per_image_dice"]) == {"medseg50", "zenodo20"} and cv["lung_dice_image"] > 0.9
     assert card["trained_on"]["cases"] > 0 and card["recipe"]["epochs"] >= 1 and card["recipe"]["lung_output"] is True
     assert cv["per_image_dice_by_lesion_size_at_0.5"]["zenodo20"]["<500"]["images"] > 0
+    assert card["initialised_from"].startswith("random initialisation") and card["unlabelled_data"] is None and card["lesion_classes"] is None
     assert read_card(slim).lung_output is True and pretrained.card(path)["model"] == read_card(slim).as_dict()
     for name, report in card["agreement"].items():
         if name != "rule":
@@ -98,6 +99,21 @@ def test_evaluate_and_models_accept_the_builtin_model(models_dir, tiny_data, tmp
     assert "zenodo20 by lesion size (threshold 0.5, slices): <500 px" in out
     assert "  trained on: " in out and " cases (" in out and "  recipe: U-Net " in out and "lesion + lung outputs" in out
     assert "involvement error per patient mean " in out and "agreement with its checkpoint on " in out
+    assert "  initialised from: random initialisation" in out and "unlabelled data: none" in out
+
+
+def test_the_card_says_what_a_model_was_initialised_from_and_whether_unlabelled_data_was_used():
+    """Issue 32: a card names the ImageNet weights (and their licence) and the unlabelled slices."""
+    ckpt = {"hyper_parameters": {"encoder_name": "tu-tf_efficientnet_lite0", "encoder_weights": "imagenet", "classes": ["ggo", "consolidation"],
+                                 "consistency_weight": 1.0, "ema_decay": 0.99, "consistency_rampup": 5, "consistency_noise": 0.05},
+            "datamodule_hyper_parameters": {"unlabelled": "/data/shared/unlabelled"}}  # fmt: skip
+    got = packaging.training_inputs(ckpt)
+    assert "Apache-2.0" in got["initialised_from"] and "ImageNet EfficientNet-Lite0" in got["initialised_from"]
+    assert got["unlabelled_data"] == {"folder": "unlabelled", "method": "mean teacher", "consistency_weight": 1.0, "ema_decay": 0.99,
+                                      "consistency_rampup": 5, "consistency_noise": 0.05}  # fmt: skip
+    assert got["lesion_classes"] == ["ggo", "consolidation"]
+    plain = packaging.training_inputs({"hyper_parameters": {"encoder_name": "resnet18", "encoder_weights": None}})
+    assert plain == {"initialised_from": "random initialisation (resnet18; no pretrained weights)", "unlabelled_data": None, "lesion_classes": None}
 
 
 def test_the_shipped_reference_predicts_a_volume_offline(tmp_path, monkeypatch, capsys):

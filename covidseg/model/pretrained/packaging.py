@@ -30,6 +30,27 @@ def slim(ckpt: dict, card: dict) -> dict:
     return {"state_dict": state, "hyper_parameters": hp, "epoch": ckpt.get("epoch"), CARD_KEY: {"terms": TERMS, **card}}
 
 
+def training_inputs(ckpt: dict) -> dict:
+    """What a model card says a model was made from besides its labelled data: the weights it
+    was initialised from (with their licence), the unlabelled slices of semi-supervised training
+    (``data.unlabelled``, with the mean teacher's knobs) and the lesion classes it outputs."""
+    from covidseg.model.encoders import LICENCE
+
+    hp, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters") or {}
+    weights, encoder = hp.get("encoder_weights"), hp.get("encoder_name")
+    if weights is None:
+        start = f"random initialisation ({encoder}; no pretrained weights)"
+    else:
+        start = LICENCE.get(encoder, f"{encoder} {weights} weights")
+    unlabelled = data.get("unlabelled")
+    semi = None
+    if unlabelled:
+        semi = {"folder": Path(str(unlabelled)).name, "method": "mean teacher",
+                **{k: hp.get(k) for k in ("consistency_weight", "ema_decay", "consistency_rampup", "consistency_noise")}}  # fmt: skip
+    classes = hp.get("classes")  # linked from data.lesion_classes
+    return {"initialised_from": start, "unlabelled_data": semi, "lesion_classes": list(classes) if classes else None}
+
+
 def agreement(original: Predictor, candidate: Predictor, raws: Iterable[np.ndarray], batch_size: int = 16) -> dict:
     """How closely two predictors agree on raw slices, each at the original's operating point.
 
