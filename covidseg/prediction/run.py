@@ -30,6 +30,7 @@ from covidseg.prediction.loader import READ_ERRORS, Loaded, read_studies
 from covidseg.prediction.progress import Progress
 from covidseg.prediction.cohort import job_key, select
 from covidseg.prediction.staging import Staging, remove_leftovers
+from covidseg.prediction.viewing import add_image, add_volume, open_viewer, viewer_line
 from covidseg.viewer import OUTPUTS as VIEWER_OUTPUTS
 from covidseg.viewer import ViewerWriter
 
@@ -171,8 +172,7 @@ def _predict_images(predictor: Predictor, jobs: list[Job], batch_size: int, bar:
                 finish(i, _row(job, shape="x".join(map(str, raw.shape)), **_stats(job, anatomy, lungs=lungs is not None, labels=labels,
                                                                   over=None if predictor.card.volume_threshold is None else prob >= predictor.card.volume_threshold)))  # fmt: skip
                 if viewer:
-                    viewer.add_slice(case_id_of(job, case_regex), normalize_intensity(raw, predictor.card.normalization), mask, lungs=None if lungs is None else lungs > 0,
-                                     label=job.path.name, kind="image", source=str(job.path), classes=labels)  # fmt: skip
+                    add_image(viewer, case_id_of(job, case_regex), raw, mask, normalization=predictor.card.normalization, source=str(job.path), lungs=lungs, classes=labels)
             bar.update()
 
 
@@ -229,11 +229,8 @@ def _predict_volume(predictor: Predictor, job: Job, study: Loaded, batch_size: i
     if viewer:
         if row.get("qc") not in ("", "ok", None):
             viewer.not_graded(case_id_of(job), row["qc"])
-        view_lungs = None if not lung_out else anatomy.lungs > 0
-        for k, raw in enumerate(slices):
-            viewer.add_slice(case_id_of(job), normalize_intensity(raw, predictor.card.normalization), mask[k], lungs=None if view_lungs is None else view_lungs[k],
-                             label=f"slice {k + 1} of {len(slices)}", kind="volume", source=str(job.path), ml_per_voxel=voxel_ml(ref),
-                             classes=None if labels is None else labels[k])  # fmt: skip
+        add_volume(viewer, case_id_of(job), slices, mask, normalization=predictor.card.normalization, source=str(job.path), ml_per_voxel=voxel_ml(ref),
+                   lungs=anatomy.lungs if lung_out else None, classes=labels)  # fmt: skip
     return row
 
 
@@ -324,7 +321,7 @@ def predict_paths(
     warn_kind_mismatch(predictor.card, run_jobs, window)
     window = tuple(window) if window is not None else predictor.card.window
     output.mkdir(parents=True, exist_ok=True)
-    view = {"window": list(window), "normalization": predictor.card.normalization, "line": _viewer_line(predictor, window)}
+    view = {"window": list(window), "normalization": predictor.card.normalization, "line": viewer_line(predictor, window)}
     write_cohort(output, [{"input": str(job.path), "series": job.series, "study_id": s, "case": case_id_of(job, case_regex) if job.kind else job.path.name} for job, s in zip(jobs, studies)],
                  {"case_regex": case_regex, "shards": n, "viewer": view})  # fmt: skip
     if n > 1 or resume:
@@ -335,7 +332,7 @@ def predict_paths(
     progress = Progress(len(run_jobs), f"shard {k}/{n} " if n > 1 else "")
     # one uninterrupted process draws the viewer as it goes; shards and resumed runs rebuild it
     # from every study's outputs once the cohort is complete (viewer_rebuild)
-    sink = _viewer(predictor, output, window, lungs) if viewer and n == 1 and not resume else None
+    sink = open_viewer(output, view["line"], lungs=lungs, classes=bool(predictor.card.classes)) if viewer and n == 1 and not resume else None
     by_job: dict[int, dict] = {}
 
     def finish(i: int, row: dict, quiet: bool = False) -> None:
@@ -392,18 +389,6 @@ def predict_paths(
 def extra_outputs(case_regex: str | None, viewer: bool) -> list[str]:
     """Files and folders besides the per-input outputs that a run writes into ``--output``."""
     return ([CASES] if case_regex else []) + (list(VIEWER_OUTPUTS) if viewer else [])
-
-
-def _viewer_line(predictor: Predictor, window: tuple[float, float]) -> str:
-    s = predictor.card
-    models = ", ".join(p.name for p in predictor.paths)
-    return f"{models} \u00b7 threshold {s.threshold:g} \u00b7 TTA {'on' if s.tta else 'off'} \u00b7 volumes in window {window[0]:g}/{window[1]:g} HU"
-
-
-def _viewer(predictor: Predictor, output: Path, window: tuple[float, float], lungs: bool) -> ViewerWriter:
-    s = predictor.card
-    line = _viewer_line(predictor, window)
-    return ViewerWriter(output, f"covidseg predict: {output.resolve().name}", line, lungs=lungs, classes=bool(s.classes))
 
 
 def _int(value) -> int:
