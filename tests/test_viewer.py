@@ -187,12 +187,12 @@ def test_evaluate_volumes_has_3d_dice(tiny_ckpt, tmp_path):
 
 def test_predict_and_its_rebuild_add_a_volume_through_one_function(tmp_path):
     """``prediction.viewing.add_volume`` is the one slice loop of a predicted volume, for the live
-    viewer (``run``) and the rebuilt one (``viewer_rebuild``): every slice in order, labelled
+    viewer (``volumes``) and the rebuilt one (``viewer_rebuild``): every slice in order, labelled
     ``slice K of N``, a right/left lung map (1/2) and a lesion label map read as masks."""
-    from covidseg.prediction import run, viewer_rebuild
+    from covidseg.prediction import viewer_rebuild, volumes
     from covidseg.prediction.viewing import add_volume
 
-    assert run.add_volume is add_volume and viewer_rebuild.add_volume is add_volume
+    assert volumes.add_volume is add_volume and viewer_rebuild.add_volume is add_volume
     got = []
 
     class Recorder:
