@@ -18,8 +18,9 @@ from covidseg import options
 from covidseg.errors import CovidSegError, user_errors
 from covidseg.metrics.severity import write_cases
 from covidseg.prediction.journal import COHORT, merge, read_cohort, sources
-from covidseg.prediction.run import CASES, SUMMARY_FIELDS, cases_of
+from covidseg.prediction.cases import CASES, cases_of
 from covidseg.prediction.staging import remove_leftovers
+from covidseg.prediction.summary import SUMMARY_FIELDS
 
 
 def build_parser():

@@ -329,3 +329,27 @@ def test_ensemble_members_that_disagree_on_tta_are_refused_and_thresholds_averag
     p = Predictor([tiny_ckpt, other], device="cpu", tta=True)
     assert p.card.tta is True and p.card.threshold == pytest.approx((card.threshold + 0.3) / 2)
     assert "the mean of the members'" in capsys.readouterr().out
+
+
+def test_evaluate_reads_each_volume_slice_from_the_cache_once(lung_ckpt, tmp_path, monkeypatch):
+    """Scoring a volume reads each slice of its image, mask and lung mask from the slice cache
+    once: the HU slice gives both the network's window and the anatomy stage's HU, and the 3D
+    truth is made of the mask slices scored (no second read of the mask volume). The report's
+    figure of the best, median and worst slices reads those again afterwards; the 3D anatomy
+    stage maps the image volume as a whole (not counted here)."""
+    from collections import Counter
+
+    from covidseg.data import cache
+    from covidseg.data.synthetic import generate_volumes
+    from covidseg.evaluation import report
+
+    root = generate_volumes(tmp_path / "v", cases=1, slices=6, size=64, seed=3, lungs=True)
+    reads, whole, scored = Counter(), Counter(), {}
+    slice_, mask_volume, pick = cache._slice, cache.read_mask_volume, report.pick_samples
+    monkeypatch.setattr(cache, "_slice", lambda info, k: reads.update([(Path(info.path).parent.name, k)]) or slice_(info, k))
+    monkeypatch.setattr(cache, "read_mask_volume", lambda path, *a: whole.update([Path(path).parent.name]) or mask_volume(path, *a))
+    monkeypatch.setattr(report, "pick_samples", lambda rows: scored.update(reads=Counter(reads), whole=Counter(whole)) or pick(rows))
+    m = main(["--ckpt", str(lung_ckpt), "--data.root", str(root), "--data.lesion_labels", "[1, 2]", "--output", str(tmp_path / "r"), "--device", "cpu"])
+    assert m["per_case"]["cases"] == 1 and m["lungs"]["slices"] == 6
+    assert scored["reads"] == Counter({(folder, k): 1 for folder in ("images", "masks", "lungs") for k in range(6)})
+    assert scored["whole"] == Counter()

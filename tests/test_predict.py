@@ -278,3 +278,31 @@ def test_case_regex_that_matches_no_stem_stops(tiny_ckpt, tiny_data, tmp_path, c
     assert "3 of 3 file stems matched (1 cases" in capsys.readouterr().out
     with open(tmp_path / "ok" / "cases.csv", newline="") as f:
         assert [r["case_id"] for r in csv.DictReader(f)] == ["Jun_coronacases_case10"]
+
+
+def test_summary_stats_count_the_mask_and_measure_the_burden():
+    """``summary.prediction_stats`` by hand: pixel counts describe the cleaned mask, mL and
+    involvement the burden at the volume operating point (``over`` inside the lesion region),
+    per study and per side of a right/left lung map."""
+    from covidseg.anatomy import Anatomy
+    from covidseg.prediction.jobs import Job
+    from covidseg.prediction.summary import prediction_stats
+
+    lesion = np.zeros((2, 4, 4), bool)
+    lesion[0, 0, :2] = True  # 2 pixels, right lung
+    over = lesion.copy()
+    over[1, 0, 2:] = True  # 2 more at the volume threshold, left lung
+    over[1, 3, 3] = True  # outside the region: not burden
+    region = np.ones_like(lesion)
+    region[1, 3, 3] = False
+    lungs = np.zeros((2, 4, 4), np.uint8)
+    lungs[:, :2, :2], lungs[:, :2, 2:] = 1, 2  # 8 + 8 pixels
+    job = Job(Path("a.nii.gz"), "volume", (Path("a_mask.nii.gz"), Path("a_lungs.nii.gz")))
+    got = prediction_stats(job, Anatomy(lesion, lungs, sided=True, region=region), 0.5, lungs=True, over=over)
+    assert got["lesion_pixels"] == 2 and got["lesion_fraction"] == pytest.approx(2 / 32)
+    assert got["lesion_ml"] == pytest.approx(4 * 0.5) and got["lung_ml"] == pytest.approx(16 * 0.5)
+    assert got["lung_pixels"] == 16 and got["lesion_in_lung_pixels"] == 4 and got["qc"] == "ok"
+    assert got["involvement_percent"] == pytest.approx(25.0)
+    assert got["lung_right_ml"] == got["lung_left_ml"] == pytest.approx(8 * 0.5)
+    assert got["involvement_right_percent"] == got["involvement_left_percent"] == pytest.approx(25.0)
+    assert got["lungs"] == "a_lungs.nii.gz" and got["mask"] == "a_mask.nii.gz"

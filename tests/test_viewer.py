@@ -185,6 +185,34 @@ def test_evaluate_volumes_has_3d_dice(tiny_ckpt, tmp_path):
         assert row["lesion_ml"] == pytest.approx(float(per_case[name]["pred_ml"]))
 
 
+def test_predict_and_its_rebuild_add_a_volume_through_one_function(tmp_path):
+    """``prediction.viewing.add_volume`` is the one slice loop of a predicted volume, for the live
+    viewer (``volumes``) and the rebuilt one (``viewer_rebuild``): every slice in order, labelled
+    ``slice K of N``, a right/left lung map (1/2) and a lesion label map read as masks."""
+    from covidseg.prediction import viewer_rebuild, volumes
+    from covidseg.prediction.viewing import add_volume
+
+    assert volumes.add_volume is add_volume and viewer_rebuild.add_volume is add_volume
+    got = []
+
+    class Recorder:
+        def add_slice(self, case, image, pred, **kw):
+            got.append((case, image, pred, kw))
+
+    slices = np.stack([np.full((8, 8), 50 * k, np.uint8) for k in range(3)])
+    mask = np.zeros((3, 8, 8), np.uint8)
+    mask[1, 2:4, 2:4] = 2
+    lungs = np.zeros((3, 8, 8), np.uint8)
+    lungs[:, :, :4], lungs[:, :, 4:] = 1, 2
+    add_volume(Recorder(), "c", slices, mask, normalization="minmax", source="c.nii.gz", ml_per_voxel=0.01, lungs=lungs, classes=mask)
+    assert [kw["label"] for *_, kw in got] == ["slice 1 of 3", "slice 2 of 3", "slice 3 of 3"]
+    assert all(kw["kind"] == "volume" and kw["source"] == "c.nii.gz" and kw["ml_per_voxel"] == 0.01 for *_, kw in got)
+    assert all(pred.dtype == bool and kw["lungs"].dtype == bool and kw["lungs"].all() for _, _, pred, kw in got)
+    assert [int(pred.sum()) for _, _, pred, _ in got] == [0, 4, 0]
+    assert got[1][3]["classes"] is not None and int(got[1][3]["classes"].max()) == 2
+    assert all(0.0 <= image.min() <= image.max() <= 1.0 for _, image, _, _ in got)
+
+
 # -- in a browser -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():

@@ -18,7 +18,7 @@ import numpy as np
 from covidseg.data.cache import read_hu_slice, read_mask_slice, read_slice
 from covidseg.data.classes import class_targets
 from covidseg.data.io import lung_mask, read_image, read_label_map, read_mask
-from covidseg.data.volumes import LUNG_WINDOW
+from covidseg.data.volumes import LUNG_WINDOW, apply_window
 from covidseg.errors import DataError
 
 
@@ -45,12 +45,13 @@ class Sample:
         return f"{self.source}/{self.rel or Path(self.image).name}"
 
 
-def image_of(sample: Sample, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+def image_of(sample: Sample, window: tuple[float, float] = LUNG_WINDOW, hu: np.ndarray | None = None) -> np.ndarray:
     """The raw input of a sample, ``[H, W]``: the image file's own dtype, or the volume slice
-    through the HU ``window`` (``uint8``, as predict windows volumes)."""
+    through the HU ``window`` (``uint8``, as predict windows volumes). ``hu``: that slice in HU
+    when the caller has read it already (``cache.read_slice``), so the cache is not read twice."""
     if sample.slice is None:
         return read_image(sample.image)
-    return read_hu_slice(sample.image, sample.slice, window)
+    return read_hu_slice(sample.image, sample.slice, window) if hu is None else apply_window(hu, *window)
 
 
 def lesion_labels_of(sample: Sample, lesion_labels: list[int] | None = None) -> list[int] | None:

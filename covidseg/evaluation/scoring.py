@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from covidseg.data.samples import Sample, classes_of, image_of, lung_mask_of, mask_of
+from covidseg.data.cache import cache_volume, read_hu_slice, read_mask_slice, read_slice
+from covidseg.data.samples import Sample, classes_of, image_of, lesion_labels_of, lung_mask_of, mask_of
+from covidseg.data.volumes import display_spacing
 from covidseg.errors import CovidSegError
 from covidseg.metrics import scores as metrics
 from covidseg.metrics.severity import LUNG_THRESHOLD, VOLUME_THRESHOLDS, involvement
@@ -86,12 +88,17 @@ def score(
     spacings: dict[str, tuple[float, float, float]] = {}
     volume: _Volume | None = None
     raws: deque[np.ndarray] = deque()  # inputs read ahead by predict_maps, until their map comes back
+    hus: deque[np.ndarray | None] = deque()  # with the anatomy stage, their HU slices (None for 2D images)
 
     def images():
         for s in samples:
-            raw = image_of(s, predictor.card.window)
+            # a volume slice is read from the cache once: the network's input is its window, the anatomy stage takes its HU
+            hu = read_slice(s.image, s.slice) if anatomy and s.slice is not None else None
+            raw = image_of(s, predictor.card.window, hu)
             if on_slice:
                 raws.append(raw)
+            if anatomy:
+                hus.append(hu)
             yield raw
 
     maps = predictor.predict_maps(images(), batch_size)
@@ -104,7 +111,7 @@ def score(
         prob, truth = m[0], mask_of(s, lesion_labels)
         lung_map = m[1] >= LUNG_THRESHOLD if predictor.card.lung_output else None
         if anatomy:
-            prob, lung_map = _clean(prob, lung_map, s, threshold, spacings)
+            prob, lung_map = _clean(prob, lung_map, s, threshold, spacings, hus.popleft())
         if predictor.card.classes and s.classes is not None:
             from covidseg.evaluation.classes import confusion, true_label_map
             from covidseg.model.split import class_label_map, split_channel
@@ -133,6 +140,8 @@ def score(
                 volume = None
             volume = volume or _Volume(s, anatomy)
             volume.slices[s.slice] = prob >= threshold
+            if lesion_labels_of(s, lesion_labels) == lesion_labels:  # read by the 3D truth's label rule: not read again
+                volume.truth[s.slice] = truth
             if lung_map is not None:
                 volume.lungs[s.slice] = lung_map
     if volume is not None:
@@ -140,19 +149,17 @@ def score(
     return out
 
 
-def _clean(prob: np.ndarray, lung_map: np.ndarray | None, s: Sample, threshold: float, spacings: dict) -> tuple[np.ndarray, np.ndarray | None]:
+def _clean(prob: np.ndarray, lung_map: np.ndarray | None, s: Sample, threshold: float, spacings: dict, hu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """One slice through the anatomy stage, as predict applies it: the lesion probability is
-    zero where no lesion may lie (so every threshold sees the cleaned output), lungs cleaned."""
+    zero where no lesion may lie (so every threshold sees the cleaned output), lungs cleaned.
+    ``hu``: a volume slice's HU (``cache.read_slice``), so the body and gas rules apply."""
     from covidseg.anatomy import clean_slice
 
-    hu = spacing = None
-    if s.slice is not None:  # a volume slice: HU, so the body and gas rules apply
-        from covidseg.data.cache import cache_volume, read_slice
-        from covidseg.data.volumes import display_spacing
-
+    spacing = None
+    if s.slice is not None:
         if s.image not in spacings:
             spacings[s.image] = display_spacing(np.array(cache_volume(s.image).affine))
-        hu, spacing = read_slice(s.image, s.slice), spacings[s.image][1:]
+        spacing = spacings[s.image][1:]
     a = clean_slice(prob >= threshold, lung_map, hu, spacing)
     if a.region is not None:
         prob = np.where(a.region, prob, np.float32(0))
@@ -176,16 +183,21 @@ class _Volume:
 
     Slices the samples left out (``empty_masks=drop``: no lesion in the truth) are predicted
     here, so false positives on them count in the case's Dice, HD95 and mL (issue 23, item 6);
-    they are not rows of the per-slice table."""
+    they are not rows of the per-slice table. The true mask is the slices scored (``truth``, as
+    read for them) and the others, read here: what ``cache.read_mask_volume`` gives, each slice
+    read once."""
 
     def __init__(self, sample: Sample, anatomy: bool = False):
-        self.sample, self.slices, self.lungs, self.anatomy = sample, {}, {}, anatomy
+        self.sample, self.slices, self.lungs, self.truth, self.anatomy = sample, {}, {}, {}, anatomy
 
     def finish(self, lesion_labels: list[int] | None, tolerance_mm: float, predictor: Predictor, threshold: float, batch_size: int = 8) -> dict:
-        from covidseg.data.cache import read_hu_slice, read_mask_volume
         from covidseg.metrics.volume import case_metrics
 
-        truth, spacing = read_mask_volume(self.sample.mask, lesion_labels)
+        info = cache_volume(self.sample.mask, mask=True)
+        spacing = display_spacing(np.array(info.affine))
+        truth = np.zeros(info.shape, np.uint8)
+        for k in range(truth.shape[0]):
+            truth[k] = self.truth.pop(k) if k in self.truth else read_mask_slice(self.sample.mask, k, lesion_labels)
         pred = np.zeros(truth.shape, bool)
         for k, mask in self.slices.items():
             pred[k] = mask
@@ -198,7 +210,6 @@ class _Volume:
                 lungs[k] = m[1] >= LUNG_THRESHOLD
         if self.anatomy:  # the whole volume through the anatomy stage, as predict writes it
             from covidseg.anatomy import clean_volume
-            from covidseg.data.cache import cache_volume
 
             if lungs is not None:
                 for k, lung in self.lungs.items():

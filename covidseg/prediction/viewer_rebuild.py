@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from covidseg.data.io import normalize_intensity, read_image, read_label_map
+from covidseg.data.io import read_image, read_label_map
 from covidseg.data.volumes import apply_window, read_scan, to_display, voxel_ml
 from covidseg.prediction.journal import study_key
-from covidseg.viewer import ViewerWriter
+from covidseg.prediction.viewing import add_image, add_volume, open_viewer
 
 
 def _volume_file(path: str) -> np.ndarray:
@@ -35,7 +35,7 @@ def rebuild(output: Path, rows: list[dict], cohort: dict) -> Path:
     normalization = view.get("normalization", "auto")
     lungs = any(r.get("lungs") for r in rows)
     classes = any(r.get("classes") for r in rows)
-    writer = ViewerWriter(output, f"covidseg predict: {output.resolve().name}", view.get("line", ""), lungs=lungs, classes=classes)
+    writer = open_viewer(output, view.get("line", ""), lungs=lungs, classes=classes)
     case_of = {study_key(s): s.get("case") or s.get("study_id") or Path(s["input"]).name for s in cohort.get("studies", [])}
     for row in tqdm(rows, desc="viewer", unit="study", disable=None):
         case = case_of.get(study_key(row), Path(row["input"]).name)
@@ -45,18 +45,13 @@ def rebuild(output: Path, rows: list[dict], cohort: dict) -> Path:
         if row.get("qc") not in ("", "ok", None):
             writer.not_graded(case, row["qc"])
         if row["type"] == "image":
-            raw = read_image(row["input"])
-            mask = read_label_map(row["mask"]) > 0
-            lung = read_label_map(row["lungs"]) > 0 if row.get("lungs") else None
+            lung = read_label_map(row["lungs"]) if row.get("lungs") else None
             labels = read_label_map(row["classes"]) if row.get("classes") else None
-            writer.add_slice(case, normalize_intensity(raw, normalization), mask, lungs=lung, label=Path(row["input"]).name, kind="image", source=row["input"], classes=labels)
+            add_image(writer, case, read_image(row["input"]), read_label_map(row["mask"]), normalization=normalization, source=row["input"], lungs=lung, classes=labels)
             continue
         ref, hu, _ = read_scan(row["input"], row.get("series") or None)
-        slices = apply_window(hu, *window)
-        mask = _volume_file(row["mask"]) > 0
-        lung = _volume_file(row["lungs"]) > 0 if row.get("lungs") else None
+        lung = _volume_file(row["lungs"]) if row.get("lungs") else None
         labels = _volume_file(row["classes"]) if row.get("classes") else None
-        for k, raw in enumerate(slices):
-            writer.add_slice(case, normalize_intensity(raw, normalization), mask[k], lungs=None if lung is None else lung[k], label=f"slice {k + 1} of {len(slices)}",
-                             kind="volume", source=row["input"], ml_per_voxel=voxel_ml(ref), classes=None if labels is None else labels[k])  # fmt: skip
+        add_volume(writer, case, apply_window(hu, *window), _volume_file(row["mask"]), normalization=normalization, source=row["input"], ml_per_voxel=voxel_ml(ref),
+                   lungs=lung, classes=labels)  # fmt: skip
     return writer.write()
