@@ -204,6 +204,39 @@ def test_predict_writes_the_label_map_and_class_columns(class_run, mixed_roots, 
             assert float(row["ggo_percent"]) + float(row["consolidation_percent"]) == pytest.approx(float(row["involvement_percent"]), abs=1e-6)
 
 
+def test_cases_csv_sums_the_classes_of_a_case(class_run, mixed_roots, tmp_path):
+    """cases.csv gives GGO and consolidation as a share of the case's summed lungs (summed
+    pixels, never a mean of slice percentages), beside the lesion's."""
+    import csv
+
+    from covidseg.metrics.severity import aggregate_cases
+    from covidseg.predict import main
+
+    rows = [{"case_id": "a", "lesion_pixels": 30, "lung_pixels": 100, "lesion_in_lung_pixels": 30, "ggo_pixels": 20, "ggo_in_lung_pixels": 20,
+             "consolidation_pixels": 10, "consolidation_in_lung_pixels": 10},
+            {"case_id": "a", "lesion_pixels": 10, "lung_pixels": 900, "lesion_in_lung_pixels": 10, "ggo_pixels": 0, "ggo_in_lung_pixels": 0,
+             "consolidation_pixels": 10, "consolidation_in_lung_pixels": 10}]  # fmt: skip
+    (case,) = aggregate_cases(rows)
+    assert case["ggo_percent"] == pytest.approx(2.0) and case["consolidation_percent"] == pytest.approx(2.0) and case["involvement_percent"] == pytest.approx(4.0)
+    (ungraded,) = aggregate_cases([{**rows[0], "consolidation_in_lung_pixels": ""}, rows[1]])
+    assert ungraded["consolidation_percent"] is None and ungraded["ggo_percent"] == pytest.approx(2.0)
+
+    run, _ = class_run
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(Path(mixed_roots[0]) / "images"), "--output", str(out),
+                 "--lungs", "true", "--anatomy", "false", "--case_regex", r"^(case\d+)_"]) == 0  # fmt: skip
+    summary = _read_summary(out / "summary.csv")
+    with (out / "cases.csv").open() as f:
+        cases = list(csv.DictReader(f))
+    assert len(cases) == 3
+    for c in cases:
+        mine = [r for r in summary if Path(r["input"]).stem.startswith(c["case_id"] + "_")]
+        lung = sum(int(r["lung_pixels"]) for r in mine)
+        for name in ("ggo", "consolidation"):
+            assert int(c[f"{name}_pixels"]) == sum(int(r[f"{name}_pixels"]) for r in mine)
+            assert float(c[f"{name}_percent"]) == pytest.approx(100 * sum(int(r[f"{name}_in_lung_pixels"]) for r in mine) / lung, abs=1e-3)
+
+
 def test_predict_volume_writes_a_nifti_label_map(class_run, tmp_path):
     import nibabel as nib
 

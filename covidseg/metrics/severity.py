@@ -31,7 +31,9 @@ LUNG_THRESHOLD = 0.5  # lung probabilities -> lung mask (lungs are large and cle
 CT0_MAX_PERCENT = 0.1  # involvement (percent of lung) below which a study is CT-0; see the module docstring
 VOLUME_THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)  # candidate operating points for volumes (evaluation.volume_rule)
 EDGES = (25.0, 50.0, 75.0)  # percent of lung involved: upper edges of CT-1, CT-2, CT-3 (exclusive)
-CASE_FIELDS = ("case_id", "slices", "lesion_pixels", "lung_pixels", "lesion_in_lung_pixels", "involvement_percent", "severity")
+CASE_FIELDS = ("case_id", "slices", "lesion_pixels", "lung_pixels", "lesion_in_lung_pixels", "involvement_percent", "severity",
+               "ggo_pixels", "consolidation_pixels", "ggo_percent", "consolidation_percent")  # the last four: a class model's
+CLASSES = ("ggo", "consolidation")  # covidseg.data.classes.CLASS_NAMES: a class model's rows carry NAME_pixels, NAME_in_lung_pixels
 
 
 def involvement(lesion: np.ndarray, lungs: np.ndarray) -> tuple[int, int, float | None]:
@@ -63,17 +65,32 @@ def grade(percent: float | None) -> str | None:
 
 def aggregate_cases(rows: Iterable[dict]) -> list[dict]:
     """Per-case sums of slice rows ``{case_id, lesion_pixels, lung_pixels, lesion_in_lung_pixels}``
-    with involvement and grade of the sums; cases in order of first appearance."""
-    sums: dict[str, dict] = defaultdict(lambda: {"slices": 0, "lesion_pixels": 0, "lung_pixels": 0, "lesion_in_lung_pixels": 0})
+    with involvement and grade of the sums; cases in order of first appearance. Rows of a class
+    model may add ``ggo_pixels``, ``ggo_in_lung_pixels`` (and consolidation's): the case then
+    gets ``ggo_percent`` / ``consolidation_percent`` of its summed lungs (``None`` if a slice of
+    the case has no in-lung count, e.g. an ungraded one)."""
+    keys = ("lesion_pixels", "lung_pixels", "lesion_in_lung_pixels")
+    optional = tuple(f"{c}_{k}" for c in CLASSES for k in ("pixels", "in_lung_pixels"))
+    sums: dict[str, dict] = defaultdict(lambda: {"slices": 0, **dict.fromkeys(keys, 0)})
+    seen: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
         case = sums[row["case_id"]]
         case["slices"] += 1
-        for key in ("lesion_pixels", "lung_pixels", "lesion_in_lung_pixels"):
+        for key in keys:
             case[key] += int(row[key])
+        for key in optional:
+            if row.get(key) not in (None, ""):
+                case[key] = case.get(key, 0) + int(row[key])
+                seen[row["case_id"]][key] += 1
     out = []
     for case_id, s in sums.items():
         percent = 100.0 * s["lesion_in_lung_pixels"] / s["lung_pixels"] if s["lung_pixels"] else None
-        out.append({"case_id": case_id, **s, "involvement_percent": percent, "severity": grade(percent)})
+        row = {"case_id": case_id, **s, "involvement_percent": percent, "severity": grade(percent)}
+        for c in CLASSES:
+            counted = seen[case_id][f"{c}_in_lung_pixels"] == s["slices"] and s["lung_pixels"]
+            if f"{c}_pixels" in s:
+                row[f"{c}_percent"] = 100.0 * s[f"{c}_in_lung_pixels"] / s["lung_pixels"] if counted else None
+        out.append(row)
     return out
 
 
@@ -83,7 +100,8 @@ def write_cases(path: str | Path, cases: list[dict]) -> None:
         w = csv.DictWriter(f, CASE_FIELDS, extrasaction="ignore")
         w.writeheader()
         for c in cases:
-            w.writerow({**c, "involvement_percent": "" if c["involvement_percent"] is None else f"{c['involvement_percent']:.3f}", "severity": c["severity"] or ""})
+            pct = {k: "" if c.get(k) is None else f"{c[k]:.3f}" for k in ("involvement_percent", *(f"{n}_percent" for n in CLASSES))}
+            w.writerow({**c, **pct, "severity": c["severity"] or ""})
 
 
 def compare_cases(truth: list[dict], pred: list[dict]) -> dict:

@@ -20,7 +20,7 @@ SUMMARY_FIELDS = (
     "lung_pixels", "lesion_in_lung_pixels", "lung_ml", "lung_right_ml", "lung_left_ml", "involvement_percent", "involvement_right_percent",
     "involvement_left_percent", "severity", "qc", "lung_removed_ml", "lesion_removed_ml", "mask", "lungs",
     # a class model's (card.classes): GGO and consolidation inside the cleaned lesion, of the lungs
-    "ggo_pixels", "consolidation_pixels", "ggo_ml", "consolidation_ml", "ggo_percent", "consolidation_percent",
+    "ggo_pixels", "consolidation_pixels", "ggo_ml", "consolidation_ml", "ggo_in_lung_pixels", "consolidation_in_lung_pixels", "ggo_percent", "consolidation_percent",
     "ggo_right_percent", "ggo_left_percent", "consolidation_right_percent", "consolidation_left_percent", "classes",
 )  # fmt: skip
 
@@ -106,7 +106,7 @@ def class_stats(job: Job, anatomy: Anatomy, labels: np.ndarray, ml_per_voxel: fl
             stats[f"{name}_ml"] = stats[f"{name}_pixels"] * ml_per_voxel
         if not graded:
             continue
-        stats[f"{name}_percent"] = involvement(part, anatomy.lungs)[2]
+        stats[f"{name}_in_lung_pixels"], _, stats[f"{name}_percent"] = involvement(part, anatomy.lungs)
         for side, where in ((1, "right"), (2, "left")) if anatomy.sided else ():
             stats[f"{name}_{where}_percent"] = involvement(part, anatomy.lungs == side)[2]
     return stats
