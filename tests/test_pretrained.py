@@ -125,7 +125,8 @@ def test_the_shipped_reference_predicts_a_volume_offline(tmp_path, monkeypatch, 
     assert path.parent == pretrained.HERE and path.stat().st_size <= 30 * 2**20
     card = pretrained.card(path)
     assert card["model"]["lung_output"] is True and "not for diagnosis" in card["terms"]
-    assert card["cross_validation"]["experiment"] == "c2-lungs" and len(card["cross_validation"]["folds"]) == 5
+    assert card["version"] == "2" and card["cross_validation"]["experiment"] == "c4-lite0" and len(card["cross_validation"]["folds"]) == 5
+    assert "ImageNet EfficientNet-Lite0" in card["initialised_from"] and card["unlabelled_data"] is None
     assert all(r["lesion_dice_mean"] >= 0.99 and r["lung_dice_mean"] >= 0.99 for k, r in card["agreement"].items() if k != "rule")
     from covidseg.data.phantom import phantom, write_nifti
 
@@ -141,6 +142,23 @@ def test_the_shipped_reference_predicts_a_volume_offline(tmp_path, monkeypatch, 
     assert abs(float(row["involvement_percent"]) - true_percent) < 2.0 and row["severity"] == "CT-1"
     lungs = np.asanyarray(nib.load(tmp_path / "out" / "scan_lungs.nii.gz").dataobj)
     assert lungs.shape == (160, 160, 48) and set(np.unique(lungs)) == {0, 1, 2}  # right and left lung
+
+
+def test_version_1_stays_loadable_by_name(tmp_path, monkeypatch, capsys):
+    """Issue 32: version 2 is 'reference'; version 1 (C2, resnet18 from scratch) is 'reference-v1'
+    for anyone who needs the old numbers, and predicts as before."""
+    from covidseg.predict import main
+
+    monkeypatch.delenv("COVIDSEG_MODELS", raising=False)
+    assert {"reference", "reference-v1"} <= set(pretrained.available())
+    old = pretrained.card(pretrained.resolve("reference-v1"))
+    assert old["version"] == "1" and old["cross_validation"]["experiment"] == "c2-lungs" and old["recipe"]["encoder_name"] == "resnet18"
+    from covidseg.data.phantom import phantom, write_nifti
+
+    chest = phantom("chest", slices=24, size=96, lesions=3)
+    volume = write_nifti(tmp_path / "scan.nii.gz", chest.hu, chest)
+    assert main(["--ckpt", "reference-v1", "--input", str(volume), "--output", str(tmp_path / "out"), "--lungs", "true"]) == 0
+    assert "using the built-in model 'reference-v1' version 1" in capsys.readouterr().out
 
 
 def test_no_builtin_model_is_one_clear_error(tmp_path, monkeypatch):

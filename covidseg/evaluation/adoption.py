@@ -7,7 +7,7 @@ import statistics
 
 # The current reference recipe: what a candidate is paired against by default. Its folds are
 # docs/experiments/CURRENT_REFERENCE/; the built-in model is trained by its recipe.
-CURRENT_REFERENCE = "c3-aligned"  # adopted 2026-12-03 (aligned targets, non-inferiority over five folds); c2-lungs before
+CURRENT_REFERENCE = "c4-lite0"  # adopted 2026-12-03 (ImageNet Lite0 encoder, superiority over five folds); c3-aligned, c2-lungs before
 
 # docs/RESULTS.md's rules, written before the runs: (least mean-of-sources difference, least per-source difference)
 RULES = {"superiority": (0.01, -0.01), "non-inferiority": (-0.01, -0.02)}
