@@ -1,7 +1,7 @@
 """Turns a trained checkpoint into a built-in model of the package (``covidseg/model/pretrained``).
 
     python scripts/package_model.py CKPT --slices ../shared/data/medseg50 ../shared/data/zenodo20 \
-        [--volume scan.nii.gz] [--cv reference] [--name reference] [--version 1] [--output covidseg/model/pretrained/reference.ckpt]
+        [--volume scan.nii.gz] [--cv reference] [--volume_threshold auto] [--name reference] [--version 1] [--output covidseg/model/pretrained/reference.ckpt]
 
 Slims ``CKPT`` (the checkpoint ``scripts/reproduce.sh`` prints) to fp16 weights plus its model
 card, then predicts with both on up to ``--max_slices`` slices of each ``--slices`` folder and on
@@ -12,6 +12,9 @@ probabilities within 0.02); otherwise it writes nothing and exits 2. The card re
 (``covidseg.model.provenance``, stored by ``covidseg fit``; ``packaged_from`` is this checkout), what the
 model was trained on (its run's data and split), its recipe, its cross-validated scores
 (``docs/experiments/CV/fold-*.json`` via ``covidseg.evaluation.crossval``), the agreement, and its terms of use.
+``--volume_threshold auto`` (the default) writes the volume operating point that
+``covidseg.evaluation.volume_rule.choose`` picks on the ``--cv`` folds' patients into the model
+card (none when their files hold no involvement by threshold); a number sets it, ``none`` keeps the checkpoint's.
 """
 
 from __future__ import annotations
@@ -76,6 +79,25 @@ def cv_scores(name: str) -> dict:
     return out
 
 
+def volume_operating_point(value: str, cv: str | None) -> tuple[float | None, dict | None]:
+    """``--volume_threshold``: ``(threshold or None, what chose it)``; ``auto`` applies
+    ``evaluation.volume_rule.choose`` to the ``--cv`` experiment's folds."""
+    from covidseg.evaluation.crossval import read_records
+    from covidseg.evaluation.volume_rule import choose
+
+    if value == "none":
+        return None, None
+    if value != "auto":
+        return float(value), {"rule": "given", "volume_threshold": float(value)}
+    if not cv:
+        return None, None
+    try:
+        rule = choose(read_records(REPO / "docs" / "experiments" / cv))
+    except ValueError:
+        return None, None
+    return rule["volume_threshold"], {"rule": f"least mean involvement error over the {cv} folds' patients (covidseg.evaluation.volume_rule)", **rule}
+
+
 def main(argv: list[str] | None = None) -> int:
     from covidseg.data.phantom import write_chest as make_volume
 
@@ -95,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--volume", type=Path, default=None, help="a CT volume to check (default: a generated 512x512 one)")
     p.add_argument("--volume_slices", type=int, default=40, help="slices of the generated volume")
     p.add_argument("--cv", default=None, help="experiment in docs/experiments with the recipe's cross-validated scores")
+    p.add_argument("--volume_threshold", default="auto", help="auto (chosen on the --cv folds), none, or a lesion threshold for volumes")
     p.add_argument("--name", default="reference")
     p.add_argument("--version", default="1")
     p.add_argument("--output", type=Path, default=None, help="default: covidseg/model/pretrained/NAME.ckpt")
@@ -124,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             "trained_on": trained_on(a.ckpt),
             "cross_validation": cv_scores(a.cv) if a.cv else {},
         }
-        written = packaging.write(a.ckpt, output, card, checks, a.min_dice, a.max_prob_diff)
+        volume_threshold, card["volume_rule"] = volume_operating_point(a.volume_threshold, a.cv)
+        written = packaging.write(a.ckpt, output, card, checks, a.min_dice, a.max_prob_diff, volume_threshold)
     except CovidSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

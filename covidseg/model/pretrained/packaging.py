@@ -21,12 +21,16 @@ MIN_DICE = 0.99  # mean per-slice Dice of the slim model's masks against the che
 MAX_PROB_DIFF = 0.02  # largest probability difference allowed on any pixel
 
 
-def slim(ckpt: dict, card: dict) -> dict:
+def slim(ckpt: dict, card: dict, volume_threshold: float | None = None) -> dict:
     """What a built-in model keeps of a checkpoint: floating weights in fp16, the
-    hyper-parameters (encoder weights never downloaded), the card; no optimizer state, no data."""
+    hyper-parameters (encoder weights never downloaded), the card; no optimizer state, no data.
+    ``volume_threshold``: the volume operating point chosen on the recipe's folds
+    (``evaluation.volume_rule``), written into the model card (``None``: keep the checkpoint's)."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     hp["encoder_weights"] = None
+    if volume_threshold is not None:
+        hp["volume_threshold"] = float(volume_threshold)
     return {"state_dict": state, "hyper_parameters": hp, "epoch": ckpt.get("epoch"), CARD_KEY: {"terms": TERMS, **card}}
 
 
@@ -97,7 +101,7 @@ def check(report: dict, min_dice: float = MIN_DICE, max_prob_diff: float = MAX_P
 
 
 def write(ckpt_path: str | Path, output: str | Path, card: dict, checks: dict[str, list[np.ndarray]], min_dice: float = MIN_DICE,
-          max_prob_diff: float = MAX_PROB_DIFF) -> dict:  # fmt: skip
+          max_prob_diff: float = MAX_PROB_DIFF, volume_threshold: float | None = None) -> dict:  # fmt: skip
     """Slims ``ckpt_path`` into ``output`` if, on every named set of raw slices in ``checks``, its
     masks agree with the checkpoint's; raises ``CovidSegError`` (nothing written) otherwise.
 
@@ -109,7 +113,7 @@ def write(ckpt_path: str | Path, output: str | Path, card: dict, checks: dict[st
     tmp = output.with_name(output.name + ".tmp.ckpt")
     original = Predictor(ckpt_path, device="cpu")
     card = dict(card)
-    payload = slim(read_checkpoint(ckpt_path), card)
+    payload = slim(read_checkpoint(ckpt_path), card, volume_threshold)
     torch.save(payload, tmp)
     try:
         candidate = Predictor(tmp, device="cpu")
