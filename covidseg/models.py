@@ -44,8 +44,14 @@ def card_text(name: str, path, card: dict) -> str:
             lines.append(f"    {source} by lesion size (threshold 0.5, slices): {sizes}")
         if cv.get("lung_dice_image") is not None:
             err = cv.get("involvement_abs_error_pp") or {}
-            lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error per patient mean {err.get('mean', float('nan')):.1f} pp, "
+            lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error per patient at lesion threshold 0.5 mean {err.get('mean', float('nan')):.1f} pp, "
                          f"max {err.get('max', float('nan')):.1f} pp ({err.get('cases', '?')} patients)")  # fmt: skip
+    rule = card.get("volume_rule") or {}
+    if rule.get("volume_threshold") is not None:
+        at = (rule.get("by_threshold") or {}).get(f"{rule['volume_threshold']:.2f}") or {}
+        lines.append(f"  volumes (lesion mL, involvement, grade) at lesion threshold {rule['volume_threshold']:g}"
+                     + (f": involvement error per patient mean {at['mean_abs_error_pp']:.1f} pp, max {at['max_abs_error_pp']:.1f} pp, "
+                        f"grades right {100 * at['grade_accuracy']:.0f}% (always {rule.get('baseline_grade')}: {100 * rule.get('baseline_accuracy', 0):.0f}%)" if at else ""))  # fmt: skip
     if card.get("agreement"):
         checks = {k: v for k, v in card["agreement"].items() if isinstance(v, dict)}
         least = min((v.get("lesion_dice_mean", 1.0) for v in checks.values()), default=float("nan"))

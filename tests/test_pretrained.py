@@ -98,7 +98,7 @@ def test_evaluate_and_models_accept_the_builtin_model(models_dir, tiny_data, tmp
     assert out.startswith("reference  (version 0.test") and "lung output yes" in out and "terms: Research use only" in out
     assert "zenodo20 by lesion size (threshold 0.5, slices): <500 px" in out
     assert "  trained on: " in out and " cases (" in out and "  recipe: U-Net " in out and "lesion + lung outputs" in out
-    assert "involvement error per patient mean " in out and "agreement with its checkpoint on " in out
+    assert "involvement error per patient at lesion threshold 0.5 mean " in out and "agreement with its checkpoint on " in out
     assert "  initialised from: random initialisation" in out and "unlabelled data: none" in out
 
 
@@ -221,5 +221,5 @@ def test_package_model_writes_the_volume_operating_point_chosen_on_the_folds(tmp
     assert package_model.volume_operating_point("0.45", "x")[0] == 0.45
     assert package_model.volume_operating_point("none", "x") == (None, None)
     assert package_model.volume_operating_point("auto", "c2-lungs-missing") == (None, None)
-    slim = packaging.slim({"state_dict": {}, "hyper_parameters": {"threshold": 0.4}}, {}, volume_threshold=0.3)
+    slim = packaging.slim({"state_dict": {}, "hyper_parameters": {"image_size": 64, "threshold": 0.4}}, {}, volume_threshold=0.3)
     assert read_card(slim).volume_threshold == 0.3 and read_card(slim).threshold == 0.4
