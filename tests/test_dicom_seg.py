@@ -30,7 +30,10 @@ def test_dicom_seg_frames_land_on_their_source_slices(tmp_path):
     labels = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
     assert labels == {1: "lesion", 2: "right lung", 3: "left lung"}
     algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert algo.AlgorithmName == "covidseg" and "model reference 1" in algo.AlgorithmVersion
+    from covidseg.model import pretrained
+
+    version = pretrained.card(pretrained.resolve())["version"]  # the built-in model predicted (no --ckpt)
+    assert algo.AlgorithmName == "covidseg" and f"model reference {version}" in algo.AlgorithmVersion and version == "2"
 
     # the truth per source slice, found geometrically: the slice's ImagePositionPatient (LPS)
     # through the NIfTI mask's affine (RAS) gives its voxel index k; the frame must equal mask[:, :, k].T
