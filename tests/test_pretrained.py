@@ -202,24 +202,23 @@ def test_package_model_writes_the_volume_operating_point_chosen_on_the_folds(tmp
     or is given, or is left to the lesion threshold."""
     import json
 
-    import package_model
-
     from covidseg.evaluation.volume_rule import choose
+    from covidseg.model.pretrained.card_fields import volume_operating_point
 
     def record(fold, patients):
         return {"fold": fold, "num_folds": 2, "scores": {"tta": {"lungs": {"involvement_by_threshold": patients}}}}
 
     folds = {0: record(0, {"a": {"true_percent": 30.0, "pred_percent": {"0.3": 29.0, "0.5": 20.0}}}),
              1: record(1, {"b": {"true_percent": 10.0, "pred_percent": {"0.3": 12.0, "0.5": 9.5}}})}  # fmt: skip
-    (tmp_path / "docs" / "experiments" / "x").mkdir(parents=True)
+    (tmp_path / "x").mkdir()
     for k, r in folds.items():
-        (tmp_path / "docs" / "experiments" / "x" / f"fold-{k}.json").write_text(json.dumps(r))
-    monkeypatch.setattr(package_model, "REPO", tmp_path)
-    threshold, rule = package_model.volume_operating_point("auto", "x")
+        (tmp_path / "x" / f"fold-{k}.json").write_text(json.dumps(r))
+    threshold, rule = volume_operating_point("auto", tmp_path / "x")
     assert threshold == 0.3 == choose(folds)["volume_threshold"]  # mean error 1.5 pp against 5.25 at 0.5
     assert rule["by_threshold"]["0.3"]["mean_abs_error_pp"] == pytest.approx(1.5) and "least mean involvement error" in rule["rule"]
-    assert package_model.volume_operating_point("0.45", "x")[0] == 0.45
-    assert package_model.volume_operating_point("none", "x") == (None, None)
-    assert package_model.volume_operating_point("auto", "c2-lungs-missing") == (None, None)
+    assert volume_operating_point("0.45", tmp_path / "x")[0] == 0.45
+    assert volume_operating_point("none", tmp_path / "x") == (None, None)
+    assert volume_operating_point("auto", tmp_path / "c2-lungs-missing") == (None, None)
+    assert volume_operating_point("auto", None) == (None, None)
     slim = packaging.slim({"state_dict": {}, "hyper_parameters": {"image_size": 64, "threshold": 0.4}}, {}, volume_threshold=0.3)
     assert read_card(slim).volume_threshold == 0.3 and read_card(slim).threshold == 0.4
