@@ -92,23 +92,31 @@ def size_and_lungs(name: str, records: dict[int, dict], mode: str = "tta") -> No
 
 
 def classes(name: str, records: dict[int, dict], mode: str = "tta") -> None:
-    """Per-class scores of a class model (issue 33) on each fold's held-out class-labelled slices."""
+    """Per-class scores of a class model (issue 33) on each fold's held-out class-labelled slices:
+    at the best setting's lesion threshold where the records score classes by threshold, and at
+    0.5 (the records' ``classes``)."""
     from covidseg.data.classes import CLASS_NAMES
 
-    per = {k: r["scores"][mode].get("classes") for k, r in sorted(records.items()) if r["scores"][mode].get("classes")}
-    if not per:
-        return
-    print(f"\n{name}, {'flip TTA' if mode == 'tta' else 'no TTA'}, threshold 0.5, per class (per-image means over each fold's held-out class-labelled slices):\n")
-    print("| fold | slices | " + " | ".join(f"{c} Dice / sens. / spec." for c in CLASS_NAMES) + " |")
-    print("|---|---|" + "---|" * len(CLASS_NAMES))
-    rows = []
-    for k, v in per.items():
-        rows.append([[v[c][m] for m in ("dice", "sensitivity", "specificity")] for c in CLASS_NAMES])
-        cells = " | ".join(" / ".join(_fmt(x) for x in triple) for triple in rows[-1])
-        print(f"| {k} | {v['slices']} | {cells} |")
-    means = [[statistics.mean(x for x in (r[c][m] for r in rows) if x is not None) if any(r[c][m] is not None for r in rows) else None
-              for m in range(3)] for c in range(len(CLASS_NAMES))]  # fmt: skip
-    print(f"| mean of folds | {sum(v['slices'] for v in per.values())} | " + " | ".join(" / ".join(_fmt(x) for x in t) for t in means) + " |")
+    best_mode, best_t, _ = best_setting(records)
+    views = [(f"at {'flip TTA' if mode == 'tta' else 'no TTA'}, lesion threshold 0.5", {k: r["scores"][mode].get("classes") for k, r in records.items()})]
+    if all("classes_by_threshold" in r["scores"][best_mode] for r in records.values()):
+        views.insert(0, (f"at the best setting ({'flip TTA' if best_mode == 'tta' else 'no TTA'}, lesion threshold {best_t})",
+                         {k: r["scores"][best_mode]["classes_by_threshold"].get(best_t) for k, r in records.items()}))  # fmt: skip
+    for label, per in views:
+        per = {k: v for k, v in sorted(per.items()) if v}
+        if not per:
+            continue
+        print(f"\n{name}, per class {label} (per-image means over each fold's held-out class-labelled slices):\n")
+        print("| fold | slices | " + " | ".join(f"{c} Dice / sens. / spec." for c in CLASS_NAMES) + " |")
+        print("|---|---|" + "---|" * len(CLASS_NAMES))
+        rows = []
+        for k, v in per.items():
+            rows.append([[v[c][m] for m in ("dice", "sensitivity", "specificity")] for c in CLASS_NAMES])
+            cells = " | ".join(" / ".join(_fmt(x) for x in triple) for triple in rows[-1])
+            print(f"| {k} | {v['slices']} | {cells} |")
+        means = [[statistics.mean(x for x in (r[c][m] for r in rows) if x is not None) if any(r[c][m] is not None for r in rows) else None
+                  for m in range(3)] for c in range(len(CLASS_NAMES))]  # fmt: skip
+        print(f"| mean of folds | {sum(v['slices'] for v in per.values())} | " + " | ".join(" / ".join(_fmt(x) for x in t) for t in means) + " |")
 
 
 def volume_rule(name: str, records: dict[int, dict]) -> None:

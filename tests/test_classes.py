@@ -347,11 +347,47 @@ def test_fold_record_of_a_class_model_scores_the_classes_on_its_held_out_slices(
         assert np.asarray(c["confusion"]).sum() == sum(int(np.prod(_class_shape(s))) for s in labelled)  # every pixel of those slices
         for name in ("ggo", "consolidation"):
             assert set(c[name]) == {"dice", "sensitivity", "specificity", "dice_global"}
+        by = record["scores"][mode]["classes_by_threshold"]
+        assert list(by) == ["0.3", "0.4", "0.5", "0.6", "0.7"]
+        assert by["0.5"] == c  # the scoring path at its own threshold
+        for low, high in zip(list(by.values()), list(by.values())[1:]):  # a lower lesion threshold only adds class pixels
+            for k in (1, 2):
+                assert np.asarray(low["confusion"])[:, k].sum() >= np.asarray(high["confusion"])[:, k].sum()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "fold-0.json").write_text(json.dumps(record))
     out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "cv_summary.py"), "c", "--results", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "per class" in out.stdout and f"| 0 | {len(labelled)} |" in out.stdout
+    assert "per class at the best setting" in out.stdout  # read at the operating point the folds choose
+
+
+def test_rescore_adds_the_class_thresholds_to_an_older_fold_file_and_refuses_a_changed_one(class_run, tmp_path):
+    """``cv_fold.py --rescore``: a fold file written before ``classes_by_threshold`` gains it from
+    the same checkpoint; a file whose existing scores the checkpoint does not reproduce is left alone."""
+    import copy
+    import json
+    import subprocess
+    import sys
+
+    from covidseg.evaluation.crossval import fold_record
+
+    run, _ = class_run
+    record = fold_record(run, "c", 0, 5, "cmd", "abc", 1.0)
+    old = copy.deepcopy(record)
+    for mode in ("plain", "tta"):
+        del old["scores"][mode]["classes_by_threshold"]
+    path = tmp_path / "fold-0.json"
+    path.write_text(json.dumps(old))
+    script = str(Path(__file__).parents[1] / "scripts" / "cv_fold.py")
+    done = subprocess.run([sys.executable, script, str(run), "--rescore", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    new = json.loads(path.read_text())
+    assert new["scores"] == json.loads(json.dumps(record["scores"])) and "classes_by_threshold added" in new["rescored"]
+    tampered = copy.deepcopy(old)
+    tampered["scores"]["tta"]["by_threshold"]["0.5"] = {k: v + 0.01 for k, v in tampered["scores"]["tta"]["by_threshold"]["0.5"].items()}
+    path.write_text(json.dumps(tampered))
+    done = subprocess.run([sys.executable, script, str(run), "--rescore", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "differ" in done.stderr and json.loads(path.read_text()) == tampered
 
 
 def _class_shape(sample):

@@ -42,7 +42,9 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
         "lungs": {lung_dice_image, lung_dice_global, mean/max_abs_error_pp, grade_accuracy, cases},
         "classes": {slices, ggo: {dice, sensitivity, specificity, dice_global}, consolidation: ..., confusion}}}``
         (``lungs`` only for a lung-output model, ``classes`` only for a class model on slices with
-        class labels, ``evaluation.classes.class_summary``; both at lesion threshold 0.5).
+        class labels, ``evaluation.classes.class_summary``; both at lesion threshold 0.5), and for
+        a class model ``"classes_by_threshold": {"0.3": class summary, ...}`` at each of
+        ``THRESHOLDS`` (``evaluation.classes.by_threshold``).
     """
     ckpt, samples = fold_validation(run)
     sources, cases = [s.source for s in samples], [s.case_id for s in samples]
@@ -74,9 +76,10 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
                 "involvement_by_threshold": lungs.get("involvement_by_threshold"),
             }
         if scores.classes:
-            from covidseg.evaluation.classes import class_summary
+            from covidseg.evaluation.classes import by_threshold, class_summary
 
             out[key]["classes"] = class_summary(scores.classes)
+            out[key]["classes_by_threshold"] = by_threshold(predictor, samples, THRESHOLDS)
     return out
 
 
