@@ -42,14 +42,14 @@ def merge(old, new, path: str = "scores") -> tuple[object, list[str], list[str]]
         for k, v in new.items():
             if k not in old:
                 merged[k] = v
-                added.append(f"{path}.{k}")
+                added.append(f"{path}/{k}")
             else:
-                merged[k], a, d = merge(old[k], v, f"{path}.{k}")
+                merged[k], a, d = merge(old[k], v, f"{path}/{k}")
                 added += a
                 differ += d
         return merged, added, differ
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        parts = [merge(a, b, f"{path}[{i}]") for i, (a, b) in enumerate(zip(old, new))]
+        parts = [merge(a, b, f"{path}/{i}") for i, (a, b) in enumerate(zip(old, new))]
         return [p[0] for p in parts], [a for p in parts for a in p[1]], [d for p in parts for d in p[2]]
     same = old == new or (isinstance(old, float) and isinstance(new, float) and (abs(old - new) <= 1e-6 or old != old and new != new))
     return old, [], [] if same else [path]
@@ -66,7 +66,7 @@ def rescore(run: str, path: Path) -> int:
         print(f"cv_fold: {path} already has every score; unchanged")
         return 0
     here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    fields = sorted({a.split(".")[-1] for a in added})
+    fields = sorted({a.split("/")[-1] for a in added})  # the new keys' names, e.g. classes_by_threshold, or 0.10 inside each patient's pred_percent
     note = f"{', '.join(fields)} added by scripts/cv_fold.py --rescore at {here} {datetime.date.today().isoformat()} (same checkpoint; every other score identical)"
     record["scores"], record["rescored"] = merged, "; ".join(filter(None, [record.get("rescored"), note]))
     _write(record, path)

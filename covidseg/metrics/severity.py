@@ -29,7 +29,7 @@ import numpy as np
 GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 LUNG_THRESHOLD = 0.5  # lung probabilities -> lung mask (lungs are large and clear-cut; the lesion has its own threshold)
 CT0_MAX_PERCENT = 0.1  # involvement (percent of lung) below which a study is CT-0; see the module docstring
-VOLUME_THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)  # candidate operating points for volumes (evaluation.volume_rule)
+VOLUME_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)  # candidate operating points for volumes (evaluation.volume_rule)
 EDGES = (25.0, 50.0, 75.0)  # percent of lung involved: upper edges of CT-1, CT-2, CT-3 (exclusive)
 CASE_FIELDS = ("case_id", "slices", "lesion_pixels", "lung_pixels", "lesion_in_lung_pixels", "involvement_percent", "severity",
                "ggo_pixels", "consolidation_pixels", "ggo_percent", "consolidation_percent")  # the last four: a class model's
