@@ -46,6 +46,11 @@ def card_text(name: str, path, card: dict) -> str:
             err = cv.get("involvement_abs_error_pp") or {}
             lines.append(f"  lung Dice {cv['lung_dice_image']:.3f}; involvement error per patient at lesion threshold 0.5 mean {err.get('mean', float('nan')):.1f} pp, "
                          f"max {err.get('max', float('nan')):.1f} pp ({err.get('cases', '?')} patients)")  # fmt: skip
+    classes = cv.get("classes_at_operating_point")
+    if classes:
+        f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        parts = [f"{c} Dice {f(v['dice'])} (sensitivity {f(v['sensitivity'])}, specificity {f(v['specificity'])})" for c, v in classes.items() if isinstance(v, dict)]
+        lines.append(f"  lesion classes, cross-validated on {classes['slices']} class-labelled slices at its operating point: {'; '.join(parts)}")
     rule = card.get("volume_rule") or {}
     if rule.get("volume_threshold") is not None:
         at = (rule.get("by_threshold") or {}).get(f"{rule['volume_threshold']:.2f}") or {}

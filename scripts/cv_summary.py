@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from covidseg.evaluation.adoption import CURRENT_REFERENCE, RULES, verdict
-from covidseg.evaluation.crossval import best_setting, pooled_by_lesion_size, read_records, sd, setting_scores, source_means
+from covidseg.evaluation.crossval import best_setting, class_means, pooled_by_lesion_size, read_records, sd, setting_scores, source_means
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,14 +109,11 @@ def classes(name: str, records: dict[int, dict], mode: str = "tta") -> None:
         print(f"\n{name}, per class {label} (per-image means over each fold's held-out class-labelled slices):\n")
         print("| fold | slices | " + " | ".join(f"{c} Dice / sens. / spec." for c in CLASS_NAMES) + " |")
         print("|---|---|" + "---|" * len(CLASS_NAMES))
-        rows = []
+        metrics = ("dice", "sensitivity", "specificity")
         for k, v in per.items():
-            rows.append([[v[c][m] for m in ("dice", "sensitivity", "specificity")] for c in CLASS_NAMES])
-            cells = " | ".join(" / ".join(_fmt(x) for x in triple) for triple in rows[-1])
-            print(f"| {k} | {v['slices']} | {cells} |")
-        means = [[statistics.mean(x for x in (r[c][m] for r in rows) if x is not None) if any(r[c][m] is not None for r in rows) else None
-                  for m in range(3)] for c in range(len(CLASS_NAMES))]  # fmt: skip
-        print(f"| mean of folds | {sum(v['slices'] for v in per.values())} | " + " | ".join(" / ".join(_fmt(x) for x in t) for t in means) + " |")
+            print(f"| {k} | {v['slices']} | " + " | ".join(" / ".join(_fmt(v[c][m]) for m in metrics) for c in CLASS_NAMES) + " |")
+        mean = class_means(list(per.values()))
+        print(f"| mean of folds | {mean['slices']} | " + " | ".join(" / ".join(_fmt(mean[c][m]) for m in metrics) for c in CLASS_NAMES) + " |")
 
 
 def volume_rule(name: str, records: dict[int, dict]) -> None:

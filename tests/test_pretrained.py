@@ -222,3 +222,32 @@ def test_package_model_writes_the_volume_operating_point_chosen_on_the_folds(tmp
     assert volume_operating_point("auto", None) == (None, None)
     slim = packaging.slim({"state_dict": {}, "hyper_parameters": {"image_size": 64, "threshold": 0.4}}, {}, volume_threshold=0.3)
     assert read_card(slim).volume_threshold == 0.3 and read_card(slim).threshold == 0.4
+
+
+def test_card_of_a_class_recipe_carries_its_cross_validated_class_scores(tmp_path):
+    """Issue 33: a class recipe's folds (``classes_by_threshold``) give the card the per-class
+    scores at the folds' operating point, the mean over folds, and ``covidseg models`` prints them."""
+    import json
+
+    from covidseg.model.pretrained.card_fields import cv_scores
+    from covidseg.models import card_text
+
+    def classes(ggo, cons):
+        return {"slices": 10, "ggo": {"dice": ggo, "sensitivity": 0.5, "specificity": 0.9}, "consolidation": {"dice": cons, "sensitivity": None, "specificity": 0.95}}
+
+    def record(fold, dice_03, dice_05, by_t):
+        mode = {"by_threshold": {"0.3": {"a": dice_03}, "0.5": {"a": dice_05}}, "at_0.5": {"a": {"by_lesion_size": {}}}, "classes": by_t["0.5"], "classes_by_threshold": by_t}
+        return {"fold": fold, "num_folds": 2, "scores": {"plain": mode, "tta": mode}}
+
+    folder = tmp_path / "x"
+    folder.mkdir()
+    for k, (g, c) in enumerate(((0.6, 0.4), (0.4, 0.6))):  # threshold 0.3 is the better setting on both folds
+        (folder / f"fold-{k}.json").write_text(json.dumps(record(k, 0.8, 0.7, {"0.3": classes(g, c), "0.5": classes(0.1, 0.1)})))
+    cv = cv_scores(folder)
+    assert cv["operating_point"]["threshold"] == 0.3
+    got = cv["classes_at_operating_point"]
+    assert got["slices"] == 20 and got["ggo"]["dice"] == pytest.approx(0.5) and got["consolidation"]["dice"] == pytest.approx(0.5)
+    assert got["consolidation"]["sensitivity"] is None  # no fold has one
+    (tmp_path / "m.ckpt").write_bytes(b"0")
+    text = card_text("m", tmp_path / "m.ckpt", {"cross_validation": cv})
+    assert "lesion classes, cross-validated on 20 class-labelled slices" in text and "ggo Dice 0.500" in text and "sensitivity n/a" in text

@@ -173,6 +173,19 @@ def pooled_by_lesion_size(records: dict[int, dict], mode: str = "tta") -> dict[s
     return {s: {label: {"images": n, "dice_image": total / n} for label, (total, n) in bins.items() if n} for s, bins in acc.items()}
 
 
+def class_means(per_fold: list[dict]) -> dict:
+    """Per-class Dice, sensitivity and specificity: the mean over folds of each fold's per-image
+    means (``evaluation.classes.class_summary`` per fold; a fold without a value is skipped),
+    with the slices counted."""
+    from covidseg.data.classes import CLASS_NAMES
+
+    out: dict = {"slices": sum(p["slices"] for p in per_fold)}
+    for name in CLASS_NAMES:
+        out[name] = {m: (statistics.mean(vals) if (vals := [p[name][m] for p in per_fold if p[name][m] is not None]) else None)
+                     for m in ("dice", "sensitivity", "specificity")}  # fmt: skip
+    return out
+
+
 def mean_of_sources(records: dict[int, dict], tta: str, threshold: str) -> float:
     return statistics.mean(source_means(records, tta, threshold).values())
 

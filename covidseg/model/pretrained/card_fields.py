@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from covidseg.evaluation.crossval import best_setting, pooled_by_lesion_size, read_records, source_means
+from covidseg.evaluation.crossval import best_setting, class_means, pooled_by_lesion_size, read_records, source_means
 from covidseg.evaluation.volume_rule import choose
 
 RECIPE_MODEL = ("encoder_name", "decoder_channels", "lung_output", "dice_per_image", "lr", "scheduler")
@@ -53,6 +53,9 @@ def cv_scores(experiment: str | Path) -> dict:
     out = {"experiment": experiment.name, "folds": sorted(records), "operating_point": {"tta": tta == "tta", "threshold": float(t)},
            "per_image_dice": source_means(records, tta, t), "mean_of_sources": overall,
            "per_image_dice_by_lesion_size_at_0.5": pooled_by_lesion_size(records, tta)}  # fmt: skip
+    per_fold = [(r["scores"][tta].get("classes_by_threshold") or {}).get(t) for r in records.values()]
+    if all(per_fold):  # a class model whose folds score the classes at every threshold
+        out["classes_at_operating_point"] = class_means(per_fold)
     lungs = [r["scores"][tta].get("lungs") for r in records.values() if r["scores"][tta].get("lungs")]
     if lungs:
         out["lung_dice_image"] = sum(v["lung_dice_image"] for v in lungs) / len(lungs)
