@@ -395,3 +395,17 @@ def _class_shape(sample):
     import cv2
 
     return cv2.imread(str(sample.image), cv2.IMREAD_UNCHANGED).shape[:2]
+
+
+def test_class_split_ceiling_script_scores_the_split_on_the_true_lesion(class_run, capsys):
+    """``scripts/experiments/class_split_ceiling.py``: per-class Dice with the predicted and with
+    the true lesion, in one table."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts" / "experiments"))
+    import class_split_ceiling
+
+    run, _ = class_run
+    assert class_split_ceiling.main([str(run), "--threshold", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "| mean of 1 |" in out and "true lesion: GGO / consolidation Dice" in out
