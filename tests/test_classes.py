@@ -153,6 +153,30 @@ def test_binary_slices_train_only_the_union():
     assert logits.grad[0, 2].abs().sum() > 0 and logits.grad[1, 2].abs().sum() == 0
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_split_leaves_the_shared_network_to_the_other_losses(detach):
+    """``--model.class_detach``: the same outputs and state-dict keys as the plain head, but the
+    split loss reaches only the split channel's own head weights, never the encoder or decoder
+    (with the shared head it moves them)."""
+    from covidseg.model.losses import class_split_loss
+
+    torch.manual_seed(0)
+    plain = _tiny(classes=["ggo", "consolidation"], lung_output=True)
+    model = _tiny(classes=["ggo", "consolidation"], lung_output=True, class_detach=detach)
+    model.load_state_dict(plain.state_dict())
+    assert list(model.state_dict()) == list(plain.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    logits = model(x)
+    assert torch.allclose(logits, plain(x))
+    classes = torch.zeros(2, 2, 32, 32)
+    classes[:, 0, :16], classes[:, 1, 16:] = 1, 1
+    class_split_loss(logits[:, 2:3], classes, torch.tensor([True, True])).backward()
+    head = model.net.segmentation_head[0]
+    assert head.weight.grad[2].abs().sum() > 0 and head.weight.grad[:2].abs().sum() == 0
+    shared = sum(p.grad.abs().sum().item() for n, p in model.net.named_parameters() if not n.startswith("segmentation_head") and p.grad is not None)
+    assert (shared == 0) if detach else (shared > 0)
+
+
 def test_class_probabilities_sum_to_the_lesion():
     from covidseg.model.split import class_label_map, class_probabilities
 

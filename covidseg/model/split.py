@@ -16,12 +16,19 @@ union through their class terms. With the hierarchy the union is learned exactly
 all slices (so it is not worse by construction of its loss), the split learns from the class slices
 alone, and binary labels can never be read as a class: they do not reach the split's loss at all.
 Old models (no split channel) and new ones give the same channel 0.
+
+**Detached split** (``--model.class_detach true``, ``detach_split``): the shared encoder and
+decoder still learn from every loss but the split's, and the split channel reads their features
+without changing them, so the class labels cannot move the lesion output at all (c6, the shared
+version, cost the MedSeg union Dice 0.010-0.031 on every fold; docs/RESULTS.md). The weights and
+the outputs are those of the plain head; only the gradient differs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from covidseg.data.classes import CLASS_NAMES
 
@@ -52,3 +59,26 @@ def class_label_map(lesion_mask: np.ndarray, split: np.ndarray) -> np.ndarray:
 
 
 LABEL_VALUES = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}  # the label map's values
+
+
+class DetachedSplitConv(nn.Conv2d):
+    """The segmentation head's convolution with its last output channel (the split) computed on
+    detached features: the same weights and outputs as ``nn.Conv2d``, but the split loss's
+    gradient reaches only that channel's own weights, never the features below."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.out_channels - 1
+        bias = self.bias
+        rest = self._conv_forward(x, self.weight[:k], None if bias is None else bias[:k])
+        split = self._conv_forward(x.detach(), self.weight[k:], None if bias is None else bias[k:])
+        return torch.cat([rest, split], 1)
+
+
+def detach_split(net: nn.Module) -> nn.Module:
+    """Makes an smp U-Net's head compute its last channel (the split) on detached features
+    (``DetachedSplitConv``), in place: parameters, state-dict keys and outputs unchanged."""
+    conv = net.segmentation_head[0]
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"expected the segmentation head to start with a Conv2d, got {type(conv).__name__}")
+    conv.__class__ = DetachedSplitConv  # same parameters and buffers; no re-initialisation, no RNG drawn
+    return net

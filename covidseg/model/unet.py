@@ -23,7 +23,7 @@ from covidseg.metrics.epoch import SegmentationScores, loss_metric
 from covidseg.metrics.scores import TRAIN_LOSS, VAL_DICE_IMAGE, VAL_LOSS
 from covidseg.model.card import ModelCard, card_from_hparams, check_threshold
 from covidseg.model.losses import class_split_loss, partial_label_loss, soft_dice_per_image
-from covidseg.model.split import class_probabilities, split_channel
+from covidseg.model.split import class_probabilities, detach_split, split_channel
 
 # Flip variants for test-time augmentation: (flip rows, flip columns); LitUNet.probabilities
 # (validation) and the Predictor (evaluate, predict) average the same four views.
@@ -113,6 +113,9 @@ class LitUNet(pl.LightningModule):
             hierarchical head), learned only where a sample ``has_classes``; channel 0 stays
             the lesion (their union) for every consumer.
         class_weight: weight of the split loss against the lesion loss.
+        class_detach: the split channel learns on detached decoder features
+            (``split.detach_split``): the class labels train the split's own weights only and
+            cannot change the lesion or lung outputs; same outputs and weights as without.
         channels_last: NHWC memory format (faster convolutions on CPU and tensor cores).
         num_val_samples: validation slices drawn to TensorBoard each epoch.
         consistency_weight, ema_decay, consistency_rampup, consistency_noise: the mean teacher on
@@ -153,6 +156,7 @@ class LitUNet(pl.LightningModule):
         lung_weight: float = 1.0,
         classes: list[str] | None = None,
         class_weight: float = 1.0,
+        class_detach: bool = False,
         channels_last: bool = True,
         num_val_samples: int = 4,
         consistency_weight: float = 1.0,
@@ -175,6 +179,8 @@ class LitUNet(pl.LightningModule):
         self.save_hyperparameters()
         self.net = build_unet(encoder_name, encoder_weights, encoder_depth, decoder_channels, in_channels, 1 + int(lung_output) + int(bool(classes)))
         freeze_unused(self.net, in_channels, encoder_depth)
+        if classes and class_detach:
+            detach_split(self.net)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
