@@ -31,6 +31,16 @@ def test_the_threshold_with_the_least_involvement_error_is_chosen_with_its_basel
         choose({0: {"scores": {"tta": {"lungs": {}}}}})
 
 
+def test_a_threshold_some_patients_lack_is_left_out():
+    """A fold file written before 0.10 joined the grid has no 0.10: the 0.10 row would compare
+    other patients than the rest, so only thresholds every patient has are candidates."""
+    records = {0: _record({"a": (30.0, {"0.10": 30.0, "0.30": 20.0})}), 1: _record({"b": (5.0, {"0.30": 5.0})})}
+    out = choose(records)
+    assert list(out["by_threshold"]) == ["0.30"] and out["volume_threshold"] == 0.3 and out["by_threshold"]["0.30"]["patients"] == 2
+    with pytest.raises(ValueError, match="share no volume threshold"):
+        choose({0: _record({"a": (30.0, {"0.10": 30.0})}), 1: _record({"b": (5.0, {"0.30": 5.0})})})
+
+
 def test_involvement_by_threshold_sums_pixels_per_patient():
     rows = [
         {"case_id": "p", "true": (10, 100), "pred": (0, 80), "by_threshold": {"0.30": 12, "0.50": 8}},

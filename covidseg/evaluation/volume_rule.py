@@ -37,7 +37,11 @@ def choose(records: dict[int, dict], mode: str = "tta") -> dict:
     patients = per_patient(records, mode)
     if not patients:
         raise ValueError("no fold file has involvement by threshold (scored before issue 32): rescore the folds with scripts/cv_fold.py")
-    thresholds = sorted({t for p in patients.values() for t in p["pred_percent"]}, key=float)
+    # only thresholds every patient was scored at, so each row compares the same patients (a
+    # fold file written before a threshold joined the grid lacks it until rescored)
+    thresholds = sorted(set.intersection(*(set(p["pred_percent"]) for p in patients.values())), key=float)
+    if not thresholds:
+        raise ValueError("the fold files share no volume threshold: rescore them with scripts/cv_fold.py --rescore")
     table = {}
     for t in thresholds:
         errors = [abs(p["pred_percent"][t] - p["true_percent"]) for p in patients.values() if p["pred_percent"].get(t) is not None]
