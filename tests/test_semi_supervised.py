@@ -52,6 +52,39 @@ def test_a_fold_never_trains_on_its_held_out_patients_unlabelled_slices(tiny_dat
         assert sum(1 for s in read_unlabelled(folder) if s.case_id in held_out) > 0
 
 
+def test_with_several_roots_a_fold_still_holds_out_its_patients_unlabelled_slices(tiny_data, tmp_path, caplog):
+    """Two data roots prefix the labelled case ids with their source (``tiny/case_1``) while the
+    unlabelled manifest spells them bare, as its source's manifest does (the CV setting:
+    medseg50 + zenodo20 with Zenodo's unlabelled slices). Before the fix nothing was held out."""
+    from covidseg.data.synthetic import generate
+
+    other = generate(tmp_path / "other", cases=3, slices=2, size=64, seed=5)
+    folder = _unlabelled(tiny_data, tmp_path / "u")
+    for fold in range(3):
+        dm = CTDataModule([str(tiny_data), str(other)], image_size=64, num_folds=3, fold=fold, test_fraction=0, unlabelled=str(folder), num_workers=0)
+        with caplog.at_level(logging.INFO):
+            dm.setup("fit")
+        source = dm.validated().samples[0].source
+        held_out = {s.case_id.removeprefix(f"{source}/") for s in dm.validated().samples if dm.split[s.image] != "train" and s.source == source}
+        used = {s.case_id for s in dm.datasets["unlabelled"].slices}
+        assert held_out and not used & held_out, fold
+        assert used == {s.case_id.removeprefix(f"{source}/") for s in dm.samples("train") if s.source == source} | {"nobody_labelled"}
+    import re
+
+    known, total = map(int, re.search(r"(\d+) of the (\d+) unlabelled case ids are labelled cases", caplog.text).groups())
+    assert known == total - 1  # all but the stranger
+    assert "none of its" not in caplog.text
+
+
+def test_unlabelled_case_ids_the_labelled_data_does_not_know_are_warned_about(tiny_data, tmp_path):
+    folder = _unlabelled(tiny_data, tmp_path / "u")
+    rows = (folder / "manifest.csv").read_text().splitlines()
+    (folder / "manifest.csv").write_text("\n".join([rows[0]] + [f"{r.split(',')[0]},patient-{i}" for i, r in enumerate(rows[1:])]) + "\n")
+    dm = CTDataModule(str(tiny_data), image_size=64, num_folds=3, fold=0, unlabelled=str(folder), num_workers=0)
+    with pytest.warns(UserWarning, match="none of its .* case ids is a labelled case"):
+        dm.setup("fit")
+
+
 def test_unlabelled_batches_ride_along_one_epoch_is_the_labelled_set(tiny_data, tmp_path):
     dm = CTDataModule(str(tiny_data), image_size=64, batch_size=4, unlabelled=str(_unlabelled(tiny_data, tmp_path / "u")), num_workers=0)
     dm.setup("fit")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from covidseg.data.dataset import SliceDataset
@@ -283,11 +283,17 @@ class CTDataModule(pl.LightningDataModule):
         if hp.unlabelled:
             from covidseg.data.unlabelled import UnlabelledDataset, held_in, read_unlabelled
 
-            kept, dropped = held_in(read_unlabelled(hp.unlabelled, hp.case_regex), self.validated().samples, self.split)
+            slices = read_unlabelled(hp.unlabelled, hp.case_regex)
+            kept, dropped, known = held_in(slices, self.validated().samples, self.split)
             if not kept:
                 raise DataError(f"data.unlabelled {hp.unlabelled}: every slice belongs to a validation or test case; nothing left to train on")
             self.datasets["unlabelled"] = UnlabelledDataset(kept, self.image_size, self.normalization, aug, hp.patch_size)
-            rank_zero_info(f"unlabelled: {len(kept)} slices of {len({s.case_id for s in kept})} cases for training; {dropped} of validation/test cases held out")
+            cases = len({s.case_id for s in slices})
+            rank_zero_info(f"unlabelled: {len(kept)} slices of {len({s.case_id for s in kept})} cases for training; {dropped} of validation/test cases held out; "
+                           f"{known} of the {cases} unlabelled case ids are labelled cases")  # fmt: skip
+            if not known:
+                rank_zero_warn(f"data.unlabelled {hp.unlabelled}: none of its {cases} case ids is a labelled case, so no validation or test patient's "
+                               "unlabelled slices can be held out; spell its manifest's case_id as the labelled data's manifest does")  # fmt: skip
 
     def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
         dataset = self.datasets[name]

@@ -7,9 +7,10 @@ else the file stem). Slices are read and preprocessed by the one path every imag
 
 **No leaks.** An unlabelled slice whose case id belongs to a validation or test case of the
 labelled split is never trained on (``held_in``): a cross-validation fold that holds a patient
-out holds out that patient's unlabelled slices too. Case ids are compared as spelled (the Zenodo
-unlabelled manifest spells them as ``zenodo20/manifest.csv`` does); a case the labelled data does
-not know is a training case.
+out holds out that patient's unlabelled slices too. Case ids are compared as spelled in the
+labelled source's manifest (the Zenodo unlabelled manifest spells them as ``zenodo20/manifest.csv``
+does), with or without the source prefix that several roots add; a case the labelled data does
+not know is a training case, and fit says how many of the unlabelled cases it knows.
 """
 
 from __future__ import annotations
@@ -65,16 +66,28 @@ def read_unlabelled(root: str | Path, case_regex: str | None = None) -> list[Unl
     return out
 
 
-def held_in(slices: list[UnlabelledSlice], samples: list[Sample], split: dict[str, str]) -> tuple[list[UnlabelledSlice], int]:
-    """The unlabelled slices a training run may use, and how many were held out: every slice of
-    a case that the labelled split puts in validation or test is dropped.
+def held_in(slices: list[UnlabelledSlice], samples: list[Sample], split: dict[str, str]) -> tuple[list[UnlabelledSlice], int, int]:
+    """The unlabelled slices a training run may use, how many were held out, and how many of the
+    unlabelled case ids the labelled data knows: every slice of a case that the labelled split
+    puts in validation or test is dropped.
+
+    With several data roots the labelled case ids carry their source (``zenodo20/coronacases_008``,
+    ``find_samples``) while an unlabelled manifest spells them as its source's manifest does
+    (``coronacases_008``): an unlabelled case id matches a labelled one spelled either way (a bare
+    id that two sources share is held out if either source holds it out).
 
     Args:
         split: ``Sample.image`` -> ``train``/``val``/``test`` (``CTDataModule.split``).
     """
-    held_out = {s.case_id for s in samples if split.get(s.image, "train") != "train"}
+
+    def spellings(sample: Sample) -> tuple[str, ...]:
+        prefix = f"{sample.source}/"
+        return (sample.case_id, sample.case_id.removeprefix(prefix)) if sample.case_id.startswith(prefix) else (sample.case_id,)
+
+    known = {c for s in samples for c in spellings(s)}
+    held_out = {c for s in samples if split.get(s.image, "train") != "train" for c in spellings(s)}
     kept = [s for s in slices if s.case_id not in held_out]
-    return kept, len(slices) - len(kept)
+    return kept, len(slices) - len(kept), len({s.case_id for s in slices} & known)
 
 
 class UnlabelledDataset(Dataset):
