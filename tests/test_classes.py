@@ -329,6 +329,10 @@ def test_predict_viewer_of_a_class_model_colours_the_classes(class_run, mixed_ro
     colours = {tuple(int(v) for v in c) for c in cv2.cvtColor(ov, cv2.COLOR_BGRA2RGBA).reshape(-1, 4) if c[3]}
     allowed = {(*np.rint(CLASS_RGB[k] * 255).astype(int), 255) for k in (1, 2)}
     assert colours <= allowed and (colours or not labels.any())
+    case = next((out / "viewer").glob("*.html")).read_text()
+    (row,) = json.loads(re.search(r'<script id="covidseg-data" type="application/json">(.*?)</script>', case, re.S).group(1))["case"]["slices"]
+    assert (row["ggo_pixels"], row["consolidation_pixels"]) == (int((labels == 1).sum()), int((labels == 2).sum()))  # the slice's info line
+    assert row["ggo_pixels"] + row["consolidation_pixels"] == row["lesion_pixels"]
 
 
 def test_onnx_export_of_a_class_model_carries_the_split_channel_and_predicts_the_same_labels(class_run, mixed_roots, tmp_path):

@@ -137,6 +137,9 @@ class ViewerWriter:
         row = {"label": label or f"slice {k}", "lesion_pixels": int(np.count_nonzero(pred)), "lung_pixels": lung, "lesion_in_lung_pixels": inside}
         if truth is not None:
             row["truth_pixels"] = int(np.count_nonzero(truth))
+        if classes is not None:
+            labels = np.asarray(classes)[np.asarray(pred, bool)]
+            row["ggo_pixels"], row["consolidation_pixels"] = int(np.count_nonzero(labels == 1)), int(np.count_nonzero(labels == 2))
         c.slices.append(row)
 
         h, w = c.cell

@@ -200,7 +200,9 @@
       canvas.removeAttribute("data-drawn");
       var s = c.slices[i];
       label.textContent = (i + 1) + " / " + n;
-      info.textContent = s.label + ": lesion " + s.lesion_pixels + " px" + (s.truth_pixels !== undefined ? ", truth " + s.truth_pixels + " px" : "") +
+      info.textContent = s.label + ": lesion " + s.lesion_pixels + " px" +
+        (s.ggo_pixels !== undefined ? " (ground-glass " + s.ggo_pixels + ", consolidation " + s.consolidation_pixels + ")" : "") +
+        (s.truth_pixels !== undefined ? ", truth " + s.truth_pixels + " px" : "") +
         (data.lungs ? ", lung " + s.lung_pixels + " px" : "");
       draw();
       drawStrip();
