@@ -31,6 +31,7 @@ from covidseg.evaluation.report.writers import metric_table
 from covidseg.metrics.scores import VAL_DICE_IMAGE, VAL_DICE_LESION_IMAGE
 from covidseg.model.callbacks import EpochLine, LastEpochCheckpoint, ValidationSamples
 from covidseg.model.card import FIT_COMPUTED_LINKS, FIT_LINKS
+from covidseg.model.ddp import bound_collectives, dump_stacks_on_signal, is_timeout, lost_peer, stop_other_ranks
 from covidseg.model.provenance import RecordProvenance
 from covidseg.model.unet import LitUNet
 
@@ -150,42 +151,6 @@ def _val_has_lesion(dm: CTDataModule) -> bool:
     return not val  # no validation split: nothing to monitor anyway
 
 
-DDP_TIMEOUT_S = 600.0  # torch's default is 30 min: a stuck rank would hold a cluster job (or CI) that long
-
-
-def bound_collectives(trainer) -> float | None:
-    """Every collective of a DDP run fails after ``COVIDSEG_DDP_TIMEOUT`` seconds (default
-    ``DDP_TIMEOUT_S``) instead of torch's 30 minutes, unless the strategy was given its own
-    timeout; returns the timeout in seconds (``None`` when the run is not DDP)."""
-    import datetime
-    import os
-
-    from pytorch_lightning.strategies import DDPStrategy
-    from torch.distributed.constants import default_pg_timeout
-
-    strategy = trainer.strategy
-    if not isinstance(strategy, DDPStrategy):
-        return None
-    if getattr(strategy, "_timeout", None) in (None, default_pg_timeout):
-        strategy._timeout = datetime.timedelta(seconds=float(os.environ.get("COVIDSEG_DDP_TIMEOUT", DDP_TIMEOUT_S)))
-    return strategy._timeout.total_seconds()
-
-
-def _stop_other_ranks(trainer) -> None:
-    """Kills the processes Lightning's DDP launcher started from this one (rank 0 of a node);
-    Lightning does so on Ctrl-C, not when an exception ends the run."""
-    import signal
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    if launcher is not None and getattr(launcher, "procs", None):
-        launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
-
-
-def _is_timeout(err: BaseException) -> bool:
-    text = str(err).lower()
-    return "timed out" in text or "timeout" in text
-
-
 def monitor_volumes(trainer, model: LitUNet, dm: CTDataModule) -> None:
     """On volume data most slices hold no lesion and score 1.0 when left empty, so the default
     monitor ``val/dice_image`` would mostly measure empty slices: checkpointing, early stopping
@@ -248,6 +213,7 @@ def test_report(trainer, dm: CTDataModule, best: str, run_dir: Path) -> dict:
 def main(args: list[str] | None = None) -> dict:
     """Fits, evaluates the best checkpoint and returns its ``report/metrics.json`` (on global
     rank 0; other ranks return ``{}``)."""
+    dump_stacks_on_signal()  # kill -USR1 PID: every thread's stack to stderr (what a hung rank waits on)
     typed = sys.argv[1:] if args is None else list(args)
     renamed = options.rename_flags(typed, options.FIT_ALIASES)  # --threshold, --tta, ... as in evaluate and predict
     cli = build_cli(renamed if args is not None or renamed != typed else None)
@@ -268,8 +234,11 @@ def main(args: list[str] | None = None) -> dict:
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     except BaseException as err:
-        _stop_other_ranks(trainer)  # a rank left behind would wait out its own timeout (and hold a CI job's pipes)
-        if timeout is None or not isinstance(err, RuntimeError) or not _is_timeout(err):  # torch.distributed.DistBackendError is a RuntimeError
+        stop_other_ranks(trainer)  # a rank left behind would wait out its own timeout (and hold a CI job's pipes)
+        if timeout is not None and isinstance(err, RuntimeError) and lost_peer(err):  # torch.distributed.DistBackendError is a RuntimeError
+            raise CovidSegError(f"DDP: rank {trainer.global_rank} lost its connection to another rank, which failed (its error is above); "
+                                "the run stops, nothing was lost before the last checkpoint") from None  # fmt: skip
+        if timeout is None or not isinstance(err, RuntimeError) or not is_timeout(err):
             raise
         raise CovidSegError(f"DDP: rank {trainer.global_rank} waited {timeout:.0f} s in a collective that another process never joined (it died or is stuck); "
                             f"nothing was lost before the last checkpoint; set COVIDSEG_DDP_TIMEOUT (seconds) to wait longer") from None  # fmt: skip

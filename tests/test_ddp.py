@@ -15,6 +15,30 @@ from covidseg.data.datamodule import CTDataModule
 from covidseg.data.synthetic import generate
 from covidseg.model.checkpoint import model_from_checkpoint, read_checkpoint
 
+def run_ddp(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Runs a DDP fit in its own process group. On a hang, every process of the group prints its
+    threads' stacks (``kill -USR1``, covidseg.model.ddp) before it is killed, and the test fails
+    with them, so a CI log shows where the run waited."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the DDP run hung for {timeout:.0f} s; stdout:\n{out[-2000:]}\nstderr with every process's stacks:\n{err[-12000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 KEYS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "auroc", "dice_image")
 
 
@@ -31,8 +55,9 @@ def test_ddp_two_processes_match_single_process(tmp_path, progress_bar):
     # the default options (progress bar, model summary, DataLoader workers) unless told: the bar
     # once made rank 0 alone run a gather (gloo "Received data size doesn't match expected size")
     cmd += [] if progress_bar else ["--trainer.enable_progress_bar", "false"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PL_DISABLE_FORK": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    # a stuck collective fails after 150 s with its traceback, inside the test's 400 s
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PL_DISABLE_FORK": "1", "COVIDSEG_DDP_TIMEOUT": "150"}
+    proc = run_ddp(cmd, env, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "covidseg" / "version_0"
     assert proc.stdout.count("Test metrics (best checkpoint") == 1  # evaluated by rank 0 only
@@ -106,3 +131,29 @@ def test_a_stuck_rank_fails_the_run_in_one_line_after_the_timeout(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "DDP: rank 0 waited 20 s in a collective" in lines[0] and "COVIDSEG_DDP_TIMEOUT" in lines[0], err[-3000:]
     assert time.monotonic() - start < 250
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_a_rank_that_fails_ends_the_run_in_one_line(tmp_path):
+    """Rank 1 raises while training: gloo tells rank 0 at once that its peer is gone, which used
+    to end in a second traceback; now rank 0 says it in one line below rank 1's own error."""
+    data = generate(tmp_path / "data", cases=9, slices=3, size=64)
+    cmd = [sys.executable, "-m", "covidseg.fit", "--data.root", str(data), "--data.val_fraction", "0.2", "--trainer.accelerator", "cpu",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "3", "--test", "false",
+           "--trainer.callbacks+=ddp_stall.FailOnRank1", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")] + TINY_MODEL + FAST_TRAINER  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PL_DISABLE_FORK": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    proc = run_ddp(cmd, env, timeout=240)
+    assert proc.returncode != 0 and "RuntimeError: rank 1 fails on purpose" in proc.stderr, proc.stderr[-3000:]
+    after = proc.stderr.split("RuntimeError: rank 1 fails on purpose")[-1]  # what rank 0 printed after rank 1's error
+    assert "[rank0]" not in after and "Traceback" not in after, after[-3000:]
+    lines = [line for line in after.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "DDP: rank 0 lost its connection to another rank" in lines[0], after[-3000:]
+
+
+def test_kill_usr1_prints_every_threads_stack(tmp_path):
+    """What the DDP tests print on a hang, and what a user sends a stuck rank."""
+    code = "from covidseg.model.ddp import dump_stacks_on_signal; import os, signal; dump_stacks_on_signal(); os.kill(os.getpid(), signal.SIGUSR1); print('alive')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr
+    assert "Current thread" in proc.stderr and 'File "<string>", line 1' in proc.stderr, proc.stderr
