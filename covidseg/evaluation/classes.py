@@ -6,8 +6,9 @@ mask, as predict writes it) is compared with the true one as a 3x3 pixel confusi
 (rows truth, columns prediction: background, GGO, consolidation). ``class_summary`` gives what
 Inf-Net's multi-class table reports, per class: Dice, sensitivity and specificity as per-image
 means (one class against the rest of the slice), plus the pooled Dice and the summed matrix.
-``by_threshold`` scores the classes at several lesion thresholds at once (a cross-validation
-fold's record, so the classes can be read at the operating point the folds choose).
+``scoring.score(..., class_thresholds=...)`` also splits at several lesion thresholds from the
+same maps (a cross-validation fold's record, so the classes can be read at the operating point
+the folds choose).
 """
 
 from __future__ import annotations
@@ -53,27 +54,6 @@ def class_summary(matrices: list[np.ndarray]) -> dict:
         out[name] = {**mean, "dice_global": float(M.rates(*class_counts(total, c))["dice"])}
     out["confusion"] = total.tolist()
     return out
-
-
-def by_threshold(predictor, samples, thresholds, batch_size: int = 16) -> dict[str, dict]:
-    """``{"0.3": class_summary, ...}``: the class-labelled ``samples`` predicted once by a class
-    model's ``predictor`` (its network's maps, no anatomy stage, as a fold is scored), each
-    lesion mask ``prob >= t`` split into GGO and consolidation by ``split.class_label_map``.
-    Empty when the model has no classes or no sample has class labels."""
-    from covidseg.data.samples import classes_of, image_of
-    from covidseg.model.split import class_label_map, split_channel
-
-    labelled = [s for s in samples if s.classes is not None]
-    if not predictor.card.classes or not labelled:
-        return {}
-    matrices: dict[str, list[np.ndarray]] = {f"{t:.1f}": [] for t in thresholds}
-    channel = split_channel(predictor.card.lung_output)
-    maps = predictor.predict_maps((image_of(s, predictor.card.window) for s in labelled), batch_size)
-    for s, m in zip(labelled, maps):
-        truth = true_label_map(classes_of(s))
-        for t in thresholds:
-            matrices[f"{t:.1f}"].append(confusion(truth, class_label_map(m[0] >= t, m[channel])))
-    return {t: class_summary(ms) for t, ms in matrices.items()}
 
 
 def class_table(summary: dict) -> str:

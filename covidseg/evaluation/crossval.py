@@ -44,14 +44,15 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
         (``lungs`` only for a lung-output model, ``classes`` only for a class model on slices with
         class labels, ``evaluation.classes.class_summary``; both at lesion threshold 0.5), and for
         a class model ``"classes_by_threshold": {"0.3": class summary, ...}`` at each of
-        ``THRESHOLDS`` (``evaluation.classes.by_threshold``).
+        ``THRESHOLDS``, split from the same maps (``score``'s ``class_thresholds``).
     """
     ckpt, samples = fold_validation(run)
     sources, cases = [s.source for s in samples], [s.case_id for s in samples]
     out = {}
     for key, tta in (("plain", False), ("tta", True)):
         predictor = Predictor(ckpt, device="cpu", tta=tta, threshold=REPORTED)
-        scores = score(predictor, samples, REPORTED, batch_size=16, progress=progress, desc=f"fold {key}", anatomy=False)  # the network's maps, as every fold file before issue 30
+        scores = score(predictor, samples, REPORTED, batch_size=16, progress=progress, desc=f"fold {key}", anatomy=False,  # the network's maps, as every fold file before issue 30
+                       class_thresholds=THRESHOLDS)  # fmt: skip
         dice = scores.dice_by_threshold(THRESHOLDS)  # [N, T]
         of_source = {src: np.asarray(sources) == src for src in sorted(set(sources))}
         by_threshold = {f"{t:.1f}": {src: float(dice[rows, j].mean()) for src, rows in of_source.items()} for j, t in enumerate(THRESHOLDS)}
@@ -76,10 +77,10 @@ def score_fold(run: str | Path, progress: bool = False) -> dict:
                 "involvement_by_threshold": lungs.get("involvement_by_threshold"),
             }
         if scores.classes:
-            from covidseg.evaluation.classes import by_threshold, class_summary
+            from covidseg.evaluation.classes import class_summary
 
             out[key]["classes"] = class_summary(scores.classes)
-            out[key]["classes_by_threshold"] = by_threshold(predictor, samples, THRESHOLDS)
+            out[key]["classes_by_threshold"] = {t: class_summary(ms) for t, ms in scores.classes_by_threshold.items()}
     return out
 
 

@@ -43,6 +43,7 @@ class Scores:
     auroc: list[float] = field(default_factory=list)
     hists: list[np.ndarray] = field(default_factory=list)
     classes: list[np.ndarray] = field(default_factory=list)  # 3x3 per slice with class labels (class models; ``evaluation.classes``)
+    classes_by_threshold: dict[str, list[np.ndarray]] = field(default_factory=dict)  # the same at each of score()'s class_thresholds
 
     @property
     def pos(self) -> np.ndarray:
@@ -70,6 +71,7 @@ def score(
     on_slice: Callable[[Sample, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], None] | None = None,
     lung_labels: list[int] | None = None,
     anatomy: bool = True,
+    class_thresholds: Sequence[float] = (),
 ) -> Scores:
     """Predicts every slice of ``samples`` and scores it at ``threshold``; slices of volumes are
     also gathered per volume and scored in 3D (``metrics.volume.case_metrics``).
@@ -83,6 +85,9 @@ def score(
         anatomy: score what predict writes: each slice through ``anatomy.clean_slice`` (lesion
             probability zero outside the grown lungs and the body, lungs cleaned), each volume's
             3D figures through ``anatomy.clean_volume``.
+        class_thresholds: a class model's slices are also split into classes at each of these
+            lesion thresholds (``Scores.classes_by_threshold``, keys ``f"{t:.1f}"``), from the
+            same maps.
     """
     out = Scores()
     spacings: dict[str, tuple[float, float, float]] = {}
@@ -116,8 +121,10 @@ def score(
             from covidseg.evaluation.classes import confusion, true_label_map
             from covidseg.model.split import class_label_map, split_channel
 
-            pred = class_label_map(prob >= threshold, m[split_channel(predictor.card.lung_output)])
-            out.classes.append(confusion(true_label_map(classes_of(s)), pred))
+            split, true_classes = m[split_channel(predictor.card.lung_output)], true_label_map(classes_of(s))
+            out.classes.append(confusion(true_classes, class_label_map(prob >= threshold, split)))
+            for t in class_thresholds:
+                out.classes_by_threshold.setdefault(f"{t:.1f}", []).append(confusion(true_classes, class_label_map(prob >= t, split)))
         if predictor.card.lung_output and s.lung_mask is not None:
             out.lungs.append(_lung_row(s, prob >= threshold, truth, lung_map, lung_mask_of(s, lung_labels), prob))
         if on_slice:
