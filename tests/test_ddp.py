@@ -157,3 +157,14 @@ def test_kill_usr1_prints_every_threads_stack(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr
     assert "Current thread" in proc.stderr and 'File "<string>", line 1' in proc.stderr, proc.stderr
+
+
+def test_stack_dumps_need_no_file_descriptor_on_stderr(monkeypatch):
+    """fit calls dump_stacks_on_signal first: in a notebook or under pytest's capture sys.stderr
+    has no fileno, which once failed every in-process fit with io.UnsupportedOperation."""
+    import io
+
+    from covidseg.model.ddp import dump_stacks_on_signal
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    dump_stacks_on_signal()  # no exception

@@ -67,5 +67,13 @@ def stop_other_ranks(trainer: Trainer) -> None:
 
 def dump_stacks_on_signal() -> None:
     """``kill -USR1 PID`` prints every thread's stack to stderr (no-op where there is no SIGUSR1)."""
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    # sys.stderr may be a stream without a file descriptor (a notebook, pytest's capture): the
+    # process's own stderr then, or nothing
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True, chain=False)
+            return
+        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError and a ValueError
+            continue
