@@ -234,7 +234,9 @@ def main(args: list[str] | None = None) -> dict:
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     except BaseException as err:
-        stop_other_ranks(trainer)  # a rank left behind would wait out its own timeout (and hold a CI job's pipes)
+        # a rank left behind would wait out its own timeout (and hold a CI job's pipes); after a
+        # timeout the stuck processes first say where they are
+        stop_other_ranks(trainer, dump_stacks=timeout is not None and isinstance(err, RuntimeError) and is_timeout(err))
         if timeout is not None and isinstance(err, RuntimeError) and lost_peer(err):  # torch.distributed.DistBackendError is a RuntimeError
             raise CovidSegError(f"DDP: rank {trainer.global_rank} lost its connection to another rank, which failed (its error is above); "
                                 "the run stops, nothing was lost before the last checkpoint") from None  # fmt: skip

@@ -131,6 +131,8 @@ def test_a_stuck_rank_fails_the_run_in_one_line_after_the_timeout(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "DDP: rank 0 waited 20 s in a collective" in lines[0] and "COVIDSEG_DDP_TIMEOUT" in lines[0], err[-3000:]
     assert time.monotonic() - start < 250
+    # before rank 0 kills it, the stuck rank prints where it is: in the stalling callback
+    assert "the stacks of processes" in err and 'ddp_stall.py", line' in err and "on_train_epoch_end" in err, err[-3000:]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

@@ -96,7 +96,11 @@ def test_nifti_volume_round_trip(predictor, tiny_data, tmp_path):
     # the same slices predicted as 8-bit images: same orientation, same preprocessing
     expected = np.stack(list(predictor.predict(display)))
     assert np.allclose(to_display(prob, affine), expected, atol=1e-6)
-    assert np.array_equal(to_display(mask, affine), expected >= predictor.card.threshold)
+    # the mask is the volume's own probabilities thresholded; a pixel within 1e-5 of the threshold
+    # may fall either side between batch sizes (the model is trained in the suite: CI once met one)
+    sure = np.abs(expected - predictor.card.threshold) > 1e-5
+    assert np.array_equal(to_display(mask, affine)[sure], (expected >= predictor.card.threshold)[sure])
+    assert np.array_equal(mask, (prob >= predictor.card.threshold).astype(np.uint8))
     (row,) = rows
     assert row["status"] == "ok" and row["shape"] == "70x90x3" and row["lesion_pixels"] == mask.sum()
     assert float(_rows(tmp_path / "out")["ct.nii.gz"]["lesion_ml"]) == pytest.approx(mask.sum() * 0.7 * 0.7 * 2.5 / 1000)

@@ -61,6 +61,20 @@ def default_num_workers(local_world_size: int | None = None) -> int:
     return max(1, min(8, cores // 2 // max(1, local_world_size)))
 
 
+def worker_context(num_workers: int) -> str | None:
+    """DataLoader workers of a DDP rank start from a forkserver, not by forking the rank itself.
+    A rank holds threads (gloo's, the OpenMP pool its first forward passes started) and a child
+    forked while one of them holds a lock can deadlock before its first batch: in CI a rank's
+    new training worker did, the rank waited for its batch, the other rank in its first
+    collective (issue 31, item 20). The forkserver forks workers from a process without those
+    threads. Outside DDP (``None``) the platform's default stays."""
+    import multiprocessing
+
+    if num_workers == 0 or not (dist.is_available() and dist.is_initialized()) or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    return "forkserver"
+
+
 # How to give a split more slices, per split; every message also suggests fewer processes.
 _MORE_SLICES = {
     "train": "lower --data.val_fraction/--data.test_fraction",
@@ -313,6 +327,7 @@ class CTDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_context(self.num_workers),
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
         )
@@ -334,7 +349,8 @@ class CTDataModule(pl.LightningDataModule):
         # slices are drawn at random, as many as labelled ones
         unlabelled = self.datasets["unlabelled"]
         draw = RandomSampler(unlabelled, replacement=True, num_samples=len(self.datasets["train"]))
-        extra = DataLoader(unlabelled, batch_size=self.batch_size, sampler=draw, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=False)
+        extra = DataLoader(unlabelled, batch_size=self.batch_size, sampler=draw, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                           multiprocessing_context=worker_context(self.num_workers), drop_last=False)  # fmt: skip
         return CombinedLoader({"labelled": labelled, "unlabelled": extra}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader:

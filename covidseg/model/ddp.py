@@ -57,12 +57,49 @@ def launched_procs(trainer: Trainer) -> list:
     return list(getattr(launcher, "procs", None) or [])
 
 
-def stop_other_ranks(trainer: Trainer) -> None:
-    """Kills the processes Lightning's DDP launcher started from this one (rank 0 of a node);
-    Lightning does so on Ctrl-C, not when an exception ends the run."""
-    launcher = getattr(trainer.strategy, "launcher", None)
-    if launched_procs(trainer):
-        launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s child processes and theirs (Linux ``/proc``; empty elsewhere)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def stop_other_ranks(trainer: Trainer, dump_stacks: bool = False) -> None:
+    """Kills the processes Lightning's DDP launcher started from this one (rank 0 of a node) and
+    their children (DataLoader workers: a stuck one outlives its rank and holds the job's output
+    open); Lightning does so on Ctrl-C, not when an exception ends the run. ``dump_stacks``:
+    each of them first prints its threads' stacks (``kill -USR1``), to say where it was stuck."""
+    import time
+
+    procs = [p for p in launched_procs(trainer) if p.poll() is None]
+    pids = [pid for p in procs for pid in (p.pid, *_descendants(p.pid))]
+    sig = getattr(signal, "SIGKILL", signal.SIGTERM)
+    if dump_stacks and pids and hasattr(signal, "SIGUSR1"):
+        print(f"DDP: the stacks of processes {', '.join(map(str, pids))} (the other ranks and their DataLoader workers) follow", file=sys.stderr, flush=True)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:
+                pass
+        time.sleep(2)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
 def dump_stacks_on_signal() -> None:
