@@ -234,13 +234,14 @@ def main(args: list[str] | None = None) -> dict:
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     except BaseException as err:
+        ddp_error = timeout is not None and isinstance(err, RuntimeError)  # torch.distributed.DistBackendError is a RuntimeError
         # a rank left behind would wait out its own timeout (and hold a CI job's pipes); after a
         # timeout the stuck processes first say where they are
-        stop_other_ranks(trainer, dump_stacks=timeout is not None and isinstance(err, RuntimeError) and is_timeout(err))
-        if timeout is not None and isinstance(err, RuntimeError) and lost_peer(err):  # torch.distributed.DistBackendError is a RuntimeError
+        stop_other_ranks(trainer, dump_stacks=ddp_error and is_timeout(err))
+        if ddp_error and lost_peer(err):
             raise CovidSegError(f"DDP: rank {trainer.global_rank} lost its connection to another rank, which failed (its error is above); "
                                 "the run stops, nothing was lost before the last checkpoint") from None  # fmt: skip
-        if timeout is None or not isinstance(err, RuntimeError) or not is_timeout(err):
+        if not (ddp_error and is_timeout(err)):
             raise
         raise CovidSegError(f"DDP: rank {trainer.global_rank} waited {timeout:.0f} s in a collective that another process never joined (it died or is stuck); "
                             f"nothing was lost before the last checkpoint; set COVIDSEG_DDP_TIMEOUT (seconds) to wait longer") from None  # fmt: skip

@@ -325,12 +325,16 @@ class CTDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            multiprocessing_context=worker_context(self.num_workers),
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
+            **self._worker_options(),
         )
+
+    def _worker_options(self) -> dict:
+        """The DataLoader options every loader shares: its workers, kept between epochs, started
+        as ``worker_context`` says."""
+        n = self.num_workers
+        return {"num_workers": n, "persistent_workers": n > 0, "multiprocessing_context": worker_context(n)}
 
     def train_dataloader(self) -> DataLoader:
         sampler = None
@@ -349,8 +353,7 @@ class CTDataModule(pl.LightningDataModule):
         # slices are drawn at random, as many as labelled ones
         unlabelled = self.datasets["unlabelled"]
         draw = RandomSampler(unlabelled, replacement=True, num_samples=len(self.datasets["train"]))
-        extra = DataLoader(unlabelled, batch_size=self.batch_size, sampler=draw, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                           multiprocessing_context=worker_context(self.num_workers), drop_last=False)  # fmt: skip
+        extra = DataLoader(unlabelled, batch_size=self.batch_size, sampler=draw, drop_last=False, **self._worker_options())
         return CombinedLoader({"labelled": labelled, "unlabelled": extra}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader:
