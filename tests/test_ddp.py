@@ -170,3 +170,30 @@ def test_stack_dumps_need_no_file_descriptor_on_stderr(monkeypatch):
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     dump_stacks_on_signal()  # no exception
+
+
+def test_a_forkserver_worker_prints_its_stacks_on_usr1(tmp_path):
+    """The rank's workers start from a forkserver, which does not inherit the rank's SIGUSR1
+    handler: without ``dump_worker_stacks_on_signal`` the signal kills the worker instead of
+    printing where it is stuck."""
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from torch.utils.data import DataLoader\n"
+            "from worker_sleep import SleepFirst\n"
+            "from covidseg.data.datamodule import dump_worker_stacks_on_signal\n"
+            "if __name__ == '__main__':\n"
+            "    next(iter(DataLoader(SleepFirst(%r), num_workers=1, multiprocessing_context='forkserver', worker_init_fn=dump_worker_stacks_on_signal)))\n"
+            "    print('batch')\n") % (os.path.dirname(__file__), str(pid_file))  # fmt: skip
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until the worker is inside its first item
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    os.kill(int(pid_file.read_text()), __import__("signal").SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.strip() == "batch", err[-3000:]  # the worker lived on
+    assert 'worker_sleep.py", line' in err and "__getitem__" in err, err[-3000:]

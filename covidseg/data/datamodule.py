@@ -75,6 +75,14 @@ def worker_context(num_workers: int) -> str | None:
     return "forkserver"
 
 
+def dump_worker_stacks_on_signal(worker_id: int) -> None:
+    """A worker's ``worker_init_fn``: ``kill -USR1`` prints its stacks too, as a rank's does
+    (``model.ddp``); a worker started from a forkserver does not inherit the rank's handler."""
+    from covidseg.model.ddp import dump_stacks_on_signal
+
+    dump_stacks_on_signal()
+
+
 # How to give a split more slices, per split; every message also suggests fewer processes.
 _MORE_SLICES = {
     "train": "lower --data.val_fraction/--data.test_fraction",
@@ -334,7 +342,7 @@ class CTDataModule(pl.LightningDataModule):
         """The DataLoader options every loader shares: its workers, kept between epochs, started
         as ``worker_context`` says."""
         n = self.num_workers
-        return {"num_workers": n, "persistent_workers": n > 0, "multiprocessing_context": worker_context(n)}
+        return {"num_workers": n, "persistent_workers": n > 0, "multiprocessing_context": worker_context(n), "worker_init_fn": dump_worker_stacks_on_signal if n else None}
 
     def train_dataloader(self) -> DataLoader:
         sampler = None
